@@ -1,0 +1,39 @@
+# Every target that runs code depends on .venv, which scripts/bootstrap.sh builds
+# from requirements.lock, so each command below works from a fresh clone.
+PY := .venv/bin/python
+DEMO_DIR ?= demo
+
+.PHONY: setup demo test test-fast test-slow bench lock clean
+
+.venv/.installed: requirements.lock setup.py scripts/bootstrap.sh
+	scripts/bootstrap.sh
+	touch $@
+
+setup: .venv/.installed
+
+demo: setup
+	.venv/bin/cxr demo-data --out $(DEMO_DIR)/raw
+	.venv/bin/cxr build-tfrecords \
+	  --covid-radiography $(DEMO_DIR)/raw/covid19-radiography-database \
+	  --curated $(DEMO_DIR)/raw/curated-cxr \
+	  --nih $(DEMO_DIR)/raw/nih-chest-xrays \
+	  --out $(DEMO_DIR)/tfrecords --span 1 --overwrite
+
+test: setup
+	$(PY) -m pytest tests
+
+test-fast: setup
+	$(PY) -m pytest tests -m "not slow"
+
+test-slow: setup
+	$(PY) -m pytest tests -m slow
+
+bench: setup
+	$(PY) bench/ingest.py --write bench/RESULTS.md
+
+lock:
+	uv pip compile --python-version 3.10 --python-platform x86_64-manylinux_2_28 \
+	  requirements.in -o requirements.lock
+
+clean:
+	rm -rf .venv $(DEMO_DIR) build *.egg-info

@@ -1,0 +1,1 @@
+"""Turns the three public chest X-ray datasets into TFRecord spans for ExampleGen."""

@@ -1,0 +1,52 @@
+"""The typed settings of one `cxr build-tfrecords` run."""
+import dataclasses
+from typing import Dict, Optional, Tuple
+
+from cxr.components.ingest.mapping import ClassMapping
+from cxr.components.ingest.vocabulary import SOURCES
+
+# Beam's DirectRunner in multi-process mode, one worker per core, unless the
+# user's --beam-arg flags say otherwise (later flags win in Beam's parser).
+DEFAULT_BEAM_ARGS = (
+    "--runner=DirectRunner",
+    "--direct_running_mode=multi_processing",
+    "--direct_num_workers=0",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class IngestConfig:
+    source_roots: Dict[str, str]
+    out_dir: str
+    span: int = 1
+    mapping: ClassMapping = dataclasses.field(default_factory=ClassMapping.multi_source)
+    # Near duplicates: 64-bit perceptual hashes within this Hamming distance
+    # (and the 256-bit hashes within four times it).
+    # -1 turns near-duplicate search off and keeps only exact (sha256) matches.
+    near_duplicate_max_distance: int = 4
+    # Decompression-bomb guard, checked from the header before decoding.
+    max_pixels: int = 50_000_000
+    overwrite: bool = False
+    beam_args: Tuple[str, ...] = ()
+
+    def __post_init__(self):
+        unknown = set(self.source_roots) - set(SOURCES)
+        if unknown:
+            raise ValueError(f"unknown sources {sorted(unknown)}; expected some of {SOURCES}")
+        if not self.source_roots:
+            raise ValueError("give at least one dataset folder (--covid-radiography, --curated or --nih)")
+        if self.span < 0:
+            raise ValueError(f"--span must be 0 or more, got {self.span}")
+        if self.near_duplicate_max_distance < -1 or self.near_duplicate_max_distance > 16:
+            raise ValueError("near_duplicate_max_distance must lie in -1..16, "
+                             f"got {self.near_duplicate_max_distance}")
+
+    @property
+    def span_dir(self) -> str:
+        return f"{self.out_dir.rstrip('/')}/span-{self.span}"
+
+    def pipeline_args(self) -> Tuple[str, ...]:
+        return DEFAULT_BEAM_ARGS + tuple(self.beam_args)
+
+    def root(self, source: str) -> Optional[str]:
+        return self.source_roots.get(source)

@@ -1,0 +1,121 @@
+"""What an image file is: format, size, depth, content hashes, or why it is unusable.
+
+Perceptual hashes describe the picture rather than its bytes, so a PNG and its
+resized JPEG copy hash alike: the signs of the low-frequency DCT coefficients of
+a 32x32 thumbnail against their median. The 64-bit `phash` (8x8 block) finds
+candidates cheaply; the 256-bit `phash256` (16x16 block) confirms them, because
+chest X-rays all share one layout and 64 bits alone make different pictures
+look alike (on the demo phantoms, true copies differ in at most 10 of 256 bits,
+different pictures in 30 or more).
+"""
+import dataclasses
+import hashlib
+import io
+import warnings
+from typing import Tuple, Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+SUPPORTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}  # MPO: multi-picture JPEG
+# PIL mode -> (channels as a PNG/JPEG decoder yields them, bits per sample).
+SUPPORTED_MODES = {
+    "1": (1, 1), "L": (1, 8), "LA": (2, 8), "P": (3, 8), "PA": (4, 8),
+    "RGB": (3, 8), "RGBA": (4, 8), "CMYK": (4, 8),
+    "I;16": (1, 16), "I;16B": (1, 16), "I": (1, 16),
+}
+_DCT_SIZE = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageFacts:
+    format: str
+    height: int
+    width: int
+    channels: int
+    bit_depth: int
+    sha256: str
+    phash: int
+    phash256: int
+
+
+def probe(data: bytes, max_pixels: int) -> Union[ImageFacts, str]:
+    """The image's facts, or a sentence saying why it must be quarantined."""
+    if not data:
+        return "empty file (0 bytes)"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        return f"not a readable image: {error}"
+    fmt = SUPPORTED_FORMATS.get(image.format)
+    if fmt is None:
+        return f"unsupported format {image.format} (expected PNG or JPEG)"
+    if image.mode not in SUPPORTED_MODES:
+        return f"unsupported {image.format} pixel mode {image.mode!r}"
+    width, height = image.size
+    if width * height > max_pixels:
+        return (f"header declares {width}x{height} = {width * height:,} pixels, "
+                f"over the cap of {max_pixels:,}")
+    try:
+        image.load()
+    except (OSError, SyntaxError, ValueError) as error:
+        return f"truncated or corrupt {image.format}: {error}"
+    channels, bit_depth = SUPPORTED_MODES[image.mode]
+    if image.mode == "P" and "transparency" in image.info:
+        channels = 4
+    phash, phash256 = perceptual_hashes(grayscale(image))
+    return ImageFacts(format=fmt, height=height, width=width, channels=channels,
+                      bit_depth=bit_depth, sha256=hashlib.sha256(data).hexdigest(),
+                      phash=phash, phash256=phash256)
+
+
+def grayscale(image: Image.Image) -> Image.Image:
+    """A float ('F') grayscale image in [0, 1], whatever the mode and depth."""
+    if image.mode in ("I;16", "I;16B", "I"):
+        pixels = np.asarray(image, dtype=np.float32) / 65535.0
+    else:
+        if image.mode == "CMYK":
+            image = image.convert("RGB")
+        pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    return Image.fromarray(pixels)
+
+
+def perceptual_hashes(gray: Image.Image) -> Tuple[int, int]:
+    """(64-bit, 256-bit) hashes from one DCT; the median skips the DC term."""
+    small = np.asarray(gray.resize((_DCT_SIZE, _DCT_SIZE), Image.BOX), dtype=np.float64)
+    basis = _dct_matrix(_DCT_SIZE)
+    spectrum = basis @ small @ basis.T
+    hashes = []
+    for block in (8, 16):
+        low = spectrum[:block, :block].ravel()
+        hashes.append(_pack_bits(low > np.median(low[1:])))
+    return hashes[0], hashes[1]
+
+
+def hamming(a: int, b: int) -> int:
+    return bin(a ^ b).count("1")
+
+
+def hash_bands(value: int, count: int) -> Tuple[int, ...]:
+    """Splits 64 bits into `count` contiguous bands of near-equal width.
+
+    Two hashes within Hamming distance count-1 agree exactly on at least one
+    band (pigeonhole), so grouping by (band index, band value) finds every such
+    pair without comparing all pairs.
+    """
+    bounds = np.linspace(0, 64, count + 1).round().astype(int)
+    return tuple((value >> int(lo)) & ((1 << int(hi - lo)) - 1) for lo, hi in zip(bounds, bounds[1:]))
+
+
+def _dct_matrix(n: int) -> np.ndarray:
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None, :]
+    basis = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    basis[0] /= np.sqrt(2.0)
+    return basis
+
+
+def _pack_bits(bits: np.ndarray) -> int:
+    return int("".join("1" if bit else "0" for bit in bits), 2)

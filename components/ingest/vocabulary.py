@@ -1,0 +1,9 @@
+"""The closed vocabularies that records, mappings and manifests share."""
+
+# The study's class order; later steps map these to class ids 0..3 in this order.
+LABELS = ("BACTERIAL_PNEUMONIA", "COVID", "NORMAL", "PNEUMOTHORAX")
+
+COVID_RADIOGRAPHY = "covid_radiography"
+CURATED = "curated"
+NIH = "nih"
+SOURCES = (COVID_RADIOGRAPHY, CURATED, NIH)

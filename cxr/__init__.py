@@ -1,0 +1,1 @@
+"""cxr-pipeline: a TFX / Kubeflow pipeline for a four-class chest X-ray classifier."""

@@ -1,0 +1,1 @@
+"""Kubeflow Pipelines wiring: compile, submit and schedule the pipeline (a later issue)."""

@@ -1,0 +1,1 @@
+"""Pipeline wiring: the TFX `create_pipeline` and its runners (a later issue)."""

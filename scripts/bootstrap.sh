@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Creates .venv/ with Python 3.10 and the locked dependency set, then installs
+# the project into it. Safe to re-run: uv only changes what differs from the lock.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v uv >/dev/null 2>&1; then
+  echo "bootstrap: installing uv" >&2
+  python3 -m pip install --quiet uv
+  export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+fi
+
+find_python310() {
+  local candidate
+  if command -v pyenv >/dev/null 2>&1; then
+    for candidate in "$(pyenv root)"/versions/3.10.*/bin/python3.10; do
+      [ -x "$candidate" ] && { echo "$candidate"; return; }
+    done
+  fi
+  candidate=$(command -v python3.10 || true)
+  [ -n "$candidate" ] && { echo "$candidate"; return; }
+  uv python install 3.10 >&2
+  uv python find 3.10
+}
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
+  python=$(find_python310)
+  echo "bootstrap: creating .venv with $python" >&2
+  rm -rf .venv
+  uv venv --quiet --python "$python" .venv
+fi
+
+uv pip sync --quiet --python .venv/bin/python requirements.lock
+uv pip install --quiet --python .venv/bin/python --no-deps --editable .
+echo "bootstrap: .venv ready ($(.venv/bin/python --version))" >&2
