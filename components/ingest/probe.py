@@ -49,6 +49,8 @@ def probe(data: bytes, max_pixels: int) -> Union[ImageFacts, str]:
             image = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
         return f"not a readable image: {error}"
+    except (OSError, SyntaxError, ValueError) as error:  # the header itself is cut short or broken
+        return f"truncated or corrupt image header: {error}"
     fmt = SUPPORTED_FORMATS.get(image.format)
     if fmt is None:
         return f"unsupported format {image.format} (expected PNG or JPEG)"

@@ -1,0 +1,116 @@
+"""Shared test helpers: small real images and dataset trees with the downloads' quirks."""
+import io
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cxr import phantoms
+
+# The ingestion's DirectRunner in one process: real Beam, without spawning workers
+# for every small test run (the end-to-end test runs the multi-process default).
+IN_PROCESS_BEAM = ("--direct_running_mode=in_memory",)
+
+
+def phantom_picture(seed: int, size: int = 96, finding: str = "normal") -> Image.Image:
+    rng = np.random.default_rng(seed)
+    image = phantoms.render(rng, phantoms.Anatomy.random(rng), finding, size)
+    return Image.fromarray(phantoms.to_uint8(image))
+
+
+def encode(picture: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    picture.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def write(path: str, data: bytes) -> str:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "wb") as f:
+        f.write(data)
+    return path
+
+
+def sixteen_bit_png(seed: int) -> bytes:
+    pixels = np.asarray(phantom_picture(seed), dtype=np.uint16) * 257
+    return encode(Image.fromarray(pixels), "PNG")
+
+
+def cmyk_jpeg(seed: int) -> bytes:
+    return encode(phantom_picture(seed).convert("RGB").convert("CMYK"), "JPEG")
+
+
+@pytest.fixture(scope="session")
+def quirky_trees(tmp_path_factory):
+    """The three datasets as downloaded, small, with every quirk the adapters must handle.
+
+    Returns the roots and the expected outcome of each file, keyed 'source:relpath'.
+    """
+    base = tmp_path_factory.mktemp("downloads")
+    expected = {}
+
+    def add(source, root, relpath, data, outcome):
+        write(os.path.join(root, relpath), data)
+        if outcome:
+            expected[f"{source}:{relpath}"] = outcome
+
+    radiography = str(base / "covid19-radiography-database")
+    ds = "COVID-19_Radiography_Dataset"
+    covid_1 = phantom_picture(1, finding="covid")
+    normal_a = phantom_picture(12)
+    for relpath, data, outcome in [
+        (f"{ds}/COVID/images/COVID-1.png", encode(covid_1, "PNG"), "written"),
+        (f"{ds}/COVID/images/COVID-2.PNG", sixteen_bit_png(2), "written"),
+        (f"{ds}/COVID/images/COVID-3.png", b"this is not an image\n", "quarantined"),
+        (f"{ds}/COVID/images/COVID-4.png", encode(phantom_picture(4), "GIF"), "quarantined"),
+        (f"{ds}/COVID/masks/COVID-1.png", encode(covid_1, "PNG"), None),
+        (f"{ds}/Normal/images/Normal-1.png", encode(phantom_picture(11).convert("RGBA"), "PNG"), "written"),
+        (f"{ds}/Normal/images/Normal-2.png", encode(normal_a.convert("RGB").convert("P"), "PNG"), "conflict"),
+        (f"{ds}/Normal/images/Normal-3.png", b"", "quarantined"),
+        (f"{ds}/Normal/images/Normal-4.png", encode(phantom_picture(14), "PNG")[:300], "quarantined"),
+        (f"{ds}/Lung_Opacity/images/Lung_Opacity-1.png", encode(phantom_picture(21), "PNG"), "unmapped"),
+        (f"{ds}/COVID.metadata.xlsx", b"PK\x03\x04 spreadsheet", None),
+        (f"{ds}/README.md.txt", b"readme", None),
+        (f"{ds}/COVID/images/.DS_Store", b"\x00\x00\x00\x01Bud1", None),
+        (f"{ds}/Normal/images/Thumbs.db", b"thumbs", None),
+        (f"__MACOSX/{ds}/COVID/images/._COVID-1.png", b"\x00\x05\x16\x07", None),
+    ]:
+        add("covid_radiography", radiography, relpath, data, outcome)
+
+    curated = str(base / "curated")
+    cd = "Curated X-Ray Dataset"
+    bacterial_1 = encode(phantom_picture(31, finding="bacterial_pneumonia").convert("RGB"), "JPEG", quality=92)
+    for relpath, data, outcome in [
+        (f"{cd}/Pneumonia-Bacterial/Pneumonia-Bacterial (1).jpg", bacterial_1, "written"),
+        (f"{cd}/Pneumonia-Bacterial/Pneumonia-Bacterial (2).JPG", cmyk_jpeg(32), "written"),
+        (f"{cd}/Pneumonia-Bacterial/Pneumonia-Bacterial (3).jpeg",
+         encode(phantom_picture(33, size=120, finding="bacterial_pneumonia"), "JPEG"), "written"),
+        (f"{cd}/Pneumonia-Bacterial/Pneumonia-Bacterial (4).jpg", bacterial_1, "duplicate"),
+        (f"{cd}/COVID-19/COVID-19 (1).jpg",
+         encode(covid_1.resize((80, 80)).convert("RGB"), "JPEG", quality=90), "duplicate"),
+        # A copy of Radiography's Normal-2 filed under COVID-19: copies that disagree.
+        (f"{cd}/COVID-19/COVID-19 (2).jpg", encode(normal_a.resize((110, 110)), "JPEG", quality=88), "conflict"),
+        (f"{cd}/Pneumonia-Viral/Pneumonia-Viral (1).jpg", encode(phantom_picture(41), "JPEG"), "unmapped"),
+    ]:
+        add("curated", curated, relpath, data, outcome)
+
+    nih = str(base / "nih")
+    rows = [("00000001_000.png", "Pneumothorax", 0, 1), ("00000001_001.png", "No Finding", 1, 1),
+            ("00000002_000.png", "Effusion|Pneumothorax", 0, 2), ("00000003_000.png", "Infiltration", 0, 3),
+            ("00000004_000.png", "Pneumothorax", 0, 4)]  # the last one's file is missing
+    header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
+              "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n")
+    lines = [f"{name},{findings},{followup},{patient},58,M,PA,1024,1024,0.143,0.143,\n"
+             for name, findings, followup, patient in rows]
+    write(os.path.join(nih, "Data_Entry_2017.csv"), (header + "".join(lines)).encode())
+    write(os.path.join(nih, "BBox_List_2017.csv"), b"Image Index,Finding Label\n")
+    for (name, findings, _, _), folder, seed, outcome in [
+        (rows[0], "images_001", 51, "written"), (rows[1], "images_001", 52, "written"),
+        (rows[2], "images_002", 53, "unmapped"), (rows[3], "images_002", 54, "unmapped"),
+    ]:
+        finding = "pneumothorax" if "Pneumothorax" in findings else "normal"
+        add("nih", nih, f"{folder}/images/{name}", encode(phantom_picture(seed, finding=finding), "PNG"), outcome)
+    add("nih", nih, "images_002/images/00000099_000.png", encode(phantom_picture(59), "PNG"), "quarantined")
+    return {"roots": {"covid_radiography": radiography, "curated": curated, "nih": nih},
+            "expected": expected}
