@@ -1,44 +1,9 @@
-"""Shared test helpers: small real images and dataset trees with the downloads' quirks."""
-import io
+"""Shared fixtures: the three dataset trees, small, with every quirk of the downloads."""
 import os
 
-import numpy as np
 import pytest
-from PIL import Image
 
-from cxr import phantoms
-
-# The ingestion's DirectRunner in one process: real Beam, without spawning workers
-# for every small test run (the end-to-end test runs the multi-process default).
-IN_PROCESS_BEAM = ("--direct_running_mode=in_memory",)
-
-
-def phantom_picture(seed: int, size: int = 96, finding: str = "normal") -> Image.Image:
-    rng = np.random.default_rng(seed)
-    image = phantoms.render(rng, phantoms.Anatomy.random(rng), finding, size)
-    return Image.fromarray(phantoms.to_uint8(image))
-
-
-def encode(picture: Image.Image, fmt: str, **options) -> bytes:
-    buffer = io.BytesIO()
-    picture.save(buffer, fmt, **options)
-    return buffer.getvalue()
-
-
-def write(path: str, data: bytes) -> str:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-    return path
-
-
-def sixteen_bit_png(seed: int) -> bytes:
-    pixels = np.asarray(phantom_picture(seed), dtype=np.uint16) * 257
-    return encode(Image.fromarray(pixels), "PNG")
-
-
-def cmyk_jpeg(seed: int) -> bytes:
-    return encode(phantom_picture(seed).convert("RGB").convert("CMYK"), "JPEG")
+from helpers import cmyk_jpeg, encode, phantom_picture, sixteen_bit_png, write
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import tensorflow as tf
 from cxr.components.ingest.build import IngestError, build_tfrecords
 from cxr.components.ingest.config import IngestConfig
 from cxr.components.ingest.mapping import ClassMapping
-from conftest import IN_PROCESS_BEAM, encode, phantom_picture, write
+from helpers import IN_PROCESS_BEAM, encode, phantom_picture, write
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,50 @@
+"""The `cxr` command line: what a user types and what they read back."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from cxr import cli
+
+
+def test_build_tfrecords_without_sources_says_what_to_give(tmp_path, capsys):
+    assert cli.main(["build-tfrecords", "--out", str(tmp_path)]) == 2
+    assert "give at least one dataset folder" in capsys.readouterr().err
+
+
+def test_an_unknown_mapping_file_is_named(tmp_path, capsys):
+    code = cli.main(["build-tfrecords", "--curated", str(tmp_path), "--out", str(tmp_path),
+                     "--mapping", str(tmp_path / "mine.yaml")])
+    assert code == 2
+    assert f"cannot read mapping file {tmp_path / 'mine.yaml'}" in capsys.readouterr().err
+
+
+def test_a_missing_nih_label_file_is_reported(tmp_path, capsys):
+    (tmp_path / "nih" / "images_001" / "images").mkdir(parents=True)
+    code = cli.main(["build-tfrecords", "--nih", str(tmp_path / "nih"), "--out", str(tmp_path / "out")])
+    assert code == 2
+    assert "no Data_Entry_2017_v2020.csv or Data_Entry_2017.csv in" in capsys.readouterr().err
+
+
+def test_demo_data_refuses_tiny_images(tmp_path, capsys):
+    assert cli.main(["demo-data", "--out", str(tmp_path), "--size", "4"]) == 2
+    assert "--size must lie in 32..2048" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_readme_main_job_runs_with_the_default_multiprocess_runner(tmp_path):
+    """The installed `cxr` script, as the README runs it: demo data, then a span."""
+    cxr = os.path.join(os.path.dirname(sys.executable), "cxr")
+    raw, out = tmp_path / "raw", tmp_path / "tfrecords"
+    subprocess.run([cxr, "demo-data", "--out", str(raw), "--per-class", "12", "--size", "64"], check=True)
+    result = subprocess.run(
+        [cxr, "build-tfrecords", "--covid-radiography", str(raw / "covid19-radiography-database"),
+         "--curated", str(raw / "curated-cxr"), "--nih", str(raw / "nih-chest-xrays"),
+         "--out", str(out), "--span", "2", "--beam-arg=--direct_num_workers=2"],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "balanced: seen = written + duplicate + conflict + quarantined + unmapped" in result.stdout
+    shards = [n for n in os.listdir(out / "span-2") if n.endswith(".tfrecord.gz")]
+    assert len(shards) >= 2, shards  # one shard per worker bundle at least
+    assert "PNEUMOTHORAX" in result.stdout and "BACTERIAL_PNEUMONIA" in result.stdout
