@@ -28,7 +28,7 @@ from cxr.components.ingest.ledger import (
     QUARANTINED, UNMAPPED, WRITTEN, Ignored, LedgerCombineFn, MissingNihFile, Outcome, reconciliation)
 from cxr.components.ingest.mapping import ClassMapping
 from cxr.components.ingest.probe import ImageFacts, probe
-from cxr.components.ingest.vocabulary import NIH, SOURCES
+from cxr.components.vocabulary import NIH, SOURCES
 
 SHARD_PREFIX = "data"
 SHARD_SUFFIX = ".tfrecord.gz"

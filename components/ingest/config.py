@@ -3,7 +3,7 @@ import dataclasses
 from typing import Dict, Optional, Tuple
 
 from cxr.components.ingest.mapping import ClassMapping
-from cxr.components.ingest.vocabulary import SOURCES
+from cxr.components.vocabulary import SOURCES
 
 # Beam's DirectRunner in multi-process mode, one worker per core, unless the
 # user's --beam-arg flags say otherwise (later flags win in Beam's parser).

@@ -18,10 +18,11 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 SUPPORTED_FORMATS = {"PNG": "png", "JPEG": "jpeg", "MPO": "jpeg"}  # MPO: multi-picture JPEG
-# PIL mode -> (channels as a PNG/JPEG decoder yields them, bits per sample).
+# PIL mode -> (channels as tf.io.decode_image yields them, bits per sample); it
+# expands palettes to RGB and converts CMYK JPEGs to RGB.
 SUPPORTED_MODES = {
     "1": (1, 1), "L": (1, 8), "LA": (2, 8), "P": (3, 8), "PA": (4, 8),
-    "RGB": (3, 8), "RGBA": (4, 8), "CMYK": (4, 8),
+    "RGB": (3, 8), "RGBA": (4, 8), "CMYK": (3, 8),
     "I;16": (1, 16), "I;16B": (1, 16), "I": (1, 16),
 }
 _DCT_SIZE = 32

@@ -14,7 +14,7 @@ CAP = 50_000_000
     ("RGBA PNG", lambda: encode(phantom_picture(3).convert("RGBA"), "PNG"), ("png", 4, 8)),
     ("palette PNG", lambda: encode(phantom_picture(4).convert("RGB").convert("P"), "PNG"), ("png", 3, 8)),
     ("RGB JPEG", lambda: encode(phantom_picture(5).convert("RGB"), "JPEG"), ("jpeg", 3, 8)),
-    ("CMYK JPEG", lambda: cmyk_jpeg(6), ("jpeg", 4, 8)),
+    ("CMYK JPEG", lambda: cmyk_jpeg(6), ("jpeg", 3, 8)),
 ])
 def test_valid_xrays_of_every_depth_and_mode_are_accepted(name, data, expected):
     facts = probe(data(), CAP)

@@ -1,6 +1,6 @@
 """The closed vocabularies that records, mappings and manifests share."""
 
-# The study's class order; later steps map these to class ids 0..3 in this order.
+# The study's class order: class ids 0..3 are the positions in this tuple.
 LABELS = ("BACTERIAL_PNEUMONIA", "COVID", "NORMAL", "PNEUMOTHORAX")
 
 COVID_RADIOGRAPHY = "covid_radiography"
