@@ -1,0 +1,50 @@
+"""The TFMA configuration: what is measured on the test split, how it is sliced, and the gate."""
+import tensorflow_model_analysis as tfma
+
+from cxr.components.transform import CLASS_ID, CLASS_NAMES
+
+# Per-class precision and recall of the arg-max prediction (top_k 1 at threshold 0),
+# one named metric per class so that thresholds attach to them by name; TFMA's
+# binarized variants carry a sub key that thresholds do not match.
+ARGMAX = '"top_k": 1, "thresholds": [0.0]'
+SLICES = ([], ["source"], ["label"])
+
+
+def class_metric_name(metric: str, class_name: str) -> str:
+    return f"{metric}/{class_name}"
+
+
+def eval_config(min_accuracy: float, min_class_recall: float, max_accuracy_regression: float) -> tfma.EvalConfig:
+    accuracy_gate = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_accuracy}),
+        change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
+                                                     absolute={"value": -max_accuracy_regression}))
+    recall_gate = tfma.MetricThreshold(
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_class_recall}))
+    metrics = [tfma.MetricConfig(class_name="ExampleCount"),
+               tfma.MetricConfig(class_name="SparseCategoricalAccuracy", per_slice_thresholds=[_overall(accuracy_gate)]),
+               tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")]
+    for class_id, class_name in enumerate(CLASS_NAMES):
+        metrics.append(_per_class("Precision", class_id, class_name))
+        metrics.append(_per_class("Recall", class_id, class_name, per_slice_thresholds=[_overall(recall_gate)]))
+    return tfma.EvalConfig(
+        model_specs=[tfma.ModelSpec(signature_name="serving_examples",
+                                    preprocessing_function_names=["transform_features"],
+                                    label_key=CLASS_ID, prediction_key="probabilities")],
+        slicing_specs=[tfma.SlicingSpec(feature_keys=keys) for keys in SLICES],
+        metrics_specs=[
+            tfma.MetricsSpec(metrics=metrics),
+            tfma.MetricsSpec(binarize=tfma.BinarizationOptions(class_ids={"values": list(range(len(CLASS_NAMES)))}),
+                             metrics=[tfma.MetricConfig(class_name="AUC")]),
+        ])
+
+
+def _per_class(metric: str, class_id: int, class_name: str, **kwargs) -> tfma.MetricConfig:
+    name = class_metric_name(metric.lower(), class_name)
+    return tfma.MetricConfig(class_name=metric, config='{"class_id": %d, %s, "name": "%s"}' % (class_id, ARGMAX, name),
+                             **kwargs)
+
+
+def _overall(threshold: tfma.MetricThreshold) -> tfma.PerSliceMetricThreshold:
+    """The gate judges the whole test split; the source and label slices are for reading."""
+    return tfma.PerSliceMetricThreshold(slicing_specs=[tfma.SlicingSpec()], threshold=threshold)

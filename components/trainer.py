@@ -1,0 +1,118 @@
+"""Trainer's `run_fn`: trains the study's CNN on Transform's output and exports the serving model.
+
+Signatures of the exported SavedModel:
+- serving_default: `images` [-1] tf.string of encoded PNG/JPEG -> probabilities [N, 4],
+  class_id [N], class_name [N] (TF Serving's {"b64": ...} JSON maps onto it);
+- serving_examples: serialized tf.Example -> the same outputs;
+- transform_features: serialized tf.Example -> Transform's output (for TFMA).
+"""
+import dataclasses
+from typing import Dict, List
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from tfx import v1 as tfx
+from tfx_bsl.public import tfxio
+
+from cxr.components import model as model_lib
+from cxr.components.transform import CLASS_ID, CLASS_NAMES, IMAGE, LABEL
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainerSettings:
+    """What run_fn needs, passed through the Trainer's custom_config as a plain dict."""
+    image_size: int
+    filters: List[int]
+    dense_units: List[int]
+    dropout: float
+    learning_rate: float
+    batch_size: int
+    epochs: int
+    early_stopping_patience: int
+    mixed_precision: bool
+    augmentation: Dict[str, float]
+
+    @classmethod
+    def from_custom_config(cls, custom_config: dict) -> "TrainerSettings":
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{name: value for name, value in custom_config.items() if name in names})
+
+
+def run_fn(fn_args: tfx.components.FnArgs) -> None:
+    settings = TrainerSettings.from_custom_config(fn_args.custom_config)
+    transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    train = _dataset(fn_args.train_files, fn_args.data_accessor, transform_output, settings, training=True)
+    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, transform_output, settings, training=False)
+    with _strategy().scope():
+        model = model_lib.build_model(settings.image_size, settings.filters, settings.dense_units,
+                                      settings.dropout, settings.learning_rate, settings.mixed_precision)
+    model.fit(train, validation_data=evaluation, epochs=settings.epochs, verbose=2, callbacks=[
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
+                                      restore_best_weights=True),
+        keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
+    ])
+    model.save(fn_args.serving_model_dir, save_format="tf", signatures=_signatures(model, transform_output))
+
+
+def _strategy() -> tf.distribute.Strategy:
+    if len(tf.config.list_logical_devices("GPU")) > 0:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _dataset(files, data_accessor, transform_output, settings: TrainerSettings, training: bool) -> tf.data.Dataset:
+    dataset = data_accessor.tf_dataset_factory(
+        files, tfxio.TensorFlowDatasetOptions(batch_size=settings.batch_size, label_key=CLASS_ID,
+                                              num_epochs=1, shuffle=training),
+        transform_output.transformed_metadata.schema)
+    if training:
+        augment = augmentation_layers(settings.augmentation)
+        dataset = dataset.map(lambda features, label: (
+            {IMAGE: tf.clip_by_value(augment(features[IMAGE], training=True), 0.0, 1.0)}, label),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def augmentation_layers(augmentation: Dict[str, float]) -> keras.Sequential:
+    """Training-time augmentation only; the exported model never sees these layers."""
+    layers = [keras.layers.RandomFlip("horizontal")] if augmentation.get("horizontal_flip") else []
+    if augmentation.get("rotation"):
+        layers.append(keras.layers.RandomRotation(augmentation["rotation"], fill_mode="constant"))
+    if augmentation.get("zoom"):
+        layers.append(keras.layers.RandomZoom(augmentation["zoom"], fill_mode="constant"))
+    if augmentation.get("brightness"):
+        layers.append(keras.layers.RandomBrightness(augmentation["brightness"], value_range=(0.0, 1.0)))
+    if augmentation.get("contrast"):
+        layers.append(keras.layers.RandomContrast(augmentation["contrast"]))
+    return keras.Sequential(layers, name="augmentation")
+
+
+def _signatures(model: keras.Model, transform_output: tft.TFTransformOutput) -> dict:
+    model.tft_layer = transform_output.transform_features_layer()
+    raw_spec = transform_output.raw_feature_spec()
+    example_spec = {IMAGE: raw_spec[IMAGE]}
+    class_names = tf.constant(CLASS_NAMES)
+
+    def predict(transformed):
+        probabilities = model(transformed[IMAGE], training=False)
+        class_id = tf.argmax(probabilities, axis=-1)
+        return {"probabilities": probabilities, "class_id": class_id,
+                "class_name": tf.gather(class_names, class_id)}
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
+    def serve_images(images):
+        return predict(model.tft_layer({IMAGE: tf.reshape(images, [-1, 1])}))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def serve_examples(examples):
+        return predict(model.tft_layer(tf.io.parse_example(examples, example_spec)))
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+    def transform_features(examples):
+        raw = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE], LABEL: raw_spec[LABEL]})
+        return model.tft_layer(raw)
+
+    return {"serving_default": serve_images.get_concrete_function(),
+            "serving_examples": serve_examples.get_concrete_function(),
+            "transform_features": transform_features.get_concrete_function()}

@@ -1,0 +1,175 @@
+"""The one typed configuration that flows from `cxr run` into the pipeline.
+
+Two presets: `study` (the study's model and training, 224 px, full widths) and
+`demo` (small images and narrow widths, so the whole pipeline runs on two CPU
+cores in a few minutes). A YAML file may override any field of a preset, and
+`--set section.field=value` flags override the file.
+"""
+import dataclasses
+from typing import Any, Dict, List, Optional, Tuple
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the configuration."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    tfrecords_dir: str = "demo/tfrecords"
+    span: Optional[int] = None  # None: the latest span
+    # Hash buckets of patient_id for train / eval / test: 8 / 1 / 1 = 80 / 10 / 10 %.
+    split_buckets: Tuple[int, int, int] = (8, 1, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    image_size: int = 224
+    filters: Tuple[int, ...] = (64, 128, 256, 512)
+    dense_units: Tuple[int, ...] = (512, 1024)
+    dropout: float = 0.3
+
+
+@dataclasses.dataclass(frozen=True)
+class AugmentationConfig:
+    horizontal_flip: bool = True
+    rotation: float = 0.03  # fraction of a full turn, +-
+    zoom: float = 0.1
+    brightness: float = 0.1
+    contrast: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    learning_rate: float = 1e-4
+    batch_size: int = 16
+    epochs: int = 25
+    early_stopping_patience: int = 10
+    mixed_precision: bool = False
+    augmentation: AugmentationConfig = AugmentationConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class GateConfig:
+    min_accuracy: float = 0.9
+    min_class_recall: float = 0.8
+    # A candidate may not fall below the blessed baseline by more than this.
+    max_accuracy_regression: float = 0.01
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    name: str = "cxr"
+    pipeline_root: str = "build/pipeline"
+    metadata_path: str = "build/metadata.sqlite"
+    serving_dir: str = "build/serving"
+    model_name: str = "cxr"
+    stop_on_anomalies: bool = True
+    enable_cache: bool = True
+    beam_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",)
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    training: TrainingConfig = TrainingConfig()
+    gate: GateConfig = GateConfig()
+
+    def __post_init__(self):
+        if final_feature_map_size(self.model.image_size, len(self.model.filters)) < 1:
+            raise ConfigError(f"model.image_size {self.model.image_size} is too small for "
+                              f"{len(self.model.filters)} blocks of two 3x3 'valid' convolutions and a 2x2 pool")
+        if any(bucket <= 0 for bucket in self.data.split_buckets):
+            raise ConfigError(f"data.split_buckets must be positive, got {self.data.split_buckets}")
+
+
+def final_feature_map_size(image_size: int, blocks: int) -> int:
+    """Side of the last feature map: each block loses 4 pixels to its convolutions, then halves."""
+    for _ in range(blocks):
+        image_size = (image_size - 4) // 2
+    return image_size
+
+
+PRESETS = {
+    "study": PipelineConfig(),
+    "demo": PipelineConfig(
+        model=ModelConfig(image_size=96, filters=(16, 32, 64, 64), dense_units=(64, 64), dropout=0.2),
+        training=TrainingConfig(learning_rate=1e-3, batch_size=16, epochs=40, early_stopping_patience=8,
+                                augmentation=AugmentationConfig(rotation=0.02, zoom=0.05, brightness=0.05,
+                                                                contrast=0.05)),
+        gate=GateConfig(min_accuracy=0.6, min_class_recall=0.3, max_accuracy_regression=0.05),
+    ),
+}
+
+
+def load_config(preset: str = "demo", path: Optional[str] = None, overrides: List[str] = ()) -> PipelineConfig:
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; expected one of {', '.join(PRESETS)}")
+    values = to_dict(PRESETS[preset])
+    if path:
+        _merge(values, _read_yaml(path), origin=path)
+    for override in overrides:
+        key, sep, raw = override.partition("=")
+        if not sep:
+            raise ConfigError(f"override {override!r} must look like section.field=value")
+        _merge(values, _nested(key.split("."), yaml.safe_load(raw)), origin=f"--set {override}")
+    return from_dict(values)
+
+
+def to_dict(config) -> Dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: Dict[str, Any], cls=PipelineConfig):
+    kwargs = {}
+    for field in dataclasses.fields(cls):
+        value = values[field.name]
+        if dataclasses.is_dataclass(field.type):
+            value = from_dict(value, field.type)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[field.name] = value
+    return cls(**kwargs)
+
+
+def _read_yaml(path: str) -> Dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = yaml.safe_load(f) or {}
+    except OSError as error:
+        raise ConfigError(f"cannot read configuration file {path}: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(document, dict):
+        raise ConfigError(f"{path}: expected a mapping of configuration sections")
+    return document
+
+
+def _nested(keys: List[str], value) -> Dict[str, Any]:
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+def _merge(target: Dict[str, Any], update: Dict[str, Any], origin: str, prefix: str = "") -> None:
+    for key, value in update.items():
+        if key not in target:
+            raise ConfigError(f"{origin}: unknown setting {prefix}{key}; known: {', '.join(sorted(target))}")
+        if isinstance(target[key], dict):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{origin}: {prefix}{key} is a section; give its fields")
+            _merge(target[key], value, origin, prefix=f"{prefix}{key}.")
+        else:
+            target[key] = _coerced(target[key], value, f"{origin}: {prefix}{key}")
+
+
+def _coerced(current, value, where: str):
+    if current is None or value is None:
+        return value
+    if isinstance(current, bool) != isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, got {value!r}")
+    if isinstance(current, (int, float)) and not isinstance(current, bool):
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        return type(current)(value) if isinstance(current, float) else value
+    if isinstance(current, (tuple, list)) and not isinstance(value, (tuple, list)):
+        raise ConfigError(f"{where} must be a list, got {value!r}")
+    return value

@@ -1,0 +1,112 @@
+"""Runs the pipeline on this machine (LocalDagRunner, SQLite ML Metadata, Beam DirectRunner)
+and reads back from ML Metadata what happened, for the summary `cxr run` prints."""
+import dataclasses
+from typing import Dict, List, Optional
+
+import tensorflow_model_analysis as tfma
+from ml_metadata.proto import metadata_store_pb2
+from tfx import v1 as tfx
+from tfx.orchestration import metadata
+
+from cxr.pipeline.config import PipelineConfig
+from cxr.pipeline.pipeline import create_pipeline
+
+
+@dataclasses.dataclass
+class RunSummary:
+    statuses: Dict[str, str]
+    blessed: Optional[bool] = None
+    failed_thresholds: List[str] = dataclasses.field(default_factory=list)
+    metrics: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
+    pushed_to: Optional[str] = None
+    error: Optional[str] = None
+
+
+def run_local(config: PipelineConfig) -> RunSummary:
+    error = None
+    try:
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+    except Exception as failure:  # a failed component: report it with the rest of the run
+        error = f"{type(failure).__name__}: {failure}"
+    summary = summarise_latest_run(config)
+    summary.error = error
+    return summary
+
+
+def summarise_latest_run(config: PipelineConfig) -> RunSummary:
+    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+    with metadata.Metadata(connection) as store_handle:
+        store = store_handle.store
+        runs = [c for c in store.get_contexts_by_type("pipeline_run")]
+        if not runs:
+            return RunSummary(statuses={})
+        run = max(runs, key=lambda context: context.create_time_since_epoch)
+        summary = RunSummary(statuses={})
+        for execution in store.get_executions_by_context(run.id):
+            node = _node_id(store, execution)
+            summary.statuses[node] = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
+            outputs = _output_artifacts(store, execution)
+            if node == "Evaluator":
+                _read_evaluation(summary, outputs)
+            elif node == "Pusher":
+                _read_push(summary, outputs)
+        return summary
+
+
+def _node_id(store, execution) -> str:
+    for context in store.get_contexts_by_execution(execution.id):
+        if store.get_context_types_by_id([context.type_id])[0].name == "node":
+            return context.name.split(".", 1)[-1]
+    return f"execution {execution.id}"
+
+
+def _output_artifacts(store, execution) -> Dict[str, metadata_store_pb2.Artifact]:
+    events = [e for e in store.get_events_by_execution_ids([execution.id])
+              if e.type == metadata_store_pb2.Event.OUTPUT]
+    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
+    return {e.path.steps[0].key: artifacts[e.artifact_id] for e in events if e.path.steps}
+
+
+def _read_evaluation(summary: RunSummary, outputs) -> None:
+    if "blessing" in outputs:
+        summary.blessed = outputs["blessing"].custom_properties["blessed"].int_value == 1
+    if "evaluation" in outputs:
+        uri = outputs["evaluation"].uri
+        validation = tfma.load_validation_result(uri)
+        for per_slice in validation.metric_validations_per_slice:
+            for failure in per_slice.failures:
+                summary.failed_thresholds.append(_describe_failure(failure))
+        summary.metrics = overall_metrics(tfma.load_eval_result(uri))
+
+
+def _describe_failure(failure) -> str:
+    key = failure.metric_key
+    sub_key = f" class {key.sub_key.class_id.value}" if key.sub_key.HasField("class_id") else ""
+    baseline = " (change against the baseline)" if key.is_diff else ""
+    return (f"{key.name}{sub_key}{baseline} = {failure.metric_value.double_value.value:.4f}, "
+            f"required {_bounds(failure.metric_threshold)}")
+
+
+def _bounds(threshold) -> str:
+    bound = threshold.value_threshold if threshold.HasField("value_threshold") else threshold.change_threshold
+    if threshold.HasField("value_threshold"):
+        return f">= {bound.lower_bound.value}"
+    return f"no worse than {bound.absolute.value}"
+
+
+def overall_metrics(eval_result) -> Dict[str, Dict[str, float]]:
+    """{sub key ('' for overall, 'classId:N' per class): {metric: value}} on the whole test split."""
+    for slice_key, metrics in eval_result.slicing_metrics:
+        if slice_key == ():
+            table = {}
+            for sub_key, values in metrics.get("", {}).items():
+                table[sub_key] = {name: value.get("doubleValue") for name, value in values.items()
+                                  if "doubleValue" in value}
+            return table
+    return {}
+
+
+def _read_push(summary: RunSummary, outputs) -> None:
+    pushed = outputs.get("pushed_model")
+    if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:
+        summary.pushed_to = pushed.custom_properties["pushed_destination"].string_value

@@ -1,0 +1,121 @@
+"""`create_pipeline(config)`: every TFX component, wired once for every runner.
+
+Pure: it builds the pipeline object and touches nothing. Runners (local_runner.py,
+and the Kubeflow runner in kubeflow/) decide where and how it runs.
+"""
+import dataclasses
+import hashlib
+import os
+from typing import List
+
+from tfx import v1 as tfx
+
+from cxr.components import evaluation
+from cxr.components.validation_gate import ValidationGate
+from cxr.pipeline.config import PipelineConfig
+
+COMPONENTS_PACKAGE = "cxr.components"
+PREPROCESSING_FN = f"{COMPONENTS_PACKAGE}.transform.preprocessing_fn"
+RUN_FN = f"{COMPONENTS_PACKAGE}.trainer.run_fn"
+CURATED_SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schema")
+SPAN_PATTERN = "span-{SPAN}/*.tfrecord.gz"
+SPLITS = ("train", "eval", "test")
+
+
+def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+    example_gen = _example_gen(config)
+    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
+    curated_schema = tfx.dsl.Importer(source_uri=CURATED_SCHEMA_DIR, artifact_type=tfx.types.standard_artifacts.Schema,
+                                      reimport=False).with_id("curated_schema")
+    schema = curated_schema.outputs["result"]
+    example_validator = tfx.components.ExampleValidator(
+        statistics=statistics_gen.outputs["statistics"], schema=schema)
+    validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"],
+                                     stop_on_anomalies=int(config.stop_on_anomalies))
+    code = {"code_fingerprint": components_fingerprint()}
+    transform = tfx.components.Transform(
+        examples=example_gen.outputs["examples"], schema=schema, preprocessing_fn=PREPROCESSING_FN,
+        custom_config={"image_size": config.model.image_size, **code})
+    transform.add_upstream_node(validation_gate)
+    trainer = tfx.components.Trainer(
+        run_fn=RUN_FN, examples=transform.outputs["transformed_examples"],
+        transform_graph=transform.outputs["transform_graph"], schema=schema,
+        train_args=tfx.proto.TrainArgs(splits=["train"]), eval_args=tfx.proto.EvalArgs(splits=["eval"]),
+        custom_config={**trainer_settings(config), **code})
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("latest_blessed_model")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
+        baseline_model=baseline.outputs["model"], example_splits=["test"],
+        eval_config=evaluation.eval_config(config.gate.min_accuracy, config.gate.min_class_recall,
+                                           config.gate.max_accuracy_regression))
+    pusher = tfx.components.Pusher(
+        model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
+            base_directory=os.path.join(config.serving_dir, config.model_name))))
+    return tfx.dsl.Pipeline(
+        pipeline_name=config.name, pipeline_root=config.pipeline_root,
+        components=[example_gen, statistics_gen, schema_gen, curated_schema, example_validator,
+                    validation_gate, transform, trainer, baseline, evaluator, pusher],
+        enable_cache=config.enable_cache,
+        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
+            config.metadata_path),
+        beam_pipeline_args=list(config.beam_args))
+
+
+def _example_gen(config: PipelineConfig) -> tfx.components.ImportExampleGen:
+    buckets = dict(zip(SPLITS, config.data.split_buckets))
+    range_config = None
+    if config.data.span is not None:
+        range_config = tfx.proto.RangeConfig(static_range=tfx.proto.RangeConfig.StaticRange(
+            start_span_number=config.data.span, end_span_number=config.data.span))
+    return tfx.components.ImportExampleGen(
+        input_base=config.data.tfrecords_dir,
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="all", pattern=SPAN_PATTERN)]),
+        # Split by patient: no patient's images straddle train, eval and test.
+        output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(
+            splits=[tfx.proto.SplitConfig.Split(name=name, hash_buckets=count) for name, count in buckets.items()],
+            partition_feature_name="patient_id")),
+        range_config=range_config)
+
+
+def trainer_settings(config: PipelineConfig) -> dict:
+    model, training = config.model, config.training
+    return {
+        "image_size": model.image_size, "filters": list(model.filters), "dense_units": list(model.dense_units),
+        "dropout": model.dropout, "learning_rate": training.learning_rate, "batch_size": training.batch_size,
+        "epochs": training.epochs, "early_stopping_patience": training.early_stopping_patience,
+        "mixed_precision": training.mixed_precision,
+        "augmentation": dataclasses.asdict(training.augmentation),
+    }
+
+
+def components_fingerprint() -> str:
+    """A digest of the code the components run.
+
+    TFX's cache key sees only the dotted path of preprocessing_fn and run_fn, not
+    the code behind it; putting this digest into their custom_config makes any
+    change to that code a cache miss.
+    """
+    digest = hashlib.sha256()
+    for path in sorted(_component_sources()):
+        digest.update(os.path.relpath(path, _components_dir()).encode())
+        with open(path, "rb") as f:
+            digest.update(f.read())
+    return digest.hexdigest()
+
+
+def _components_dir() -> str:
+    import cxr.components
+    return os.path.dirname(cxr.components.__file__)
+
+
+def _component_sources() -> List[str]:
+    sources = []
+    for directory, _, files in os.walk(_components_dir()):
+        sources += [os.path.join(directory, name) for name in files if name.endswith(".py")]
+    return sources
