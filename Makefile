@@ -18,6 +18,9 @@ demo: setup
 	  --curated $(DEMO_DIR)/raw/curated-cxr \
 	  --nih $(DEMO_DIR)/raw/nih-chest-xrays \
 	  --out $(DEMO_DIR)/tfrecords --span 1 --overwrite
+	.venv/bin/cxr run --preset demo --set data.tfrecords_dir=$(DEMO_DIR)/tfrecords \
+	  --set pipeline_root=$(DEMO_DIR)/pipeline --set metadata_path=$(DEMO_DIR)/metadata.sqlite \
+	  --set serving_dir=$(DEMO_DIR)/serving
 
 test: setup
 	$(PY) -m pytest tests

@@ -24,6 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     _add_demo_data(commands)
     _add_build_tfrecords(commands)
+    _add_run(commands)
     return parser
 
 
@@ -97,3 +98,27 @@ def _class_by_source_table(written: dict) -> str:
     for label in sorted(written):
         lines.append("  ".join([f"{label:<20}"] + [f"{written[label].get(s, 0):>17,}" for s in sources]))
     return "\n".join(lines)
+
+
+def _add_run(commands) -> None:
+    command = commands.add_parser("run", help="run the TFX pipeline on this machine (LocalDagRunner)")
+    command.add_argument("--preset", default="demo", help="demo | study (default demo)")
+    command.add_argument("--config", metavar="FILE", help="YAML file overriding the preset's settings")
+    command.add_argument("--span", type=int, help="the TFRecord span to train on (default: the latest)")
+    command.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
+                         help="override one setting, e.g. --set training.epochs=5; repeat for several")
+    command.set_defaults(run=_run_pipeline)
+
+
+def _run_pipeline(args) -> int:
+    from cxr.pipeline.config import load_config
+    from cxr.pipeline.local_runner import run_local
+    from cxr.pipeline.summary import EXIT_FAILED, EXIT_NOT_BLESSED, format_summary
+
+    overrides = list(args.set) + ([f"data.span={args.span}"] if args.span is not None else [])
+    config = load_config(args.preset, args.config, overrides)
+    summary = run_local(config)
+    print(format_summary(summary))
+    if summary.error:
+        return EXIT_FAILED
+    return 0 if summary.blessed else EXIT_NOT_BLESSED

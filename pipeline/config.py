@@ -92,7 +92,7 @@ PRESETS = {
     "study": PipelineConfig(),
     "demo": PipelineConfig(
         model=ModelConfig(image_size=96, filters=(16, 32, 64, 64), dense_units=(64, 64), dropout=0.2),
-        training=TrainingConfig(learning_rate=1e-3, batch_size=16, epochs=40, early_stopping_patience=8,
+        training=TrainingConfig(learning_rate=3e-4, batch_size=16, epochs=40, early_stopping_patience=8,
                                 augmentation=AugmentationConfig(rotation=0.02, zoom=0.05, brightness=0.05,
                                                                 contrast=0.05)),
         gate=GateConfig(min_accuracy=0.6, min_class_recall=0.3, max_accuracy_regression=0.05),

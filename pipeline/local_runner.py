@@ -8,6 +8,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 
+from cxr.components.vocabulary import LABELS
 from cxr.pipeline.config import PipelineConfig
 from cxr.pipeline.pipeline import create_pipeline
 
@@ -81,10 +82,15 @@ def _read_evaluation(summary: RunSummary, outputs) -> None:
 
 def _describe_failure(failure) -> str:
     key = failure.metric_key
-    sub_key = f" class {key.sub_key.class_id.value}" if key.sub_key.HasField("class_id") else ""
     baseline = " (change against the baseline)" if key.is_diff else ""
-    return (f"{key.name}{sub_key}{baseline} = {failure.metric_value.double_value.value:.4f}, "
+    return (f"{_metric_name(key)}{baseline} = {failure.metric_value.double_value.value:.4f}, "
             f"required {_bounds(failure.metric_threshold)}")
+
+
+def _metric_name(key) -> str:
+    if key.sub_key.HasField("class_id"):
+        return f"{key.name} of {LABELS[key.sub_key.class_id.value]}"
+    return key.name
 
 
 def _bounds(threshold) -> str:

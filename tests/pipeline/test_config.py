@@ -1,0 +1,45 @@
+import pytest
+
+from cxr.pipeline.config import PRESETS, ConfigError, load_config
+
+
+def test_study_preset_is_the_study():
+    study = load_config("study")
+    assert study.model.image_size == 224
+    assert study.model.filters == (64, 128, 256, 512) and study.model.dense_units == (512, 1024)
+    assert (study.model.dropout, study.training.learning_rate, study.training.batch_size) == (0.3, 1e-4, 16)
+    assert (study.training.epochs, study.training.early_stopping_patience) == (25, 10)
+
+
+def test_demo_preset_is_small():
+    demo = load_config("demo")
+    assert demo.model.image_size < 128 and max(demo.model.filters) <= 64
+
+
+def test_a_yaml_file_then_set_flags_override_the_preset(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("training:\n  epochs: 7\n  augmentation:\n    zoom: 0.0\nmodel:\n  filters: [4, 8, 8, 8]\n")
+    config = load_config("demo", str(path), ["training.epochs=9", "gate.min_accuracy=0.75"])
+    assert config.training.epochs == 9 and config.training.augmentation.zoom == 0.0
+    assert config.model.filters == (4, 8, 8, 8) and config.gate.min_accuracy == 0.75
+    assert config.training.learning_rate == PRESETS["demo"].training.learning_rate
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["training.epoch=3"], "unknown setting training.epoch"),
+    (["training.epochs=many"], "training.epochs must be a number"),
+    (["stop_on_anomalies=maybe"], "stop_on_anomalies must be true or false"),
+    (["training=3"], "training is a section"),
+    (["model.image_size=40"], "too small for 4 blocks"),
+    (["epochs"], "must look like section.field=value"),
+])
+def test_bad_overrides_name_the_setting(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", overrides=overrides)
+
+
+def test_unknown_preset_and_missing_file_are_named(tmp_path):
+    with pytest.raises(ConfigError, match="unknown preset 'fast'"):
+        load_config("fast")
+    with pytest.raises(ConfigError, match="cannot read configuration file .*nope.yaml"):
+        load_config("demo", str(tmp_path / "nope.yaml"))

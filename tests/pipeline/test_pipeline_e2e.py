@@ -1,0 +1,117 @@
+"""The whole TFX pipeline on the local runner, on tiny phantom data: real components, real MLMD."""
+import glob
+import os
+import shutil
+
+import numpy as np
+import pytest
+import tensorflow as tf
+import tf_keras as keras
+
+from cxr.components.ingest.build import build_tfrecords
+from cxr.components.ingest.config import IngestConfig
+from cxr.demo_data import DemoDataSpec, write_demo_data
+from cxr.pipeline import pipeline as pipeline_module
+from cxr.pipeline.config import load_config
+from cxr.pipeline.local_runner import run_local
+from helpers import IN_PROCESS_BEAM
+
+pytestmark = pytest.mark.slow
+
+UPSTREAM = ("ImportExampleGen", "StatisticsGen", "ExampleValidator", "ValidationGate")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    base = tmp_path_factory.mktemp("pipeline")
+    roots = write_demo_data(DemoDataSpec(out_dir=str(base / "raw"), per_class=16, size=64, seed=3))
+    build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(base / "tfrecords"), beam_args=IN_PROCESS_BEAM))
+    return base
+
+
+def _config(base, *overrides):
+    return load_config("demo", overrides=[
+        f"data.tfrecords_dir={base / 'tfrecords'}", f"pipeline_root={base / 'root'}",
+        f"metadata_path={base / 'metadata.sqlite'}", f"serving_dir={base / 'serving'}",
+        "model.image_size=76", "model.filters=[4, 8, 8, 8]", "model.dense_units=[16, 16]",
+        "training.epochs=2", "gate.min_accuracy=0.0", "gate.min_class_recall=0.0",
+        "gate.max_accuracy_regression=1.0", *overrides])
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace):
+    return run_local(_config(workspace))
+
+
+def _versions(base):
+    return sorted(os.listdir(base / "serving" / "cxr"))
+
+
+def test_every_component_runs_and_a_blessed_model_is_pushed(first_run, workspace):
+    assert first_run.error is None
+    assert set(first_run.statuses.values()) == {"COMPLETE"}, first_run.statuses
+    assert len(first_run.statuses) == 11
+    assert first_run.blessed is True
+    [version] = _versions(workspace)
+    assert version.isdigit()
+    assert os.path.isfile(workspace / "serving" / "cxr" / version / "saved_model.pb")
+    assert first_run.pushed_to.rstrip("/").endswith(version)
+    assert first_run.metrics[""]["example_count"] > 0
+
+
+def test_served_signature_on_raw_bytes_matches_the_model_on_transform_output(first_run, workspace):
+    [version] = _versions(workspace)
+    path = str(workspace / "serving" / "cxr" / version)
+    loaded = tf.saved_model.load(path)
+    assert {"serving_default", "serving_examples", "transform_features"} <= set(loaded.signatures)
+    serve = loaded.signatures["serving_default"]
+    assert serve.structured_input_signature[1]["images"].dtype == tf.string
+    raw = [open(p, "rb").read() for p in sorted(glob.glob(str(workspace / "raw" / "**" / "*.png"),
+                                                            recursive=True))[:6]]
+    served = serve(images=tf.constant(raw))
+    assert served["probabilities"].shape == (6, 4)
+    assert served["class_name"].dtype == tf.string
+    examples = [tf.train.Example(features=tf.train.Features(feature={
+        "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
+        "label": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"NORMAL"]))})).SerializeToString()
+        for data in raw]
+    transformed = loaded.signatures["transform_features"](examples=tf.constant(examples))
+    model = keras.models.load_model(path)
+    direct = model(transformed["image"], training=False)
+    np.testing.assert_allclose(served["probabilities"].numpy(), direct.numpy(), atol=1e-5)
+
+
+def test_an_impossible_threshold_blesses_nothing_and_pushes_nothing(first_run, workspace):
+    summary = run_local(_config(workspace, "gate.min_accuracy=1.01"))
+    assert summary.blessed is False
+    assert any(f.startswith("sparse_categorical_accuracy = ") and ">= 1.01" in f
+               for f in summary.failed_thresholds), summary.failed_thresholds
+    assert summary.pushed_to is None
+    assert len(_versions(workspace)) == 1
+    assert all(summary.statuses[node] == "CACHED" for node in UPSTREAM + ("Transform", "Trainer"))
+
+
+def test_changed_component_code_is_never_served_from_the_cache(first_run, workspace, monkeypatch):
+    monkeypatch.setattr(pipeline_module, "components_fingerprint", lambda: "code after an edit")
+    summary = run_local(_config(workspace))
+    assert summary.statuses["ImportExampleGen"] == "CACHED"
+    assert summary.statuses["Transform"] == "COMPLETE"
+    assert summary.statuses["Trainer"] == "COMPLETE"
+
+
+def test_records_with_an_unknown_label_stop_the_run_at_the_validation_gate(first_run, workspace, tmp_path):
+    bad_dir = tmp_path / "tfrecords"
+    shutil.copytree(workspace / "tfrecords", bad_dir)
+    shard = sorted(glob.glob(str(bad_dir / "span-1" / "*.tfrecord.gz")))[0]
+    records = [tf.train.Example.FromString(r.numpy())
+               for r in tf.data.TFRecordDataset(shard, compression_type="GZIP")]
+    records[0].features.feature["label"].bytes_list.value[0] = b"VIRAL_PNEUMONIA"
+    with tf.io.TFRecordWriter(shard, options="GZIP") as writer:
+        for record in records:
+            writer.write(record.SerializeToString())
+    summary = run_local(_config(workspace, f"data.tfrecords_dir={bad_dir}"))
+    assert summary.statuses["ValidationGate"] == "FAILED"
+    assert "Transform" not in summary.statuses
+    assert "DataAnomaliesError" in summary.error and "'label'" in summary.error
+    assert "VIRAL_PNEUMONIA" in summary.error
+
