@@ -12,7 +12,7 @@ DEMO_DIR ?= demo
 setup: .venv/.installed
 
 demo: setup
-	.venv/bin/cxr demo-data --out $(DEMO_DIR)/raw
+	.venv/bin/cxr demo-data --out $(DEMO_DIR)/raw --per-class 100
 	.venv/bin/cxr build-tfrecords \
 	  --covid-radiography $(DEMO_DIR)/raw/covid19-radiography-database \
 	  --curated $(DEMO_DIR)/raw/curated-cxr \

@@ -13,14 +13,13 @@ import glob
 import os
 import platform
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 
 import psutil
 
 from cxr.demo_data import DemoDataSpec, write_demo_data
+from measure import measure
 
 STUDY_LOADER = """
 import glob, sys
@@ -32,31 +31,6 @@ images = np.stack([np.asarray(Image.open(p).convert('RGB').resize((224, 224)), n
                    for p in paths])
 print(len(paths), images.nbytes)
 """
-
-
-def measure(command):
-    """(seconds, peak resident bytes of the process tree)."""
-    start = time.monotonic()
-    process = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    peak = 0
-    while process.poll() is None:
-        peak = max(peak, _tree_rss(process))
-        time.sleep(0.05)
-    elapsed = time.monotonic() - start
-    output = process.stdout.read().decode(errors="replace")
-    if process.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{output[-4000:]}")
-    return elapsed, peak, output
-
-
-def _tree_rss(process):
-    total = 0
-    try:
-        for member in [process] + process.children(recursive=True):
-            total += member.memory_info().rss
-    except psutil.NoSuchProcess:
-        pass
-    return total
 
 
 def files_seen(output):

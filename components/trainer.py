@@ -31,6 +31,7 @@ class TrainerSettings:
     epochs: int
     early_stopping_patience: int
     mixed_precision: bool
+    seed: int
     augmentation: Dict[str, float]
 
     @classmethod
@@ -41,6 +42,7 @@ class TrainerSettings:
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     settings = TrainerSettings.from_custom_config(fn_args.custom_config)
+    keras.utils.set_random_seed(settings.seed)
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     train = _dataset(fn_args.train_files, fn_args.data_accessor, transform_output, settings, training=True)
     evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, transform_output, settings, training=False)
@@ -62,10 +64,18 @@ def _strategy() -> tf.distribute.Strategy:
 
 
 def _dataset(files, data_accessor, transform_output, settings: TrainerSettings, training: bool) -> tf.data.Dataset:
-    dataset = data_accessor.tf_dataset_factory(
-        files, tfxio.TensorFlowDatasetOptions(batch_size=settings.batch_size, label_key=CLASS_ID,
-                                              num_epochs=1, shuffle=training),
-        transform_output.transformed_metadata.schema)
+    batches = data_accessor.tf_dataset_factory(
+        files, dataset_options(settings, training), transform_output.transformed_metadata.schema)
+    return input_pipeline(batches, settings, training)
+
+
+def dataset_options(settings: TrainerSettings, training: bool) -> tfxio.TensorFlowDatasetOptions:
+    return tfxio.TensorFlowDatasetOptions(batch_size=settings.batch_size, label_key=CLASS_ID,
+                                          num_epochs=1, shuffle=training)
+
+
+def input_pipeline(dataset: tf.data.Dataset, settings: TrainerSettings, training: bool) -> tf.data.Dataset:
+    """(features, label) batches from TFXIO -> augmented in training, prefetched."""
     if training:
         augment = augmentation_layers(settings.augmentation)
         dataset = dataset.map(lambda features, label: (

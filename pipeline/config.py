@@ -47,6 +47,7 @@ class TrainingConfig:
     epochs: int = 25
     early_stopping_patience: int = 10
     mixed_precision: bool = False
+    seed: int = 0  # weights, shuffling and augmentation start from it
     augmentation: AugmentationConfig = AugmentationConfig()
 
 
@@ -91,8 +92,8 @@ def final_feature_map_size(image_size: int, blocks: int) -> int:
 PRESETS = {
     "study": PipelineConfig(),
     "demo": PipelineConfig(
-        model=ModelConfig(image_size=96, filters=(16, 32, 64, 64), dense_units=(64, 64), dropout=0.2),
-        training=TrainingConfig(learning_rate=3e-4, batch_size=16, epochs=40, early_stopping_patience=8,
+        model=ModelConfig(image_size=96, filters=(32, 64, 128, 128), dense_units=(128, 128), dropout=0.2),
+        training=TrainingConfig(learning_rate=3e-4, batch_size=16, epochs=40, early_stopping_patience=10,
                                 augmentation=AugmentationConfig(rotation=0.02, zoom=0.05, brightness=0.05,
                                                                 contrast=0.05)),
         gate=GateConfig(min_accuracy=0.6, min_class_recall=0.3, max_accuracy_regression=0.05),

@@ -89,7 +89,7 @@ def trainer_settings(config: PipelineConfig) -> dict:
         "image_size": model.image_size, "filters": list(model.filters), "dense_units": list(model.dense_units),
         "dropout": model.dropout, "learning_rate": training.learning_rate, "batch_size": training.batch_size,
         "epochs": training.epochs, "early_stopping_patience": training.early_stopping_patience,
-        "mixed_precision": training.mixed_precision,
+        "mixed_precision": training.mixed_precision, "seed": training.seed,
         "augmentation": dataclasses.asdict(training.augmentation),
     }
 
