@@ -11,9 +11,11 @@ def test_study_preset_is_the_study():
     assert (study.training.epochs, study.training.early_stopping_patience) == (25, 10)
 
 
-def test_demo_preset_is_small():
-    demo = load_config("demo")
-    assert demo.model.image_size < 128 and max(demo.model.filters) <= 64
+def test_demo_preset_is_smaller_and_narrower_than_the_study():
+    demo, study = load_config("demo").model, load_config("study").model
+    assert demo.image_size < study.image_size
+    assert all(d < s for d, s in zip(demo.filters, study.filters))
+    assert all(d < s for d, s in zip(demo.dense_units, study.dense_units))
 
 
 def test_a_yaml_file_then_set_flags_override_the_preset(tmp_path):

@@ -99,19 +99,21 @@ def test_changed_component_code_is_never_served_from_the_cache(first_run, worksp
     assert summary.statuses["Trainer"] == "COMPLETE"
 
 
-def test_records_with_an_unknown_label_stop_the_run_at_the_validation_gate(first_run, workspace, tmp_path):
+def test_records_with_an_unknown_label_or_source_stop_the_run_at_the_validation_gate(first_run, workspace, tmp_path):
     bad_dir = tmp_path / "tfrecords"
     shutil.copytree(workspace / "tfrecords", bad_dir)
     shard = sorted(glob.glob(str(bad_dir / "span-1" / "*.tfrecord.gz")))[0]
     records = [tf.train.Example.FromString(r.numpy())
                for r in tf.data.TFRecordDataset(shard, compression_type="GZIP")]
     records[0].features.feature["label"].bytes_list.value[0] = b"VIRAL_PNEUMONIA"
+    records[1].features.feature["source"].bytes_list.value[0] = b"padchest"
     with tf.io.TFRecordWriter(shard, options="GZIP") as writer:
         for record in records:
             writer.write(record.SerializeToString())
     summary = run_local(_config(workspace, f"data.tfrecords_dir={bad_dir}"))
     assert summary.statuses["ValidationGate"] == "FAILED"
     assert "Transform" not in summary.statuses
-    assert "DataAnomaliesError" in summary.error and "'label'" in summary.error
-    assert "VIRAL_PNEUMONIA" in summary.error
+    assert "DataAnomaliesError" in summary.error
+    assert "'label'" in summary.error and "VIRAL_PNEUMONIA" in summary.error
+    assert "'source'" in summary.error and "padchest" in summary.error
 
