@@ -33,6 +33,7 @@ test-slow: setup
 
 bench: setup
 	$(PY) bench/ingest.py --write bench/RESULTS.md
+	$(PY) bench/train.py --write bench/RESULTS.md
 
 lock:
 	uv pip compile --python-version 3.10 --python-platform x86_64-manylinux_2_28 \

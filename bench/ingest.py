@@ -19,7 +19,7 @@ import tempfile
 import psutil
 
 from cxr.demo_data import DemoDataSpec, write_demo_data
-from measure import measure
+from measure import measure, write_section
 
 STUDY_LOADER = """
 import glob, sys
@@ -56,7 +56,7 @@ def run_study_loader(raw):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--per-class", type=int, default=150, help="the 1x size (images per class folder)")
+    parser.add_argument("--per-class", type=int, default=300, help="the 1x size (images per class folder)")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--write", help="Markdown file to write the results to")
     args = parser.parse_args()
@@ -78,8 +78,7 @@ def main():
     report = render(rows, args)
     print(report)
     if args.write:
-        with open(args.write, "w") as f:
-            f.write(report)
+        write_section(args.write, report)
 
 
 def render(rows, args):

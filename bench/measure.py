@@ -28,3 +28,21 @@ def _tree_rss(process):
     except psutil.NoSuchProcess:
         pass
     return total
+
+
+def write_section(path, report):
+    """Replaces the section of `path` that starts with the report's first line (a '# ' title), or appends it."""
+    title = report.splitlines()[0]
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    if title in lines:
+        start = lines.index(title)
+        end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("# ")), len(lines))
+        lines[start:end] = report.rstrip("\n").splitlines() + [""]
+    else:
+        lines += ([""] if lines else []) + report.rstrip("\n").splitlines()
+    with open(path, "w") as f:
+        f.write("\n".join(lines).rstrip("\n") + "\n")

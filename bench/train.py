@@ -10,7 +10,7 @@ its own process so peak memory is its own:
 - fit, array: one epoch of `fit` on one in-memory float32 array (the study's way).
 Target: the input pipeline delivers at least 3x what the model consumes.
 
-    .venv/bin/python bench/train.py --write-section bench/RESULTS.md
+    .venv/bin/python bench/train.py --write bench/RESULTS.md
 """
 import argparse
 import json
@@ -22,7 +22,7 @@ import time
 
 import psutil
 
-from measure import measure
+from measure import measure, write_section
 
 SIZES = {"demo": 64 * 8, "study": 64}  # images written per size: the study model is slow on a CPU
 
@@ -125,7 +125,7 @@ def main():
     parser.add_argument("--task", choices=TASKS)
     parser.add_argument("--data")
     parser.add_argument("--preset", choices=SIZES)
-    parser.add_argument("--write-section", help="append the results to this Markdown file")
+    parser.add_argument("--write", help="Markdown file whose section of these results to replace")
     args = parser.parse_args()
     if args.task:  # one measurement, in its own process
         print(json.dumps(TASKS[args.task](args.data, args.preset)))
@@ -143,9 +143,8 @@ def main():
                 print(rows[-1], flush=True)
     report = render(rows)
     print(report)
-    if args.write_section:
-        with open(args.write_section, "a") as f:
-            f.write("\n" + report)
+    if args.write:
+        write_section(args.write, report)
 
 
 def render(rows):
