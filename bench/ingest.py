@@ -9,7 +9,6 @@ on the same files for comparison. Writes a Markdown table.
     .venv/bin/python bench/ingest.py --write bench/RESULTS.md
 """
 import argparse
-import glob
 import os
 import platform
 import shutil
