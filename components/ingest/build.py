@@ -5,7 +5,6 @@ and passes on only its description; once duplicates are known, the writer reads
 the kept files again. A shuffle on Beam's DirectRunner is held in memory, so
 this keeps memory flat however many images there are.
 """
-import dataclasses
 import hashlib
 import json
 import os
@@ -140,10 +139,10 @@ def _label_nih_files(keyed, csv_name: str) -> Iterator:
         yield beam.pvalue.TaggedOutput(_MISSING, MissingNihFile(image_index))
     for found in files:
         if not rows:
-            yield dataclasses.replace(found, problem=f"not listed in {csv_name}", raw_class="")
+            yield found._replace(problem=f"not listed in {csv_name}", raw_class="")
             continue
         row = rows[0]
-        yield dataclasses.replace(found, raw_class=row.finding_labels, patient_id=row.patient_id)
+        yield found._replace(raw_class=row.finding_labels, patient_id=row.patient_id)
 
 
 class ProbeFile(beam.DoFn):

@@ -6,8 +6,7 @@ index of all images in memory. Pairs found become groups (union-find over the
 duplicate pairs only, which are few); a group whose copies carry one label keeps
 its largest copy, a group whose copies disagree is excluded whole as a conflict.
 """
-import dataclasses
-from typing import Dict, Iterable, Iterator, List, Tuple
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Tuple
 
 import apache_beam as beam
 
@@ -16,8 +15,7 @@ from cxr.components.ingest.ledger import CONFLICT, DUPLICATE, Outcome
 from cxr.components.ingest.probe import ImageFacts, hamming, hash_bands
 
 
-@dataclasses.dataclass(frozen=True)
-class Candidate:
+class Candidate(NamedTuple):
     """A labelled, readable image, described without its bytes."""
     seen: SeenFile
     label: str

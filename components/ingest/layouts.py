@@ -8,9 +8,8 @@ COVID-19 Radiography Database: `<Class>/images/*.png` (current) or `<Class>/*.pn
 
 Paths are always relative to the root the user named, with '/' separators.
 """
-import dataclasses
 import posixpath
-from typing import Optional
+from typing import NamedTuple, Optional
 
 IGNORED_FOLDERS = frozenset({"masks", "__macosx"})
 IGNORED_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
@@ -18,9 +17,13 @@ DOCUMENT_SUFFIXES = frozenset({".xlsx", ".xls", ".csv", ".txt", ".md", ".pdf", "
 NO_CLASS_FOLDER = "(no class folder)"
 
 
-@dataclasses.dataclass(frozen=True)
-class SeenFile:
-    """A file that counts as an image of a dataset; every one ends in one outcome."""
+class SeenFile(NamedTuple):
+    """A file that counts as an image of a dataset; every one ends in one outcome.
+
+    Named tuples, not dataclasses, travel through Beam's shuffles: a pickled
+    dataclass carries its field names in every element, and the DirectRunner
+    holds shuffled elements in the driver's memory.
+    """
     source: str
     path: str
     relpath: str

@@ -5,8 +5,7 @@ class x source, every duplicate, conflict and quarantined file with its reason,
 unmapped counts, ignored non-image files, and NIH rows whose file is missing.
 """
 import collections
-import dataclasses
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 import apache_beam as beam
 
@@ -20,8 +19,7 @@ _LISTED = (DUPLICATE, CONFLICT, QUARANTINED)
 MISSING_EXAMPLES = 50
 
 
-@dataclasses.dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     status: str
     source: str
     relpath: str
@@ -34,15 +32,13 @@ class Outcome:
         return f"{self.source}:{self.relpath}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Ignored:
+class Ignored(NamedTuple):
     """A file that is no image of the dataset (masks, spreadsheets, .DS_Store...)."""
     source: str
     reason: str
 
 
-@dataclasses.dataclass(frozen=True)
-class MissingNihFile:
+class MissingNihFile(NamedTuple):
     image_index: str
 
 

@@ -1,8 +1,7 @@
 """NIH ChestX-ray14's `Data_Entry_2017.csv` (or the `_v2020` revision)."""
 import csv
-import dataclasses
 import io
-from typing import Iterator, Optional
+from typing import Iterator, NamedTuple, Optional
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -17,8 +16,7 @@ class NihCsvError(ValueError):
     """The NIH label file is missing or does not have the columns it should."""
 
 
-@dataclasses.dataclass(frozen=True)
-class NihRow:
+class NihRow(NamedTuple):
     image_index: str
     finding_labels: str
     patient_id: str

@@ -8,11 +8,10 @@ chest X-rays all share one layout and 64 bits alone make different pictures
 look alike (on the demo phantoms, true copies differ in at most 10 of 256 bits,
 different pictures in 30 or more).
 """
-import dataclasses
 import hashlib
 import io
 import warnings
-from typing import Tuple, Union
+from typing import NamedTuple, Tuple, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -28,8 +27,7 @@ SUPPORTED_MODES = {
 _DCT_SIZE = 32
 
 
-@dataclasses.dataclass(frozen=True)
-class ImageFacts:
+class ImageFacts(NamedTuple):
     format: str
     height: int
     width: int
