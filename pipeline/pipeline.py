@@ -10,6 +10,7 @@ from typing import List
 
 from tfx import v1 as tfx
 
+import cxr.components as components_package
 from cxr.components import evaluation
 from cxr.components.validation_gate import ValidationGate
 from cxr.pipeline.config import PipelineConfig
@@ -110,8 +111,7 @@ def components_fingerprint() -> str:
 
 
 def _components_dir() -> str:
-    import cxr.components
-    return os.path.dirname(cxr.components.__file__)
+    return os.path.dirname(components_package.__file__)
 
 
 def _component_sources() -> List[str]:

@@ -263,12 +263,12 @@ def _is_local(path: str) -> bool:
 def _prepare_output(config: IngestConfig) -> str:
     """Where to write; local spans are staged and renamed so ExampleGen never sees half a span."""
     span_dir = config.span_dir
-    if FileSystems.exists(span_dir):
-        if not config.overwrite:
-            raise IngestError(f"{span_dir} already exists; pass --overwrite to replace it "
-                              "or --span N for a new span")
+    exists = FileSystems.exists(span_dir)
+    if exists and not config.overwrite:
+        raise IngestError(f"{span_dir} already exists; pass --overwrite to replace it "
+                          "or --span N for a new span")
     if not _is_local(span_dir):
-        if FileSystems.exists(span_dir):
+        if exists:
             FileSystems.delete([span_dir])
         return span_dir
     staging = os.path.join(config.out_dir, f".span-{config.span}.partial")
