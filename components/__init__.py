@@ -1,1 +1,1 @@
-"""Code that the pipeline's steps execute: ingestion now; Transform, Trainer and evaluation later."""
+"""Code that the pipeline's steps execute: ingestion, Transform, Trainer, export and evaluation."""

@@ -11,6 +11,7 @@ import tf_keras as keras
 NUM_CLASSES = 4
 INPUT_NAME = "image"
 LAST_CONV_NAME = "last_conv"
+OUTPUT_NAME = "probabilities"
 
 
 def build_model(image_size: int, filters, dense_units, dropout: float, learning_rate: float,
@@ -30,7 +31,7 @@ def build_model(image_size: int, filters, dense_units, dropout: float, learning_
         x = keras.layers.Dense(units, activation="relu", name=f"dense{index}")(x)
         x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x)
     # Softmax in float32 even under mixed precision, for stable probabilities.
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name="probabilities")(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
     model = keras.Model(inputs, outputs, name="cxr_cnn")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -1,11 +1,5 @@
-"""Trainer's `run_fn`: trains the study's CNN on Transform's output and exports the serving model.
-
-Signatures of the exported SavedModel:
-- serving_default: `images` [-1] tf.string of encoded PNG/JPEG -> probabilities [N, 4],
-  class_id [N], class_name [N] (TF Serving's {"b64": ...} JSON maps onto it);
-- serving_examples: serialized tf.Example -> the same outputs;
-- transform_features: serialized tf.Example -> Transform's output (for TFMA).
-"""
+"""Trainer's `run_fn`: trains the study's CNN on Transform's output and exports the serving model
+(its signatures are described in components/export.py)."""
 import dataclasses
 from typing import Dict, List
 
@@ -16,7 +10,8 @@ from tfx import v1 as tfx
 from tfx_bsl.public import tfxio
 
 from cxr.components import model as model_lib
-from cxr.components.transform import CLASS_ID, CLASS_NAMES, IMAGE, LABEL
+from cxr.components.export import export_serving_model
+from cxr.components.transform import CLASS_ID, IMAGE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +28,7 @@ class TrainerSettings:
     mixed_precision: bool
     seed: int
     augmentation: Dict[str, float]
+    max_image_pixels: int
 
     @classmethod
     def from_custom_config(cls, custom_config: dict) -> "TrainerSettings":
@@ -54,7 +50,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                                       restore_best_weights=True),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
     ])
-    model.save(fn_args.serving_model_dir, save_format="tf", signatures=_signatures(model, transform_output))
+    export_serving_model(model, transform_output, fn_args.serving_model_dir, settings.max_image_pixels)
 
 
 def _strategy() -> tf.distribute.Strategy:
@@ -96,33 +92,3 @@ def augmentation_layers(augmentation: Dict[str, float]) -> keras.Sequential:
     if augmentation.get("contrast"):
         layers.append(keras.layers.RandomContrast(augmentation["contrast"]))
     return keras.Sequential(layers, name="augmentation")
-
-
-def _signatures(model: keras.Model, transform_output: tft.TFTransformOutput) -> dict:
-    model.tft_layer = transform_output.transform_features_layer()
-    raw_spec = transform_output.raw_feature_spec()
-    example_spec = {IMAGE: raw_spec[IMAGE]}
-    class_names = tf.constant(CLASS_NAMES)
-
-    def predict(transformed):
-        probabilities = model(transformed[IMAGE], training=False)
-        class_id = tf.argmax(probabilities, axis=-1)
-        return {"probabilities": probabilities, "class_id": class_id,
-                "class_name": tf.gather(class_names, class_id)}
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="images")])
-    def serve_images(images):
-        return predict(model.tft_layer({IMAGE: tf.reshape(images, [-1, 1])}))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def serve_examples(examples):
-        return predict(model.tft_layer(tf.io.parse_example(examples, example_spec)))
-
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-    def transform_features(examples):
-        raw = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE], LABEL: raw_spec[LABEL]})
-        return model.tft_layer(raw)
-
-    return {"serving_default": serve_images.get_concrete_function(),
-            "serving_examples": serve_examples.get_concrete_function(),
-            "transform_features": transform_features.get_concrete_function()}

@@ -25,6 +25,8 @@ def _parser() -> argparse.ArgumentParser:
     _add_demo_data(commands)
     _add_build_tfrecords(commands)
     _add_run(commands)
+    _add_predict(commands)
+    _add_serve(commands)
     return parser
 
 
@@ -122,3 +124,78 @@ def _run_pipeline(args) -> int:
     if summary.error:
         return EXIT_FAILED
     return 0 if summary.blessed else EXIT_NOT_BLESSED
+
+
+def _add_predict(commands) -> None:
+    command = commands.add_parser("predict", help="classify X-rays through TF Serving's REST API (or cxr serve)")
+    command.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    command.add_argument("--url", default="http://localhost:8501", help="the server (default http://localhost:8501)")
+    command.add_argument("--model", default="cxr", help="model name (default cxr)")
+    which = command.add_mutually_exclusive_group()
+    which.add_argument("--version", type=int, help="a model version (default: the latest)")
+    which.add_argument("--label", help="a version label from the server's model config, e.g. stable or canary")
+    command.add_argument("--explain", metavar="OUT_DIR", help="also write Grad-CAM overlays here, one PNG per image")
+    command.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    command.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
+    command.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
+    command.add_argument("--retries", type=int, default=3,
+                         help="retries while the server refuses connections or answers 503 (default 3)")
+    command.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                         help="first wait up to SECONDS for the model to be AVAILABLE (default: do not wait)")
+    command.set_defaults(run=_run_predict)
+
+
+def _run_predict(args) -> int:
+    from cxr.serving import contract
+    from cxr.serving.client import ServingClient
+    from cxr.serving.results import format_table, to_json, write_overlays
+
+    for path in args.images:
+        if not os.path.isfile(path):
+            raise ValueError(f"{path}: no such image file")
+    client = ServingClient(url=args.url, model=args.model, version=args.version, label=args.label,
+                           timeout_s=args.timeout, retries=args.retries)
+    if args.wait:
+        client.wait_until_available(args.wait)
+    results = list(client.predict_files(args.images, batch_size=args.batch_size))
+    overlays = {}
+    if args.explain:
+        explained = client.predict_files(args.images, contract.EXPLAIN_SIGNATURE, batch_size=args.batch_size)
+        overlays = write_overlays(list(explained), args.explain)
+    print(to_json(results, overlays) if args.json else format_table(results))
+    if overlays and not args.json:
+        print(f"\nGrad-CAM overlays: {len(overlays)} written to {args.explain}")
+    return 1 if any(result.error for result in results) else 0
+
+
+def _add_serve(commands) -> None:
+    command = commands.add_parser(
+        "serve", help="a development server with TF Serving's REST API (production runs TF Serving)")
+    command.add_argument("--model_base_path", help="the pushed model folder, <serving_dir>/<model_name>")
+    command.add_argument("--model_name", default="cxr", help="(default cxr)")
+    command.add_argument("--model_config_file", help="a ModelServerConfig text proto: name, base path, "
+                                                     "version policy and labels (overrides the two above)")
+    command.add_argument("--rest_api_port", type=int, default=8501, help="(default 8501; 0 picks a free port)")
+    command.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    command.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
+                         help="how often to look for newly pushed versions (default 1)")
+    command.add_argument("--max_body_bytes", type=int, default=64 * 1024 * 1024,
+                         help="refuse larger request bodies with HTTP 413 (default 64 MiB)")
+    command.add_argument("--enable_model_warmup", type=_boolean, default=True,
+                         help="replay assets.extra/tf_serving_warmup_requests on load (default true)")
+    command.set_defaults(run=_run_serve)
+
+
+def _run_serve(args) -> None:
+    from cxr.serving.dev_server import ServerSettings, serve
+    serve(ServerSettings(
+        model_base_path=args.model_base_path, model_name=args.model_name, model_config_file=args.model_config_file,
+        rest_api_port=args.rest_api_port, host=args.host,
+        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds, max_body_bytes=args.max_body_bytes,
+        enable_model_warmup=args.enable_model_warmup))
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() not in ("true", "false", "1", "0"):
+        raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+    return text.lower() in ("true", "1")

@@ -12,6 +12,7 @@ Patients keep their anatomy across follow-up images; each image gets its own
 positioning, exposure and noise.
 """
 import dataclasses
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,13 +37,18 @@ class Anatomy:
                    rib_spacing=rng.uniform(0.11, 0.14), body_width=rng.uniform(0.78, 0.9))
 
 
-def render(rng: np.random.Generator, anatomy: Anatomy, finding: str, size: int) -> np.ndarray:
-    """A float image in [0, 1], size x size, darker where there is air."""
+def render(rng: np.random.Generator, anatomy: Anatomy, finding: str, size: int,
+           affected_lung: Optional[int] = None) -> np.ndarray:
+    """A float image in [0, 1], size x size, darker where there is air.
+
+    affected_lung: for the one-sided findings (pneumothorax, bacterial pneumonia),
+    0 puts the finding in the lung on the image's left, 1 on its right; None draws it.
+    """
     grid = _Grid(size, rng)
     lungs = [_lung_mask(grid, anatomy, side) for side in (-1, 1)]
     severity = rng.uniform(0.55, 1.0)
     if finding == "pneumothorax":
-        side = int(rng.integers(2))
+        side = _side(rng, affected_lung)
         lungs[side], air = _collapse(grid, anatomy, 2 * side - 1, rng.uniform(0.55, 0.8))
     else:
         air = np.zeros_like(grid.x)
@@ -54,7 +60,7 @@ def render(rng: np.random.Generator, anatomy: Anatomy, finding: str, size: int) 
     image += 0.18 * _ellipse(grid, 0, 0, 0.06, 1.0, soft=0.02)
     image += 0.10 * _ribs(grid, anatomy) * body * (1 - 0.6 * air)
     image += 0.09 * _vessels(grid, anatomy, rng) * lung
-    image += severity * _finding(grid, anatomy, finding, lungs, rng)
+    image += severity * _finding(grid, anatomy, finding, lungs, rng, affected_lung)
     if finding == "pneumothorax":
         image += 0.16 * severity * _edge(lungs[side], grid)
     image += 0.05 * grid.smooth_noise(5) + rng.normal(0, rng.uniform(0.02, 0.04), image.shape)
@@ -144,9 +150,13 @@ def _branch(draw, grid, start, angle, length, width, rng, depth) -> None:
             _branch(draw, grid, end, angle + turn + rng.uniform(-0.2, 0.2), length * 0.55, width, rng, depth - 1)
 
 
-def _finding(grid: _Grid, anatomy: Anatomy, finding: str, lungs, rng) -> np.ndarray:
+def _side(rng: np.random.Generator, affected_lung: Optional[int]) -> int:
+    return int(rng.integers(2)) if affected_lung is None else affected_lung
+
+
+def _finding(grid: _Grid, anatomy: Anatomy, finding: str, lungs, rng, affected_lung=None) -> np.ndarray:
     if finding == "bacterial_pneumonia":
-        return _consolidation(grid, anatomy, lungs, rng)
+        return _consolidation(grid, anatomy, lungs, rng, affected_lung)
     if finding == "covid":
         return sum(_peripheral_haze(grid, anatomy, lungs[i], 2 * i - 1, rng) for i in (0, 1))
     if finding == "opacity":
@@ -157,8 +167,8 @@ def _finding(grid: _Grid, anatomy: Anatomy, finding: str, lungs, rng) -> np.ndar
     return np.zeros_like(grid.x)
 
 
-def _consolidation(grid: _Grid, anatomy: Anatomy, lungs, rng) -> np.ndarray:
-    side = int(rng.integers(2))
+def _consolidation(grid: _Grid, anatomy: Anatomy, lungs, rng, affected_lung=None) -> np.ndarray:
+    side = _side(rng, affected_lung)
     lower = rng.random() < 0.65
     fissure = rng.uniform(-0.1, 0.15)
     lobe = (grid.y > fissure) if lower else (grid.y < fissure - 0.1)

@@ -60,6 +60,14 @@ class GateConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class ServingConfig:
+    # The exported model refuses an image whose header declares more pixels
+    # (a decompression bomb) before decoding it. The largest X-rays in the
+    # three datasets are about 4,000 x 4,000.
+    max_image_pixels: int = 50_000_000
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     name: str = "cxr"
     pipeline_root: str = "build/pipeline"
@@ -73,6 +81,7 @@ class PipelineConfig:
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
+    serving: ServingConfig = ServingConfig()
 
     def __post_init__(self):
         if final_feature_map_size(self.model.image_size, len(self.model.filters)) < 1:

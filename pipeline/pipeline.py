@@ -14,6 +14,7 @@ import cxr.components as components_package
 from cxr.components import evaluation
 from cxr.components.validation_gate import ValidationGate
 from cxr.pipeline.config import PipelineConfig
+from cxr.serving import contract as serving_contract
 
 COMPONENTS_PACKAGE = "cxr.components"
 PREPROCESSING_FN = f"{COMPONENTS_PACKAGE}.transform.preprocessing_fn"
@@ -92,6 +93,7 @@ def trainer_settings(config: PipelineConfig) -> dict:
         "epochs": training.epochs, "early_stopping_patience": training.early_stopping_patience,
         "mixed_precision": training.mixed_precision, "seed": training.seed,
         "augmentation": dataclasses.asdict(training.augmentation),
+        "max_image_pixels": config.serving.max_image_pixels,
     }
 
 
@@ -100,11 +102,11 @@ def components_fingerprint() -> str:
 
     TFX's cache key sees only the dotted path of preprocessing_fn and run_fn, not
     the code behind it; putting this digest into their custom_config makes any
-    change to that code a cache miss.
+    change to that code (or to the serving contract the export follows) a cache miss.
     """
     digest = hashlib.sha256()
-    for path in sorted(_component_sources()):
-        digest.update(os.path.relpath(path, _components_dir()).encode())
+    for path in sorted(_component_sources()) + [serving_contract.__file__]:
+        digest.update(os.path.relpath(path, os.path.dirname(_components_dir())).encode())
         with open(path, "rb") as f:
             digest.update(f.read())
     return digest.hexdigest()

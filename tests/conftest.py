@@ -1,4 +1,4 @@
-"""Shared fixtures: the three dataset trees, small, with every quirk of the downloads."""
+"""Shared fixtures: the three dataset trees, small, with every quirk of the downloads; a small exported model."""
 import os
 
 import pytest
@@ -79,3 +79,16 @@ def quirky_trees(tmp_path_factory):
     add("nih", nih, "images_002/images/00000099_000.png", encode(phantom_picture(59), "PNG"), "quarantined")
     return {"roots": {"covid_radiography": radiography, "curated": curated, "nih": nih},
             "expected": expected}
+
+
+@pytest.fixture(scope="session")
+def model_base_path(tmp_path_factory) -> str:
+    """<serving_dir>/cxr with version 1 of a small model trained on phantoms and exported as the Trainer does."""
+    from trained_model import export_small_model
+    return export_small_model(str(tmp_path_factory.mktemp("exported")))
+
+
+@pytest.fixture(scope="session")
+def loaded_model(model_base_path):
+    import tensorflow as tf
+    return tf.saved_model.load(os.path.join(model_base_path, "1"))

@@ -12,9 +12,9 @@ from cxr import phantoms
 IN_PROCESS_BEAM = ("--direct_running_mode=in_memory",)
 
 
-def phantom_picture(seed: int, size: int = 96, finding: str = "normal") -> Image.Image:
+def phantom_picture(seed: int, size: int = 96, finding: str = "normal", affected_lung=None) -> Image.Image:
     rng = np.random.default_rng(seed)
-    image = phantoms.render(rng, phantoms.Anatomy.random(rng), finding, size)
+    image = phantoms.render(rng, phantoms.Anatomy.random(rng), finding, size, affected_lung)
     return Image.fromarray(phantoms.to_uint8(image))
 
 

@@ -1,0 +1,176 @@
+"""The SavedModel that TF Serving serves: signatures, in-graph input guards, Grad-CAM and warm-up.
+
+Signatures (names from cxr.serving.contract):
+- serving_default: `images` [-1] tf.string of encoded PNG/JPEG -> probabilities [N, 4],
+  class_id [N], class_name [N] (TF Serving's {"b64": ...} JSON maps onto `images`);
+- explain: `images` -> class_id, class_name, probability and a Grad-CAM heatmap
+  [N, size, size] in [0, 1] of the predicted class;
+- explain_class: `images` and `class_id` [-1] -> the same for the class asked for;
+- serving_examples: serialized tf.Example -> the serving_default outputs;
+- transform_features: serialized tf.Example -> Transform's output (for TFMA).
+Every signature that takes image bytes checks them before decoding: a payload
+that is not a PNG or JPEG, or whose header declares more than `max_image_pixels`
+pixels (a decompression bomb), fails with InvalidArgument naming the problem.
+"""
+import os
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras as keras
+from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
+
+from cxr.components.model import LAST_CONV_NAME, OUTPUT_NAME
+from cxr.components.transform import CLASS_NAMES, IMAGE, LABEL
+from cxr.serving import contract
+
+_PNG_HEADER_BYTES = 24  # signature (8) + IHDR length and type (8) + width and height (8)
+
+
+def export_serving_model(model: keras.Model, transform_output: tft.TFTransformOutput, export_dir: str,
+                         max_image_pixels: int) -> None:
+    model.save(export_dir, save_format="tf",
+               signatures=serving_signatures(model, transform_output, max_image_pixels))
+    write_warmup_requests(export_dir, image_size=model.input_shape[1])
+
+
+def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutput,
+                       max_image_pixels: int) -> dict:
+    # Attached to the model so that model.save tracks their variables and assets.
+    model.tft_layer = transform_output.transform_features_layer()
+    model.grad_cam_model = _grad_cam_model(model)
+    raw_spec = transform_output.raw_feature_spec()
+    class_names = tf.constant(CLASS_NAMES)
+
+    def pixels_of(images):
+        images = checked_images(images, max_image_pixels)
+        return model.tft_layer({IMAGE: tf.reshape(images, [-1, 1])})[IMAGE]
+
+    def predict(pixels):
+        probabilities = model(pixels, training=False)
+        class_id = tf.argmax(probabilities, axis=-1)
+        return {contract.PROBABILITIES: probabilities, contract.CLASS_ID: class_id,
+                contract.CLASS_NAME: tf.gather(class_names, class_id)}
+
+    def explain_pixels(pixels, class_id=None):
+        class_id, probability, heatmap = grad_cam(model.grad_cam_model, model.get_layer(OUTPUT_NAME),
+                                                  pixels, class_id)
+        return {contract.CLASS_ID: class_id, contract.CLASS_NAME: tf.gather(class_names, class_id),
+                contract.PROBABILITY: probability, contract.HEATMAP: heatmap}
+
+    images_spec = tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)
+    examples_spec = tf.TensorSpec([None], tf.string, name="examples")
+
+    @tf.function(input_signature=[images_spec])
+    def serve_images(images):
+        return predict(pixels_of(images))
+
+    @tf.function(input_signature=[images_spec])
+    def explain(images):
+        return explain_pixels(pixels_of(images))
+
+    @tf.function(input_signature=[images_spec, tf.TensorSpec([None], tf.int64, name=contract.CLASS_ID_INPUT)])
+    def explain_class(images, class_id):
+        known = tf.logical_and(class_id >= 0, class_id < len(CLASS_NAMES))
+        check = tf.debugging.Assert(tf.reduce_all(known), [
+            f"class_id must be 0..{len(CLASS_NAMES) - 1}, got", tf.boolean_mask(class_id, tf.logical_not(known))])
+        with tf.control_dependencies([check]):
+            return explain_pixels(pixels_of(images), tf.identity(class_id))
+
+    @tf.function(input_signature=[examples_spec])
+    def serve_examples(examples):
+        raw = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE]})
+        return predict(model.tft_layer(raw)[IMAGE])
+
+    @tf.function(input_signature=[examples_spec])
+    def transform_features(examples):
+        raw = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE], LABEL: raw_spec[LABEL]})
+        return model.tft_layer(raw)
+
+    return {contract.PREDICT_SIGNATURE: serve_images.get_concrete_function(),
+            contract.EXPLAIN_SIGNATURE: explain.get_concrete_function(),
+            contract.EXPLAIN_CLASS_SIGNATURE: explain_class.get_concrete_function(),
+            "serving_examples": serve_examples.get_concrete_function(),
+            "transform_features": transform_features.get_concrete_function()}
+
+
+def checked_images(images: tf.Tensor, max_image_pixels: int) -> tf.Tensor:
+    """`images` unchanged once every one is a PNG or JPEG whose header declares at most max pixels."""
+    is_png = tf.logical_and(tf.strings.substr(images, 0, 8) == contract.PNG_SIGNATURE,
+                            tf.strings.length(images) >= _PNG_HEADER_BYTES)
+    is_jpeg = tf.strings.substr(images, 0, 3) == contract.JPEG_SIGNATURE
+    known = tf.logical_or(is_png, is_jpeg)
+    formats_ok = tf.debugging.Assert(tf.reduce_all(known), [
+        "not a PNG or JPEG file: images at index", tf.where(tf.logical_not(known))[:, 0]])
+    with tf.control_dependencies([formats_ok]):
+        pixels = tf.map_fn(declared_pixels, images, fn_output_signature=tf.int64)
+    too_large = pixels > max_image_pixels
+    sizes_ok = tf.debugging.Assert(tf.logical_not(tf.reduce_any(too_large)), [
+        f"image header declares more than {max_image_pixels} pixels (limit max_image_pixels): images at index",
+        tf.where(too_large)[:, 0], "declared pixels", tf.boolean_mask(pixels, too_large)])
+    with tf.control_dependencies([sizes_ok]):
+        return tf.identity(images)
+
+
+def declared_pixels(image: tf.Tensor) -> tf.Tensor:
+    """Width x height as the file's header declares it, read without decoding the pixels."""
+    def png():
+        # IHDR's width and height: big-endian uint32 at bytes 16..23.
+        digits = tf.cast(tf.io.decode_raw(tf.strings.substr(image, 16, 8), tf.uint8), tf.int64)
+        width, height = tf.split(tf.reshape(digits, [2, 4]), 2)
+        place = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64)
+        return tf.reduce_sum(width * place) * tf.reduce_sum(height * place)
+
+    def jpeg():
+        shape = tf.cast(tf.image.extract_jpeg_shape(image), tf.int64)
+        return shape[0] * shape[1]
+
+    return tf.cond(tf.strings.substr(image, 0, 8) == contract.PNG_SIGNATURE, png, jpeg)
+
+
+def _grad_cam_model(model: keras.Model) -> keras.Model:
+    """The model cut open: last convolution's feature maps and the input of the softmax layer."""
+    return keras.Model(model.inputs, [model.get_layer(LAST_CONV_NAME).output,
+                                      model.get_layer(OUTPUT_NAME).input], name="grad_cam")
+
+
+def grad_cam(grad_cam_model: keras.Model, output_layer: keras.layers.Dense, pixels: tf.Tensor, class_id=None):
+    """(class_id, its probability, heatmap [N, size, size] in [0, 1]) per image.
+
+    The gradient is taken of the class's logit, not its probability: a confident
+    softmax saturates and its gradients vanish.
+    """
+    with tf.GradientTape() as tape:
+        feature_maps, hidden = grad_cam_model(pixels, training=False)
+        logits = tf.cast(tf.matmul(hidden, output_layer.kernel) + output_layer.bias, tf.float32)
+        probabilities = tf.nn.softmax(logits)
+        if class_id is None:
+            class_id = tf.argmax(probabilities, axis=-1)
+        chosen_logits = tf.gather(logits, class_id, batch_dims=1)
+    gradients = tf.cast(tape.gradient(chosen_logits, feature_maps), tf.float32)
+    channel_weights = tf.reduce_mean(gradients, axis=[1, 2])
+    cam = tf.nn.relu(tf.einsum("nhwc,nc->nhw", tf.cast(feature_maps, tf.float32), channel_weights))
+    size = tf.shape(pixels)[1:3]
+    heatmap = tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0]
+    heatmap = tf.math.divide_no_nan(heatmap, tf.reduce_max(heatmap, axis=[1, 2], keepdims=True))
+    return class_id, tf.gather(probabilities, class_id, batch_dims=1), heatmap
+
+
+def write_warmup_requests(export_dir: str, image_size: int) -> str:
+    """One request per image signature, so TF Serving runs each graph once before it reports AVAILABLE."""
+    path = os.path.join(export_dir, contract.WARMUP_FILE)
+    tf.io.gfile.makedirs(os.path.dirname(path))
+    image = warmup_image(image_size)
+    with tf.io.TFRecordWriter(path) as writer:
+        for signature in (contract.PREDICT_SIGNATURE, contract.EXPLAIN_SIGNATURE):
+            request = predict_pb2.PredictRequest(model_spec=model_pb2.ModelSpec(signature_name=signature))
+            request.inputs[contract.IMAGES_INPUT].CopyFrom(tf.make_tensor_proto([image], tf.string))
+            writer.write(prediction_log_pb2.PredictionLog(
+                predict_log=prediction_log_pb2.PredictLog(request=request)).SerializeToString())
+    return path
+
+
+def warmup_image(size: int) -> bytes:
+    """A synthetic gradient PNG: warm-up must not ship a patient's X-ray inside the model."""
+    ramp = tf.linspace(0.0, 255.0, size)
+    pixels = tf.cast(tf.minimum(ramp[:, tf.newaxis] + ramp[tf.newaxis, :], 255.0), tf.uint8)
+    return tf.io.encode_png(pixels[..., tf.newaxis]).numpy()

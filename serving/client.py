@@ -1,0 +1,142 @@
+"""A client of TF Serving's REST API for the exported model: requests, numpy and Pillow only.
+
+Sends TF Serving's documented request, {"signature_name": ..., "instances":
+[{"b64": ...}, ...]}, in batches, with a timeout per request and retries while
+the server is starting or busy (connection refused, HTTP 503). A batch the
+server refuses is sent again one file at a time, so each error names its file.
+"""
+import base64
+import dataclasses
+import time
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+
+import numpy as np
+import requests
+
+from cxr.serving import contract
+
+RETRY_STATUSES = (503,)
+
+
+class ServingRequestError(RuntimeError):
+    """The server's answer to a request that failed, or why no answer came."""
+
+    def __init__(self, message: str, status: Optional[int] = None):
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class ImageResult:
+    """One file's answer: the server's outputs for it, or the server's error message."""
+    path: str
+    outputs: Optional[Dict[str, object]] = None
+    error: Optional[str] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ServingClient:
+    url: str = f"http://localhost:{contract.DEFAULT_REST_PORT}"
+    model: str = "cxr"
+    version: Optional[int] = None
+    label: Optional[str] = None
+    timeout_s: float = 30.0
+    retries: int = 3
+    backoff_s: float = 0.5
+
+    def model_url(self) -> str:
+        return self.url.rstrip("/") + contract.model_path(self.model, self.version, self.label)
+
+    def status(self) -> dict:
+        # A label in the status URL is ignored by TF Serving: ask for the whole model.
+        path = contract.model_path(self.model, self.version)
+        return self._send("GET", self.url.rstrip("/") + path)
+
+    def wait_until_available(self, timeout_s: float) -> dict:
+        """Polls the model's status until a version is AVAILABLE; raises after timeout_s."""
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                status = self.status()
+                if any(entry["state"] == "AVAILABLE" for entry in status["model_version_status"]):
+                    return status
+                problem = f"no version AVAILABLE yet: {status['model_version_status']}"
+            except ServingRequestError as error:
+                problem = error.message
+            if time.monotonic() >= deadline:
+                raise ServingRequestError(f"{self.model} at {self.url} not available after {timeout_s:g} s: {problem}")
+            time.sleep(0.5)
+
+    def predict(self, images: Sequence[bytes], signature: str = contract.PREDICT_SIGNATURE) -> List[dict]:
+        """One output dict per image, as TF Serving's row format answers."""
+        body = {"signature_name": signature,
+                "instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
+        answer = self._send("POST", self.model_url() + ":predict", body)
+        return answer["predictions"]
+
+    def predict_files(self, paths: Sequence[str], signature: str = contract.PREDICT_SIGNATURE,
+                      batch_size: int = 16) -> Iterator[ImageResult]:
+        for batch in _batches(paths, batch_size):
+            images = [_read(path) for path in batch]
+            try:
+                yield from (ImageResult(path, outputs)
+                            for path, outputs in zip(batch, self.predict(images, signature)))
+            except ServingRequestError as error:
+                if len(batch) > 1 and error.status is not None and error.status < 500:
+                    yield from self._one_by_one(batch, images, signature)
+                else:
+                    yield from (ImageResult(path, error=error.message) for path in batch)
+
+    def _one_by_one(self, paths, images, signature) -> Iterator[ImageResult]:
+        for path, image in zip(paths, images):
+            try:
+                yield ImageResult(path, self.predict([image], signature)[0])
+            except ServingRequestError as error:
+                yield ImageResult(path, error=error.message)
+
+    def _send(self, method: str, url: str, body: Optional[dict] = None) -> dict:
+        for attempt in range(self.retries + 1):
+            try:
+                response = requests.request(method, url, json=body, timeout=self.timeout_s)
+            except requests.ConnectionError as error:
+                failure = ServingRequestError(f"cannot reach {url}: {_reason(error)}")
+            except requests.Timeout:
+                raise ServingRequestError(f"no answer from {url} within {self.timeout_s:g} s") from None
+            else:
+                if response.status_code == 200:
+                    return response.json()
+                failure = ServingRequestError(_server_message(response), response.status_code)
+                if response.status_code not in RETRY_STATUSES:
+                    raise failure
+            if attempt < self.retries:
+                time.sleep(self.backoff_s * 2 ** attempt)
+        raise failure
+
+
+def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    if size < 1:
+        raise ValueError(f"batch size must be at least 1, got {size}")
+    return (items[start:start + size] for start in range(0, len(items), size))
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _server_message(response: requests.Response) -> str:
+    try:
+        message = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text.strip() or response.reason
+    return f"HTTP {response.status_code}: {message}"
+
+
+def _reason(error: requests.ConnectionError) -> str:
+    text = str(error)
+    return "connection refused" if "refused" in text.lower() else text
+
+
+def class_probabilities(outputs: Dict[str, object]) -> Dict[str, float]:
+    return dict(zip(contract.CLASS_NAMES, np.asarray(outputs[contract.PROBABILITIES], dtype=float).tolist()))

@@ -1,0 +1,73 @@
+"""A real exported model for the export and serving tests.
+
+Transform's graph (tft_beam over the real preprocessing_fn), a small CNN trained
+on phantoms, exported by the code the Trainer runs
+(components.export.export_serving_model): the signatures under test are the
+pipeline's; only the size is small (64 px, three narrow blocks).
+"""
+import os
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+import tensorflow_transform as tft
+import tensorflow_transform.beam as tft_beam
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, schema_utils
+
+from cxr.components import model as model_lib
+from cxr.components.export import export_serving_model
+from cxr.components.transform import decode_images, preprocessing_fn
+from cxr.components.vocabulary import LABELS
+from helpers import encode, phantom_picture
+
+IMAGE_SIZE = 64
+MAX_IMAGE_PIXELS = 1_000_000
+MODEL_NAME = "cxr"
+FINDINGS = {"BACTERIAL_PNEUMONIA": "bacterial_pneumonia", "COVID": "covid", "NORMAL": "normal",
+            "PNEUMOTHORAX": "pneumothorax"}
+PER_CLASS = 60
+
+
+def demo_png(seed: int, label: str = "NORMAL", affected_lung=None) -> bytes:
+    return encode(phantom_picture(seed, size=96, finding=FINDINGS[label], affected_lung=affected_lung), "PNG")
+
+
+def _training_set():
+    images, labels = [], []
+    for class_id, label in enumerate(LABELS):
+        images += [demo_png(1000 * class_id + i, label) for i in range(PER_CLASS)]
+        labels += [class_id] * PER_CLASS
+    return images, np.array(labels)
+
+
+def _write_transform_graph(out_dir: str, temp_dir: str, example_png: bytes) -> tft.TFTransformOutput:
+    spec = {"image": tf.io.FixedLenFeature([1], tf.string), "label": tf.io.FixedLenFeature([1], tf.string)}
+    metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
+    with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=temp_dir):
+        data = pipeline | beam.Create([{"image": [example_png], "label": [b"NORMAL"]}])
+        transform_fn = (data, metadata) | tft_beam.AnalyzeDataset(
+            lambda inputs: preprocessing_fn(inputs, {"image_size": IMAGE_SIZE}))
+        _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
+    metadata_io.write_metadata(metadata, os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
+    return tft.TFTransformOutput(out_dir)
+
+
+def train_small_model():
+    tf.keras.utils.set_random_seed(0)
+    images, labels = _training_set()
+    pixels = decode_images(tf.constant(images), IMAGE_SIZE).numpy()
+    # Mirrored copies, as the pipeline's augmentation does: findings occur on either side.
+    pixels, labels = np.concatenate([pixels, pixels[:, :, ::-1]]), np.concatenate([labels, labels])
+    model = model_lib.build_model(IMAGE_SIZE, filters=(16, 32, 32), dense_units=(64,), dropout=0.1,
+                                  learning_rate=2e-3)
+    model.fit(pixels, labels, epochs=12, batch_size=16, shuffle=True, verbose=0)
+    return model
+
+
+def export_small_model(work_dir: str) -> str:
+    """TF Serving's model base path (<work_dir>/models/cxr) holding version 1 of the trained model."""
+    transform_output = _write_transform_graph(os.path.join(work_dir, "transform"),
+                                              os.path.join(work_dir, "tft_tmp"), demo_png(1))
+    base_path = os.path.join(work_dir, "models", MODEL_NAME)
+    export_serving_model(train_small_model(), transform_output, os.path.join(base_path, "1"), MAX_IMAGE_PIXELS)
+    return base_path
