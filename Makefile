@@ -21,6 +21,7 @@ demo: setup
 	.venv/bin/cxr run --preset demo --set data.tfrecords_dir=$(DEMO_DIR)/tfrecords \
 	  --set pipeline_root=$(DEMO_DIR)/pipeline --set metadata_path=$(DEMO_DIR)/metadata.sqlite \
 	  --set serving_dir=$(DEMO_DIR)/serving
+	scripts/demo_predict.sh $(DEMO_DIR)
 
 test: setup
 	$(PY) -m pytest tests
@@ -34,6 +35,7 @@ test-slow: setup
 bench: setup
 	$(PY) bench/ingest.py --write bench/RESULTS.md
 	$(PY) bench/train.py --write bench/RESULTS.md
+	$(PY) bench/serving.py --write bench/RESULTS.md
 
 lock:
 	uv pip compile --python-version 3.10 --python-platform x86_64-manylinux_2_28 \
