@@ -40,13 +40,14 @@ def _training_set():
     return images, np.array(labels)
 
 
-def _write_transform_graph(out_dir: str, temp_dir: str, example_png: bytes) -> tft.TFTransformOutput:
+def write_transform_graph(out_dir: str, temp_dir: str, image_size: int = IMAGE_SIZE) -> tft.TFTransformOutput:
+    """What the Transform component writes (transform graph and raw metadata), for images of image_size."""
     spec = {"image": tf.io.FixedLenFeature([1], tf.string), "label": tf.io.FixedLenFeature([1], tf.string)}
     metadata = dataset_metadata.DatasetMetadata(schema_utils.schema_from_feature_spec(spec))
     with beam.Pipeline() as pipeline, tft_beam.Context(temp_dir=temp_dir):
-        data = pipeline | beam.Create([{"image": [example_png], "label": [b"NORMAL"]}])
+        data = pipeline | beam.Create([{"image": [demo_png(1)], "label": [b"NORMAL"]}])
         transform_fn = (data, metadata) | tft_beam.AnalyzeDataset(
-            lambda inputs: preprocessing_fn(inputs, {"image_size": IMAGE_SIZE}))
+            lambda inputs: preprocessing_fn(inputs, {"image_size": image_size}))
         _ = transform_fn | tft_beam.WriteTransformFn(out_dir)
     metadata_io.write_metadata(metadata, os.path.join(out_dir, tft.TFTransformOutput.RAW_METADATA_DIR))
     return tft.TFTransformOutput(out_dir)
@@ -66,8 +67,7 @@ def train_small_model():
 
 def export_small_model(work_dir: str) -> str:
     """TF Serving's model base path (<work_dir>/models/cxr) holding version 1 of the trained model."""
-    transform_output = _write_transform_graph(os.path.join(work_dir, "transform"),
-                                              os.path.join(work_dir, "tft_tmp"), demo_png(1))
+    transform_output = write_transform_graph(os.path.join(work_dir, "transform"), os.path.join(work_dir, "tft_tmp"))
     base_path = os.path.join(work_dir, "models", MODEL_NAME)
     export_serving_model(train_small_model(), transform_output, os.path.join(base_path, "1"), MAX_IMAGE_PIXELS)
     return base_path

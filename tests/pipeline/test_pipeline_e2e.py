@@ -14,6 +14,7 @@ from cxr.demo_data import DemoDataSpec, write_demo_data
 from cxr.pipeline import pipeline as pipeline_module
 from cxr.pipeline.config import load_config
 from cxr.pipeline.local_runner import run_local
+from cxr.serving import contract
 from helpers import IN_PROCESS_BEAM
 
 pytestmark = pytest.mark.slow
@@ -79,6 +80,19 @@ def test_served_signature_on_raw_bytes_matches_the_model_on_transform_output(fir
     model = keras.models.load_model(path)
     direct = model(transformed["image"], training=False)
     np.testing.assert_allclose(served["probabilities"].numpy(), direct.numpy(), atol=1e-5)
+
+
+def test_the_pushed_model_explains_guards_and_warms_up_as_tf_serving_expects(first_run, workspace):
+    [version] = _versions(workspace)
+    path = workspace / "serving" / "cxr" / version
+    assert (path / contract.WARMUP_FILE).is_file()
+    loaded = tf.saved_model.load(str(path))
+    raw = [open(p, "rb").read() for p in sorted(glob.glob(str(workspace / "raw" / "**" / "*.png"),
+                                                            recursive=True))[:2]]
+    explained = loaded.signatures[contract.EXPLAIN_SIGNATURE](images=tf.constant(raw))
+    assert explained[contract.HEATMAP].shape == (2, 76, 76)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="not a PNG or JPEG"):
+        loaded.signatures[contract.PREDICT_SIGNATURE](images=tf.constant([b"not an image"]))
 
 
 def test_an_impossible_threshold_blesses_nothing_and_pushes_nothing(first_run, workspace):
