@@ -12,6 +12,8 @@ For 1 and 16 images per request: p50 / p99 latency per request and images/s.
     .venv/bin/python bench/serving.py --write bench/RESULTS.md
 """
 import argparse
+import base64
+import json
 import os
 import platform
 import re
@@ -116,7 +118,7 @@ def _row(row):
     return f"| {preset} | {path} | {signature} | {batch} | {count} | {p50:,.1f} | {p99:,.1f} | {rate:,.1f} |"
 
 
-def render(rows):
+def render(rows, images):
     from cxr.pipeline.config import PRESETS
     sizes = ", ".join(f"{preset} {PRESETS[preset].model.image_size} px" for preset in RUNS)
     lines = ["# Serving benchmark (`bench/serving.py`)", "",
@@ -129,7 +131,12 @@ def render(rows):
              "| size | path | signature | images/request | requests | p50 ms | p99 ms | images/s |",
              "|---|---|---|---:|---:|---:|---:|---:|"]
     lines += [_row(row) for row in rows]
-    lines += ["", "p99 over fewer than 100 requests is the slowest request or close to it."]
+    png_kb = sum(len(image) for image in images) / len(images) / 1e3
+    body_mb = len(json.dumps({"instances": [{"b64": base64.b64encode(image).decode()} for image in images]})) / 1e6
+    lines += ["", f"The PNGs average {png_kb:,.0f} kB, so a 16-image request body is {body_mb:.1f} MB of JSON: "
+                  "base64 and JSON on both sides and the transfer account for much of the gap between REST and "
+                  "in-process.",
+              "p99 over fewer than 100 requests is the slowest request or close to it."]
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +153,7 @@ def main():
             base_path = export_model(preset, work)
             rows += in_process_rows(preset, base_path, images, runs[preset])
             rows += rest_rows(preset, base_path, images, runs[preset])
-    report = render(rows)
+    report = render(rows, images)
     print(report)
     if args.write:
         write_section(args.write, report)

@@ -1,5 +1,6 @@
 """The `cxr` command line: what a user types and what they read back."""
 import os
+import re
 import subprocess
 import sys
 
@@ -48,3 +49,24 @@ def test_readme_main_job_runs_with_the_default_multiprocess_runner(tmp_path):
     shards = [n for n in os.listdir(out / "span-2") if n.endswith(".tfrecord.gz")]
     assert len(shards) >= 2, shards  # one shard per worker bundle at least
     assert "PNEUMOTHORAX" in result.stdout and "BACTERIAL_PNEUMONIA" in result.stdout
+
+
+@pytest.mark.slow
+def test_cxr_predict_asks_cxr_serve_as_the_readme_main_job_ends(model_base_path, tmp_path):
+    """The installed scripts, as scripts/demo_predict.sh runs them: serve on a free port, then predict."""
+    from helpers import write
+    from trained_model import demo_png
+    cxr = os.path.join(os.path.dirname(sys.executable), "cxr")
+    server = subprocess.Popen([cxr, "serve", "--model_base_path", model_base_path, "--rest_api_port", "0"],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        url = re.search(r"at (http://\S+)/v1/models/cxr$", server.stdout.readline().strip()).group(1)
+        image = write(str(tmp_path / "covid.png"), demo_png(1, "COVID"))
+        done = subprocess.run([cxr, "predict", image, "--url", url, "--wait", "60", "--explain", str(tmp_path)],
+                              capture_output=True, text=True, timeout=180)
+        assert done.returncode == 0, done.stderr
+        assert re.search(r"^covid\.png\s+(BACTERIAL_PNEUMONIA|COVID|NORMAL|PNEUMOTHORAX)\s", done.stdout, re.M)
+        assert (tmp_path / "covid_gradcam.png").is_file()
+    finally:
+        server.terminate()
+        server.wait(30)
