@@ -3,7 +3,7 @@
 PY := .venv/bin/python
 DEMO_DIR ?= demo
 
-.PHONY: setup demo test test-fast test-slow bench lock clean
+.PHONY: setup demo test test-fast test-slow bench lock clean image
 
 .venv/.installed: requirements.lock setup.py scripts/bootstrap.sh
 	scripts/bootstrap.sh
@@ -36,6 +36,11 @@ bench: setup
 	$(PY) bench/ingest.py --write bench/RESULTS.md
 	$(PY) bench/train.py --write bench/RESULTS.md
 	$(PY) bench/serving.py --write bench/RESULTS.md
+
+# The pipeline image for Kubeflow (needs Docker): make image IMAGE=registry.example.com/cxr-pipeline:1
+IMAGE ?= cxr-pipeline:latest
+image:
+	docker build -f kubeflow/Dockerfile -t $(IMAGE) .
 
 lock:
 	uv pip compile --python-version 3.10 --python-platform x86_64-manylinux_2_28 \

@@ -39,13 +39,15 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=sorted(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    package_data={"cxr.components.ingest": ["mappings/*.yaml"]},
+    # Data files the code reads at run time; the pipeline image installs the project without -e.
+    package_data={"cxr.components.ingest": ["mappings/*.yaml"], "cxr.pipeline": ["schema/*.pbtxt"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow==2.16.2",
         "apache-beam[gcp]==2.61.0",
         "pillow",
         "pyyaml",
+        "requests",
         "scipy",
     ],
     entry_points={"console_scripts": ["cxr = cxr.cli:main"]},

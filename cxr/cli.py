@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_predict(commands)
     _add_serve(commands)
+    _add_kfp(commands)
     return parser
 
 
@@ -199,3 +200,113 @@ def _boolean(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() in ("true", "1")
+
+
+def _add_kfp(commands) -> None:
+    kfp = commands.add_parser("kfp", help="Kubeflow Pipelines: compile, submit, schedule retraining")
+    actions = kfp.add_subparsers(dest="kfp_command", required=True)
+    compile_ = actions.add_parser("compile", help="compile the pipeline with KubeflowV2DagRunner")
+    compile_.add_argument("--preset", default="study", help="demo | study (default study)")
+    compile_.add_argument("--config", metavar="FILE", help="YAML file: image, pipeline_root, beam_args, resources...")
+    compile_.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    compile_.add_argument("--target", choices=("kfp", "vertex"), default="kfp",
+                          help="kfp: a PipelineSpec YAML for kfp.Client; vertex: a PipelineJob JSON (default kfp)")
+    compile_.add_argument("--out", default="build", help="folder to write pipeline.yaml / pipeline.json into")
+    compile_.set_defaults(run=_run_kfp_compile)
+    for name, help_text, run in (("submit", "upload the compiled pipeline as a new version and start a run",
+                                  _run_kfp_submit),
+                                 ("schedule", "upload a new version and create a recurring run", _run_kfp_schedule),
+                                 ("schedules", "list the recurring runs", _run_kfp_schedules),
+                                 ("unschedule", "delete a recurring run (they cannot be changed in place)",
+                                  _run_kfp_unschedule)):
+        action = actions.add_parser(name, help=help_text)
+        _add_connection(action)
+        if name in ("submit", "schedule"):
+            action.add_argument("--package", default="build/pipeline.yaml",
+                                help="the compiled pipeline (default build/pipeline.yaml, from cxr kfp compile)")
+            action.add_argument("--pipeline-name", default="cxr", help="the pipeline's name in KFP (default cxr)")
+            action.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                                help="a pipeline parameter for the run; repeat for several")
+        if name in ("submit", "schedule", "schedules"):
+            action.add_argument("--experiment", default="cxr" if name != "schedules" else None,
+                                help="KFP experiment" + (" (default cxr)" if name != "schedules" else ""))
+        action.set_defaults(run=run)
+        if name == "submit":
+            action.add_argument("--run-name", help="(default: the pipeline name and the time)")
+        if name == "schedule":
+            action.add_argument("--cron", required=True,
+                                help="KFP's six-field cron, seconds first: '0 0 3 * * *' is 03:00 every day")
+            action.add_argument("--name", required=True, help="the recurring run's name")
+            action.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default 1)")
+            catchup = action.add_mutually_exclusive_group()
+            catchup.add_argument("--no-catchup", dest="catchup", action="store_false", default=False,
+                                 help="skip the runs missed while paused (the default)")
+            catchup.add_argument("--catchup", dest="catchup", action="store_true",
+                                 help="run the missed intervals after a pause")
+        if name == "unschedule":
+            action.add_argument("name", help="the recurring run's name or id")
+
+
+def _add_connection(action) -> None:
+    action.add_argument("--host", help="the KFP API endpoint, e.g. http://localhost:8080 (port-forward) or the "
+                                       "Kubeflow gateway; without it kfp.Client finds the API in-cluster (service "
+                                       "account token, KF_PIPELINES_SA_TOKEN_PATH) or through your kube config")
+    action.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
+    action.add_argument("--token", help="a bearer token, sent as Authorization: Bearer")
+    action.add_argument("--cookies", help="session cookies, e.g. 'authservice_session=...' behind Dex / IAP")
+
+
+def _run_kfp_compile(args) -> None:
+    from cxr.kubeflow.runner import compile_pipeline
+    from cxr.pipeline.config import load_config
+    path = compile_pipeline(load_config(args.preset, args.config, args.set), args.target, args.out)
+    print(f"compiled for {args.target}: {path}")
+
+
+def _client(args):
+    from cxr.kubeflow.client import Connection, connect
+    return connect(Connection(host=args.host, namespace=args.namespace, token=args.token, cookies=args.cookies))
+
+
+def _package(args) -> str:
+    if not os.path.isfile(args.package):
+        raise ValueError(f"{args.package}: no compiled pipeline; run `cxr kfp compile` first or give --package")
+    return args.package
+
+
+def _params(pairs: List[str]) -> dict:
+    import yaml
+    params = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--param {pair!r} must look like key=value")
+        params[key] = yaml.safe_load(value)
+    return params
+
+
+def _run_kfp_submit(args) -> None:
+    from cxr.kubeflow.client import submit
+    submitted = submit(_client(args), _package(args), args.pipeline_name, args.experiment, _params(args.param),
+                       run_name=args.run_name)
+    print(f"run {submitted.run_id} started (pipeline version {submitted.version_id}): {submitted.url}")
+
+
+def _run_kfp_schedule(args) -> None:
+    from cxr.kubeflow.client import schedule, validate_cron
+    cron = validate_cron(args.cron)  # before anything is uploaded
+    recurring_run_id = schedule(_client(args), _package(args), args.pipeline_name, args.experiment, cron,
+                                name=args.name, max_concurrency=args.max_concurrency, catchup=args.catchup,
+                                params=_params(args.param))
+    print(f"recurring run {args.name!r} ({recurring_run_id}) created: cron '{cron}'")
+
+
+def _run_kfp_schedules(args) -> None:
+    from cxr.kubeflow.client import format_schedules, list_schedules
+    print(format_schedules(list_schedules(_client(args), args.experiment)))
+
+
+def _run_kfp_unschedule(args) -> None:
+    from cxr.kubeflow.client import unschedule
+    deleted = unschedule(_client(args), args.name)
+    print(f"recurring run {deleted.name!r} ({deleted.id}) deleted")

@@ -1,1 +1,1 @@
-"""Kubeflow Pipelines wiring: compile, submit and schedule the pipeline (a later issue)."""
+"""Kubeflow wiring: compiling the pipeline for KFP v2 / Vertex AI, submitting and scheduling runs."""

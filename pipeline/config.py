@@ -68,6 +68,29 @@ class ServingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DriftConfig:
+    # Against the last accepted span's statistics: warn (record it), stop (before training) or off.
+    action: str = "warn"
+    categorical_threshold: float = 0.1  # L-infinity distance, for label, source and format
+    numeric_threshold: float = 0.1  # Jensen-Shannon divergence, for height, width, channels, bit depth
+    # Where the last accepted span's statistics are kept; empty: <pipeline_root>/drift-baseline.
+    baseline_dir: str = ""
+
+
+@dataclasses.dataclass(frozen=True)
+class KubeflowConfig:
+    # The pipeline image (kubeflow/Dockerfile, `make image`), pushed to a registry the cluster can pull from.
+    image: str = "cxr-pipeline:latest"
+    # What the Trainer asks for. The accelerator's name depends on the target:
+    # Kubeflow Pipelines takes the Kubernetes resource name, Vertex AI a machine accelerator type.
+    trainer_gpus: int = 1
+    kfp_accelerator: str = "nvidia.com/gpu"
+    vertex_accelerator: str = "NVIDIA_TESLA_T4"
+    trainer_cpu_limit: float = 8.0
+    trainer_memory_limit_gb: float = 32.0
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConfig:
     name: str = "cxr"
     pipeline_root: str = "build/pipeline"
@@ -82,11 +105,15 @@ class PipelineConfig:
     training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
     serving: ServingConfig = ServingConfig()
+    drift: DriftConfig = DriftConfig()
+    kubeflow: KubeflowConfig = KubeflowConfig()
 
     def __post_init__(self):
         if final_feature_map_size(self.model.image_size, len(self.model.filters)) < 1:
             raise ConfigError(f"model.image_size {self.model.image_size} is too small for "
                               f"{len(self.model.filters)} blocks of two 3x3 'valid' convolutions and a 2x2 pool")
+        if self.drift.action not in ("warn", "stop", "off"):
+            raise ConfigError(f"drift.action must be warn, stop or off, got {self.drift.action!r}")
         if any(bucket <= 0 for bucket in self.data.split_buckets):
             raise ConfigError(f"data.split_buckets must be positive, got {self.data.split_buckets}")
 

@@ -21,12 +21,14 @@ class RunSummary:
     metrics: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
     pushed_to: Optional[str] = None
     error: Optional[str] = None
+    drift: List[str] = dataclasses.field(default_factory=list)  # features beyond their threshold
+    drift_baseline_span: Optional[int] = None
 
 
 def run_local(config: PipelineConfig) -> RunSummary:
     error = None
     try:
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(config))
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config, _sqlite(config)))
     except Exception as failure:  # a failed component: report it with the rest of the run
         error = f"{type(failure).__name__}: {failure}"
     summary = summarise_latest_run(config)
@@ -34,9 +36,12 @@ def run_local(config: PipelineConfig) -> RunSummary:
     return summary
 
 
+def _sqlite(config: PipelineConfig):
+    return tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+
+
 def summarise_latest_run(config: PipelineConfig) -> RunSummary:
-    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
-    with metadata.Metadata(connection) as store_handle:
+    with metadata.Metadata(_sqlite(config)) as store_handle:
         store = store_handle.store
         runs = [c for c in store.get_contexts_by_type("pipeline_run")]
         if not runs:
@@ -51,6 +56,8 @@ def summarise_latest_run(config: PipelineConfig) -> RunSummary:
                 _read_evaluation(summary, outputs)
             elif node == "Pusher":
                 _read_push(summary, outputs)
+            elif node == "DriftCheck":
+                _read_drift(summary, outputs)
         return summary
 
 
@@ -116,3 +123,13 @@ def _read_push(summary: RunSummary, outputs) -> None:
     pushed = outputs.get("pushed_model")
     if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:
         summary.pushed_to = pushed.custom_properties["pushed_destination"].string_value
+
+
+def _read_drift(summary: RunSummary, outputs) -> None:
+    drift = outputs.get("drift")
+    if drift is None:
+        return
+    text = drift.custom_properties["drift"].string_value if "drift" in drift.custom_properties else ""
+    summary.drift = [line for line in text.splitlines() if line]
+    if "baseline_span" in drift.custom_properties:
+        summary.drift_baseline_span = drift.custom_properties["baseline_span"].int_value

@@ -12,6 +12,7 @@ from tfx import v1 as tfx
 
 import cxr.components as components_package
 from cxr.components import evaluation
+from cxr.components.drift import DriftCheck
 from cxr.components.validation_gate import ValidationGate
 from cxr.pipeline.config import PipelineConfig
 from cxr.serving import contract as serving_contract
@@ -24,7 +25,8 @@ SPAN_PATTERN = "span-{SPAN}/*.tfrecord.gz"
 SPLITS = ("train", "eval", "test")
 
 
-def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
+def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
+    """The pipeline; ML Metadata's connection is the runner's (SQLite locally, the cluster's on Kubeflow)."""
     example_gen = _example_gen(config)
     statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
     schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
@@ -35,11 +37,16 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
         statistics=statistics_gen.outputs["statistics"], schema=schema)
     validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"],
                                      stop_on_anomalies=int(config.stop_on_anomalies))
+    drift_check = DriftCheck(
+        examples=example_gen.outputs["examples"], statistics=statistics_gen.outputs["statistics"], schema=schema, action=config.drift.action,
+        categorical_threshold=config.drift.categorical_threshold, numeric_threshold=config.drift.numeric_threshold,
+        baseline_dir=config.drift.baseline_dir or f"{config.pipeline_root.rstrip('/')}/drift-baseline")
     code = {"code_fingerprint": components_fingerprint()}
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema, preprocessing_fn=PREPROCESSING_FN,
         custom_config={"image_size": config.model.image_size, **code})
     transform.add_upstream_node(validation_gate)
+    transform.add_upstream_node(drift_check)
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN, examples=transform.outputs["transformed_examples"],
         transform_graph=transform.outputs["transform_graph"], schema=schema,
@@ -61,11 +68,11 @@ def create_pipeline(config: PipelineConfig) -> tfx.dsl.Pipeline:
             base_directory=os.path.join(config.serving_dir, config.model_name))))
     return tfx.dsl.Pipeline(
         pipeline_name=config.name, pipeline_root=config.pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, curated_schema, example_validator,
-                    validation_gate, transform, trainer, baseline, evaluator, pusher],
+        components=[example_gen, statistics_gen, schema_gen, curated_schema,
+                    example_validator, validation_gate, drift_check, transform, trainer, baseline, evaluator,
+                    pusher],
         enable_cache=config.enable_cache,
-        metadata_connection_config=tfx.orchestration.metadata.sqlite_metadata_connection_config(
-            config.metadata_path),
+        metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.beam_args))
 
 

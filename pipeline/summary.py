@@ -5,8 +5,9 @@ from cxr.pipeline.local_runner import RunSummary
 
 EXIT_FAILED = 1
 EXIT_NOT_BLESSED = 3
-COMPONENT_ORDER = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "curated_schema", "ExampleValidator",
-                   "ValidationGate", "Transform", "Trainer", "latest_blessed_model", "Evaluator", "Pusher")
+COMPONENT_ORDER = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "curated_schema",
+                   "ExampleValidator", "ValidationGate", "DriftCheck", "Transform", "Trainer",
+                   "latest_blessed_model", "Evaluator", "Pusher")
 
 
 def format_summary(summary: RunSummary) -> str:
@@ -15,6 +16,7 @@ def format_summary(summary: RunSummary) -> str:
         lines.append(f"  {node:<22} {summary.statuses.get(node, 'NOT RUN')}")
     if summary.error:
         lines += ["", f"FAILED: {summary.error}"]
+    lines += ["", *_drift_lines(summary)]
     if summary.metrics:
         lines += ["", *_metric_table(summary.metrics)]
     lines.append("")
@@ -43,3 +45,11 @@ def _metric_table(metrics) -> list:
 
 def _number(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else "n/a"
+
+
+def _drift_lines(summary: RunSummary) -> list:
+    if summary.drift_baseline_span is None:
+        return ["drift: no earlier statistics to compare with"]
+    if not summary.drift:
+        return [f"drift against span {summary.drift_baseline_span}: within the thresholds"]
+    return [f"DRIFT against span {summary.drift_baseline_span}:", *[f"  - {line}" for line in summary.drift]]

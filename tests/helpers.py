@@ -38,3 +38,14 @@ def sixteen_bit_png(seed: int) -> bytes:
 
 def cmyk_jpeg(seed: int) -> bytes:
     return encode(phantom_picture(seed).convert("RGB").convert("CMYK"), "JPEG")
+
+
+def tiny_pipeline_config(base, *overrides):
+    """The demo preset shrunk to run the whole pipeline in a minute or two, on folders under `base`."""
+    from cxr.pipeline.config import load_config
+    return load_config("demo", overrides=[
+        f"data.tfrecords_dir={base / 'tfrecords'}", f"pipeline_root={base / 'root'}",
+        f"metadata_path={base / 'metadata.sqlite'}", f"serving_dir={base / 'serving'}",
+        "model.image_size=76", "model.filters=[4, 8, 8, 8]", "model.dense_units=[16, 16]",
+        "training.epochs=2", "gate.min_accuracy=0.0", "gate.min_class_recall=0.0",
+        "gate.max_accuracy_regression=1.0", *overrides])

@@ -12,10 +12,9 @@ from cxr.components.ingest.build import build_tfrecords
 from cxr.components.ingest.config import IngestConfig
 from cxr.demo_data import DemoDataSpec, write_demo_data
 from cxr.pipeline import pipeline as pipeline_module
-from cxr.pipeline.config import load_config
 from cxr.pipeline.local_runner import run_local
 from cxr.serving import contract
-from helpers import IN_PROCESS_BEAM
+from helpers import IN_PROCESS_BEAM, tiny_pipeline_config
 
 pytestmark = pytest.mark.slow
 
@@ -31,12 +30,7 @@ def workspace(tmp_path_factory):
 
 
 def _config(base, *overrides):
-    return load_config("demo", overrides=[
-        f"data.tfrecords_dir={base / 'tfrecords'}", f"pipeline_root={base / 'root'}",
-        f"metadata_path={base / 'metadata.sqlite'}", f"serving_dir={base / 'serving'}",
-        "model.image_size=76", "model.filters=[4, 8, 8, 8]", "model.dense_units=[16, 16]",
-        "training.epochs=2", "gate.min_accuracy=0.0", "gate.min_class_recall=0.0",
-        "gate.max_accuracy_regression=1.0", *overrides])
+    return tiny_pipeline_config(base, *overrides)
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +45,7 @@ def _versions(base):
 def test_every_component_runs_and_a_blessed_model_is_pushed(first_run, workspace):
     assert first_run.error is None
     assert set(first_run.statuses.values()) == {"COMPLETE"}, first_run.statuses
-    assert len(first_run.statuses) == 11
+    assert len(first_run.statuses) == 12
     assert first_run.blessed is True
     [version] = _versions(workspace)
     assert version.isdigit()
