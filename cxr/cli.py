@@ -213,38 +213,47 @@ def _add_kfp(commands) -> None:
                           help="kfp: a PipelineSpec YAML for kfp.Client; vertex: a PipelineJob JSON (default kfp)")
     compile_.add_argument("--out", default="build", help="folder to write pipeline.yaml / pipeline.json into")
     compile_.set_defaults(run=_run_kfp_compile)
-    for name, help_text, run in (("submit", "upload the compiled pipeline as a new version and start a run",
-                                  _run_kfp_submit),
-                                 ("schedule", "upload a new version and create a recurring run", _run_kfp_schedule),
-                                 ("schedules", "list the recurring runs", _run_kfp_schedules),
-                                 ("unschedule", "delete a recurring run (they cannot be changed in place)",
-                                  _run_kfp_unschedule)):
-        action = actions.add_parser(name, help=help_text)
-        _add_connection(action)
-        if name in ("submit", "schedule"):
-            action.add_argument("--package", default="build/pipeline.yaml",
-                                help="the compiled pipeline (default build/pipeline.yaml, from cxr kfp compile)")
-            action.add_argument("--pipeline-name", default="cxr", help="the pipeline's name in KFP (default cxr)")
-            action.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
-                                help="a pipeline parameter for the run; repeat for several")
-        if name in ("submit", "schedule", "schedules"):
-            action.add_argument("--experiment", default="cxr" if name != "schedules" else None,
-                                help="KFP experiment" + (" (default cxr)" if name != "schedules" else ""))
-        action.set_defaults(run=run)
-        if name == "submit":
-            action.add_argument("--run-name", help="(default: the pipeline name and the time)")
-        if name == "schedule":
-            action.add_argument("--cron", required=True,
-                                help="KFP's six-field cron, seconds first: '0 0 3 * * *' is 03:00 every day")
-            action.add_argument("--name", required=True, help="the recurring run's name")
-            action.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default 1)")
-            catchup = action.add_mutually_exclusive_group()
-            catchup.add_argument("--no-catchup", dest="catchup", action="store_false", default=False,
-                                 help="skip the runs missed while paused (the default)")
-            catchup.add_argument("--catchup", dest="catchup", action="store_true",
-                                 help="run the missed intervals after a pause")
-        if name == "unschedule":
-            action.add_argument("name", help="the recurring run's name or id")
+
+    submit = _kfp_action(actions, "submit", "upload the compiled pipeline as a new version and start a run",
+                         _run_kfp_submit)
+    _add_upload(submit)
+    submit.add_argument("--run-name", help="(default: the pipeline name and the time)")
+
+    schedule = _kfp_action(actions, "schedule", "upload a new version and create a recurring run",
+                           _run_kfp_schedule)
+    _add_upload(schedule)
+    schedule.add_argument("--cron", required=True,
+                          help="KFP's six-field cron, seconds first: '0 0 3 * * *' is 03:00 every day")
+    schedule.add_argument("--name", required=True, help="the recurring run's name")
+    schedule.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default 1)")
+    catchup = schedule.add_mutually_exclusive_group()
+    catchup.add_argument("--no-catchup", dest="catchup", action="store_false", default=False,
+                         help="skip the runs missed while paused (the default)")
+    catchup.add_argument("--catchup", dest="catchup", action="store_true",
+                         help="run the missed intervals after a pause")
+
+    schedules = _kfp_action(actions, "schedules", "list the recurring runs", _run_kfp_schedules)
+    schedules.add_argument("--experiment", help="only this experiment's")
+
+    unschedule = _kfp_action(actions, "unschedule", "delete a recurring run (they cannot be changed in place)",
+                             _run_kfp_unschedule)
+    unschedule.add_argument("name", help="the recurring run's name or id")
+
+
+def _kfp_action(actions, name: str, help_text: str, run):
+    action = actions.add_parser(name, help=help_text)
+    _add_connection(action)
+    action.set_defaults(run=run)
+    return action
+
+
+def _add_upload(action) -> None:
+    action.add_argument("--package", default="build/pipeline.yaml",
+                        help="the compiled pipeline (default build/pipeline.yaml, from cxr kfp compile)")
+    action.add_argument("--pipeline-name", default="cxr", help="the pipeline's name in KFP (default cxr)")
+    action.add_argument("--experiment", default="cxr", help="KFP experiment (default cxr)")
+    action.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
+                        help="a pipeline parameter for the run; repeat for several")
 
 
 def _add_connection(action) -> None:

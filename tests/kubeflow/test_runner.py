@@ -1,5 +1,6 @@
 """`cxr kfp compile`: the same pipeline as a KFP v2 PipelineSpec (and a Vertex PipelineJob), read back with kfp's protos."""
 import json
+import os
 
 import pytest
 import yaml
@@ -93,3 +94,14 @@ def test_no_gpus_means_no_accelerator_request(tmp_path):
 def test_an_unknown_target_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown target 'argo'"):
         compile_pipeline(_config(), "argo", str(tmp_path))
+
+
+def test_the_example_cluster_configuration_compiles(tmp_path):
+    example = os.path.join(os.path.dirname(__file__), "..", "..", "kubeflow", "cluster.example.yaml")
+    config = load_config("study", example)
+    assert config.beam_args[0] == "--runner=DataflowRunner" and config.drift.action == "stop"
+    path = compile_pipeline(config, "kfp", str(tmp_path))
+    with open(path) as f:
+        spec = json_format.ParseDict(yaml.safe_load(f), pipeline_spec_pb2.PipelineSpec())
+    assert spec.default_pipeline_root == config.pipeline_root
+    assert _container(spec, "Trainer").image == config.kubeflow.image
