@@ -1,6 +1,8 @@
 """Trainer's `run_fn`: trains the study's CNN on Transform's output and exports the serving model
 (its signatures are described in components/export.py)."""
 import dataclasses
+import json
+import os
 from typing import Dict, List
 
 import tensorflow as tf
@@ -36,21 +38,67 @@ class TrainerSettings:
         return cls(**{name: value for name, value in custom_config.items() if name in names})
 
 
+def with_hyperparameters(settings: TrainerSettings, values: Dict[str, object]) -> TrainerSettings:
+    """The settings with the Tuner's choices applied (see components/tuner.py for the names)."""
+    changes = {}
+    if "learning_rate" in values:
+        changes["learning_rate"] = float(values["learning_rate"])
+    if "width_multiplier" in values:
+        changes["filters"] = [max(1, round(width * values["width_multiplier"])) for width in settings.filters]
+    if "dense_multiplier" in values:
+        changes["dense_units"] = [max(1, round(units * values["dense_multiplier"])) for units in settings.dense_units]
+    if "dropout" in values:
+        changes["dropout"] = float(values["dropout"])
+    if "batch_size" in values:
+        changes["batch_size"] = int(values["batch_size"])
+    if "augmentation_strength" in values:
+        changes["augmentation"] = scaled_augmentation(settings.augmentation, float(values["augmentation_strength"]))
+    return dataclasses.replace(settings, **changes)
+
+
+def scaled_augmentation(augmentation: Dict[str, float], strength: float) -> Dict[str, float]:
+    """Every range times `strength`; strength 0 also turns flipping off."""
+    return {name: (bool(value) and strength > 0) if name == "horizontal_flip" else value * strength
+            for name, value in augmentation.items()}
+
+
+def build(settings: TrainerSettings) -> keras.Model:
+    return model_lib.build_model(settings.image_size, settings.filters, settings.dense_units,
+                                 settings.dropout, settings.learning_rate, settings.mixed_precision)
+
+
+def datasets(fn_args, transform_output, settings: TrainerSettings):
+    """(train, eval) batches for these settings (the batch size is one of the Tuner's knobs)."""
+    return (_dataset(fn_args.train_files, fn_args.data_accessor, transform_output, settings, training=True),
+            _dataset(fn_args.eval_files, fn_args.data_accessor, transform_output, settings, training=False))
+
+
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
     settings = TrainerSettings.from_custom_config(fn_args.custom_config)
+    if fn_args.hyperparameters:  # the Tuner ran: its best values win over the configured ones
+        settings = with_hyperparameters(settings, fn_args.hyperparameters["values"])
+    _write_settings(settings, fn_args.model_run_dir)
     keras.utils.set_random_seed(settings.seed)
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    train = _dataset(fn_args.train_files, fn_args.data_accessor, transform_output, settings, training=True)
-    evaluation = _dataset(fn_args.eval_files, fn_args.data_accessor, transform_output, settings, training=False)
+    train, evaluation = datasets(fn_args, transform_output, settings)
     with _strategy().scope():
-        model = model_lib.build_model(settings.image_size, settings.filters, settings.dense_units,
-                                      settings.dropout, settings.learning_rate, settings.mixed_precision)
+        model = build(settings)
     model.fit(train, validation_data=evaluation, epochs=settings.epochs, verbose=2, callbacks=[
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
     ])
     export_serving_model(model, transform_output, fn_args.serving_model_dir, settings.max_image_pixels)
+
+
+SETTINGS_FILE = "trainer_settings.json"
+
+
+def _write_settings(settings: TrainerSettings, model_run_dir: str) -> None:
+    """The settings training used, beside its TensorBoard logs, for the run report."""
+    tf.io.gfile.makedirs(model_run_dir)
+    with tf.io.gfile.GFile(os.path.join(model_run_dir, SETTINGS_FILE), "w") as f:
+        json.dump(dataclasses.asdict(settings), f, indent=1, sort_keys=True)
 
 
 def _strategy() -> tf.distribute.Strategy:

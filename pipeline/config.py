@@ -68,6 +68,21 @@ class ServingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class TunerConfig:
+    """The Tuner's search (components/tuner.py): off unless enabled; each knob lists its choices."""
+    enabled: bool = False
+    algorithm: str = "random"  # random | bayesian | hyperband
+    max_trials: int = 10  # random and bayesian
+    epochs_per_trial: int = 5  # the most any trial trains (hyperband's max_epochs)
+    learning_rate: Tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3)
+    width_multiplier: Tuple[float, ...] = (0.5, 1.0)  # times every convolution's filters
+    dense_multiplier: Tuple[float, ...] = (0.5, 1.0)
+    dropout: Tuple[float, ...] = (0.2, 0.3, 0.5)
+    batch_size: Tuple[int, ...] = (16, 32)
+    augmentation_strength: Tuple[float, ...] = (0.0, 0.5, 1.0)  # times every augmentation range
+
+
+@dataclasses.dataclass(frozen=True)
 class DriftConfig:
     # Against the last accepted span's statistics: warn (record it), stop (before training) or off.
     action: str = "warn"
@@ -105,6 +120,7 @@ class PipelineConfig:
     training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
     serving: ServingConfig = ServingConfig()
+    tuner: TunerConfig = TunerConfig()
     drift: DriftConfig = DriftConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()
 
@@ -112,6 +128,8 @@ class PipelineConfig:
         if final_feature_map_size(self.model.image_size, len(self.model.filters)) < 1:
             raise ConfigError(f"model.image_size {self.model.image_size} is too small for "
                               f"{len(self.model.filters)} blocks of two 3x3 'valid' convolutions and a 2x2 pool")
+        if self.tuner.algorithm not in ("random", "bayesian", "hyperband"):
+            raise ConfigError(f"tuner.algorithm must be random, bayesian or hyperband, got {self.tuner.algorithm!r}")
         if self.drift.action not in ("warn", "stop", "off"):
             raise ConfigError(f"drift.action must be warn, stop or off, got {self.drift.action!r}")
         if any(bucket <= 0 for bucket in self.data.split_buckets):

@@ -20,6 +20,7 @@ from cxr.serving import contract as serving_contract
 COMPONENTS_PACKAGE = "cxr.components"
 PREPROCESSING_FN = f"{COMPONENTS_PACKAGE}.transform.preprocessing_fn"
 RUN_FN = f"{COMPONENTS_PACKAGE}.trainer.run_fn"
+TUNER_FN = f"{COMPONENTS_PACKAGE}.tuner.tuner_fn"
 CURATED_SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schema")
 SPAN_PATTERN = "span-{SPAN}/*.tfrecord.gz"
 SPLITS = ("train", "eval", "test")
@@ -47,11 +48,16 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         custom_config={"image_size": config.model.image_size, **code})
     transform.add_upstream_node(validation_gate)
     transform.add_upstream_node(drift_check)
+    training_inputs = dict(
+        examples=transform.outputs["transformed_examples"], transform_graph=transform.outputs["transform_graph"],
+        schema=schema, train_args=tfx.proto.TrainArgs(splits=["train"]), eval_args=tfx.proto.EvalArgs(splits=["eval"]))
+    tuner = None
+    if config.tuner.enabled:
+        tuner = tfx.components.Tuner(tuner_fn=TUNER_FN, **training_inputs, custom_config={
+            **trainer_settings(config), "tuner": dataclasses.asdict(config.tuner), **code})
     trainer = tfx.components.Trainer(
-        run_fn=RUN_FN, examples=transform.outputs["transformed_examples"],
-        transform_graph=transform.outputs["transform_graph"], schema=schema,
-        train_args=tfx.proto.TrainArgs(splits=["train"]), eval_args=tfx.proto.EvalArgs(splits=["eval"]),
-        custom_config={**trainer_settings(config), **code})
+        run_fn=RUN_FN, **training_inputs, custom_config={**trainer_settings(config), **code},
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None)
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
@@ -68,9 +74,9 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
             base_directory=os.path.join(config.serving_dir, config.model_name))))
     return tfx.dsl.Pipeline(
         pipeline_name=config.name, pipeline_root=config.pipeline_root,
-        components=[example_gen, statistics_gen, schema_gen, curated_schema,
-                    example_validator, validation_gate, drift_check, transform, trainer, baseline, evaluator,
-                    pusher],
+        components=[example_gen, statistics_gen, schema_gen, curated_schema, example_validator,
+                    validation_gate, drift_check, transform, *([tuner] if tuner else []), trainer, baseline,
+                    evaluator, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.beam_args))

@@ -6,13 +6,15 @@ from cxr.pipeline.local_runner import RunSummary
 EXIT_FAILED = 1
 EXIT_NOT_BLESSED = 3
 COMPONENT_ORDER = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "curated_schema",
-                   "ExampleValidator", "ValidationGate", "DriftCheck", "Transform", "Trainer",
+                   "ExampleValidator", "ValidationGate", "DriftCheck", "Transform", "Tuner", "Trainer",
                    "latest_blessed_model", "Evaluator", "Pusher")
 
 
 def format_summary(summary: RunSummary) -> str:
     lines = ["", "components:"]
     for node in COMPONENT_ORDER:
+        if node == "Tuner" and node not in summary.statuses:
+            continue  # off unless tuner.enabled
         lines.append(f"  {node:<22} {summary.statuses.get(node, 'NOT RUN')}")
     if summary.error:
         lines += ["", f"FAILED: {summary.error}"]

@@ -49,3 +49,20 @@ def tiny_pipeline_config(base, *overrides):
         "model.image_size=76", "model.filters=[4, 8, 8, 8]", "model.dense_units=[16, 16]",
         "training.epochs=2", "gate.min_accuracy=0.0", "gate.min_class_recall=0.0",
         "gate.max_accuracy_regression=1.0", *overrides])
+
+
+def latest_artifact_uris(config, node: str, key: str, output: bool = True):
+    """URIs of the artifacts the latest execution of `node` read (output=False) or wrote under `key`, from MLMD."""
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx import v1 as tfx
+    from tfx.orchestration import metadata
+    direction = metadata_store_pb2.Event.OUTPUT if output else metadata_store_pb2.Event.INPUT
+    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
+    with metadata.Metadata(connection) as handle:
+        store = handle.store
+        executions = [e for e in store.get_executions()
+                      if any(c.name.endswith(f".{node}") for c in store.get_contexts_by_execution(e.id))]
+        execution = max(executions, key=lambda e: e.id)
+        events = [e for e in store.get_events_by_execution_ids([execution.id])
+                  if e.type == direction and e.path.steps[0].key == key]
+        return [a.uri for a in store.get_artifacts_by_id([e.artifact_id for e in events])]

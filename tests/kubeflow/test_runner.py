@@ -105,3 +105,13 @@ def test_the_example_cluster_configuration_compiles(tmp_path):
         spec = json_format.ParseDict(yaml.safe_load(f), pipeline_spec_pb2.PipelineSpec())
     assert spec.default_pipeline_root == config.pipeline_root
     assert _container(spec, "Trainer").image == config.kubeflow.image
+
+
+def test_the_tuner_when_enabled_asks_for_gpus_like_the_trainer(tmp_path):
+    path = compile_pipeline(_config("tuner.enabled=true"), "kfp", str(tmp_path))
+    with open(path) as f:
+        spec = json_format.ParseDict(yaml.safe_load(f), pipeline_spec_pb2.PipelineSpec())
+    assert "Tuner" in spec.root.dag.tasks["Trainer"].dependent_tasks
+    accelerator = _container(spec, "Tuner").resources.accelerator
+    assert (accelerator.type, accelerator.count) == ("nvidia.com/gpu", 2)
+    assert "cxr.components.tuner.tuner_fn" in json_format.MessageToJson(spec)

@@ -4,15 +4,11 @@ import glob
 import os
 
 import pytest
-from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
-from tfx.orchestration import metadata
-
 from cxr.components.ingest.build import build_tfrecords
 from cxr.components.ingest.config import IngestConfig
 from cxr.demo_data import DemoDataSpec, write_demo_data
 from cxr.pipeline.local_runner import run_local
-from helpers import IN_PROCESS_BEAM, tiny_pipeline_config
+from helpers import IN_PROCESS_BEAM, latest_artifact_uris, tiny_pipeline_config
 
 pytestmark = pytest.mark.slow
 
@@ -35,20 +31,8 @@ def _write_span(base, name, span, seed, drop_covid=False):
 
 def _evaluator_baseline_and_trained_models(config):
     """(uri of the baseline model the latest Evaluator used, uri of the model the latest Trainer wrote)."""
-    connection = tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
-    with metadata.Metadata(connection) as handle:
-        store = handle.store
-
-        def latest(node, direction, key):
-            executions = [e for e in store.get_executions()
-                          if any(c.name.endswith(f".{node}") for c in store.get_contexts_by_execution(e.id))]
-            execution = max(executions, key=lambda e: e.id)
-            events = [e for e in store.get_events_by_execution_ids([execution.id])
-                      if e.type == direction and e.path.steps[0].key == key]
-            return [a.uri for a in store.get_artifacts_by_id([e.artifact_id for e in events])]
-
-        return (latest("Evaluator", metadata_store_pb2.Event.INPUT, "baseline_model"),
-                latest("Trainer", metadata_store_pb2.Event.OUTPUT, "model"))
+    return (latest_artifact_uris(config, "Evaluator", "baseline_model", output=False),
+            latest_artifact_uris(config, "Trainer", "model"))
 
 
 @pytest.fixture(scope="module")

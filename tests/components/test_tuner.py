@@ -1,0 +1,89 @@
+"""The Tuner's search: KerasTuner's oracles over the study's knobs, trials trained with tf_keras."""
+import numpy as np
+import pytest
+import tensorflow as tf
+from keras_tuner.src.engine.trial import TrialStatus
+
+from cxr.components.trainer import TrainerSettings, with_hyperparameters
+from cxr.components.transform import decode_images
+from cxr.components.tuner import KNOBS, TfKerasTuner, TunerSettings, make_oracle, search_space
+from helpers import encode, phantom_picture
+
+SIZE = 40
+FINDINGS = ("bacterial_pneumonia", "covid", "normal", "pneumothorax")
+SETTINGS = TrainerSettings(image_size=SIZE, filters=[4, 8], dense_units=[8], dropout=0.1, learning_rate=1e-3,
+                           batch_size=8, epochs=1, early_stopping_patience=1, mixed_precision=False, seed=0,
+                           augmentation={"horizontal_flip": True, "rotation": 0.02, "zoom": 0.0,
+                                         "brightness": 0.1, "contrast": 0.0}, max_image_pixels=10**6)
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    images = [encode(phantom_picture(seed, size=64, finding=FINDINGS[seed % 4]), "PNG") for seed in range(32)]
+    return decode_images(tf.constant(images), SIZE).numpy(), np.arange(32) % 4
+
+
+def _tuning(**choices):
+    values = dict(algorithm="random", max_trials=3, epochs_per_trial=1, learning_rate=(1e-3,),
+                  width_multiplier=(1.0,), dense_multiplier=(1.0,), dropout=(0.1,), batch_size=(8,),
+                  augmentation_strength=(1.0,))
+    values.update(choices)
+    return TunerSettings(**values)
+
+
+def _datasets(pixels):
+    """(train, eval) batched as the trial's settings say, like the Trainer's input."""
+    images, labels = pixels
+
+    def make(settings):
+        train = tf.data.Dataset.from_tensor_slices(({"image": images}, labels)).batch(settings.batch_size)
+        return train, train
+    return make
+
+
+def test_the_search_space_covers_every_knob_with_the_configured_choices():
+    space = search_space(_tuning(learning_rate=(1e-4, 1e-3), batch_size=(16, 32)))
+    assert {hp.name for hp in space.space} == set(KNOBS)
+    assert space.get("learning_rate") == 1e-4 and [hp.values for hp in space.space if hp.name == "batch_size"] == [
+        [16, 32]]
+
+
+def test_chosen_values_change_the_trainer_settings():
+    tuned = with_hyperparameters(SETTINGS, {"learning_rate": 3e-4, "width_multiplier": 0.5, "dense_multiplier": 2.0,
+                                            "dropout": 0.5, "batch_size": 32, "augmentation_strength": 0.5})
+    assert (tuned.learning_rate, tuned.filters, tuned.dense_units, tuned.dropout, tuned.batch_size) == (
+        3e-4, [2, 4], [16], 0.5, 32)
+    assert tuned.augmentation == {"horizontal_flip": True, "rotation": 0.01, "zoom": 0.0, "brightness": 0.05,
+                                  "contrast": 0.0}
+    assert with_hyperparameters(SETTINGS, {"augmentation_strength": 0.0}).augmentation["horizontal_flip"] is False
+
+
+@pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])
+def test_each_algorithm_runs_trials_and_reports_the_best_values(pixels, tmp_path, algorithm):
+    tuning = _tuning(algorithm=algorithm, max_trials=2, epochs_per_trial=1, learning_rate=(1e-3, 3e-3))
+    tuner = TfKerasTuner(make_oracle(tuning, seed=0), SETTINGS, _datasets(pixels), epochs=1,
+                         directory=str(tmp_path))
+    tuner.search()
+    trials = list(tuner.oracle.trials.values())
+    assert trials and all(trial.status == TrialStatus.COMPLETED for trial in trials)
+    best = tuner.get_best_hyperparameters()[0].values
+    assert best["learning_rate"] in (1e-3, 3e-3)
+    scores = [trial.score for trial in trials]
+    assert tuner.oracle.get_best_trials()[0].score == min(scores)
+
+
+def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on(pixels, tmp_path):
+    # A learning rate of 1e38 overflows the weights on the first step: the loss is infinite.
+    tuning = _tuning(max_trials=4, learning_rate=(1e-3, 1e38))
+    tuner = TfKerasTuner(make_oracle(tuning, seed=0), SETTINGS, _datasets(pixels), epochs=1,
+                         directory=str(tmp_path))
+    tuner.search()
+    by_rate = {trial.hyperparameters.values["learning_rate"]: trial for trial in tuner.oracle.trials.values()}
+    assert by_rate[1e38].status == TrialStatus.FAILED and "diverged" in by_rate[1e38].message
+    assert by_rate[1e-3].status == TrialStatus.COMPLETED
+    assert tuner.get_best_hyperparameters()[0].values["learning_rate"] == 1e-3
+
+
+def test_an_unknown_algorithm_is_named():
+    with pytest.raises(ValueError, match="got 'grid'"):
+        make_oracle(_tuning(algorithm="grid"), seed=0)
