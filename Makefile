@@ -22,6 +22,8 @@ demo: setup
 	  --set pipeline_root=$(DEMO_DIR)/pipeline --set metadata_path=$(DEMO_DIR)/metadata.sqlite \
 	  --set serving_dir=$(DEMO_DIR)/serving
 	scripts/demo_predict.sh $(DEMO_DIR)
+	.venv/bin/cxr report --set metadata_path=$(DEMO_DIR)/metadata.sqlite \
+	  --set data.tfrecords_dir=$(DEMO_DIR)/tfrecords --set pipeline_root=$(DEMO_DIR)/pipeline --out $(DEMO_DIR)/report
 
 test: setup
 	$(PY) -m pytest tests

@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_serve(commands)
     _add_kfp(commands)
+    _add_report(commands)
     return parser
 
 
@@ -319,3 +320,24 @@ def _run_kfp_unschedule(args) -> None:
     from cxr.kubeflow.client import unschedule
     deleted = unschedule(_client(args), args.name)
     print(f"recurring run {deleted.name!r} ({deleted.id}) deleted")
+
+
+def _add_report(commands) -> None:
+    command = commands.add_parser("report", help="write a static HTML report of a pipeline run")
+    command.add_argument("--preset", default="demo", help="the preset the run used (default demo)")
+    command.add_argument("--config", metavar="FILE", help="the configuration file the run used")
+    command.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    command.add_argument("--pipeline-root", help="the run's pipeline root (default: the configuration's)")
+    command.add_argument("--run", dest="run_id", default="latest",
+                         help="latest or a run id from ML Metadata (default latest)")
+    command.add_argument("--out", default="build/report", help="folder to write index.html into")
+    command.set_defaults(run=_run_report)
+
+
+def _run_report(args) -> None:
+    from cxr.pipeline.config import load_config
+    from cxr.pipeline.report.collect import collect
+    from cxr.pipeline.report.render import write_report
+    overrides = list(args.set) + ([f"pipeline_root={args.pipeline_root}"] if args.pipeline_root else [])
+    path = write_report(collect(load_config(args.preset, args.config, overrides), args.run_id), args.out)
+    print(f"report: {os.path.abspath(path)}")

@@ -23,6 +23,7 @@ class RunSummary:
     error: Optional[str] = None
     drift: List[str] = dataclasses.field(default_factory=list)  # features beyond their threshold
     drift_baseline_span: Optional[int] = None
+    run_id: Optional[str] = None
 
 
 def run_local(config: PipelineConfig) -> RunSummary:
@@ -41,24 +42,33 @@ def _sqlite(config: PipelineConfig):
 
 
 def summarise_latest_run(config: PipelineConfig) -> RunSummary:
+    return read_run(config)[0]
+
+
+def read_run(config: PipelineConfig, run: str = "latest"):
+    """(the run's summary, {node: {output key: artifact}}) for the latest run or the run with this id."""
     with metadata.Metadata(_sqlite(config)) as store_handle:
         store = store_handle.store
-        runs = [c for c in store.get_contexts_by_type("pipeline_run")]
+        runs = list(store.get_contexts_by_type("pipeline_run"))
+        if run != "latest":
+            runs = [context for context in runs if context.name == run]
+            if not runs:
+                raise ValueError(f"no run {run!r} in {config.metadata_path}")
         if not runs:
-            return RunSummary(statuses={})
-        run = max(runs, key=lambda context: context.create_time_since_epoch)
-        summary = RunSummary(statuses={})
-        for execution in store.get_executions_by_context(run.id):
+            return RunSummary(statuses={}), {}
+        context = max(runs, key=lambda candidate: candidate.create_time_since_epoch)
+        summary, outputs = RunSummary(statuses={}, run_id=context.name), {}
+        for execution in store.get_executions_by_context(context.id):
             node = _node_id(store, execution)
             summary.statuses[node] = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
-            outputs = _output_artifacts(store, execution)
+            outputs[node] = _output_artifacts(store, execution)
             if node == "Evaluator":
-                _read_evaluation(summary, outputs)
+                _read_evaluation(summary, outputs[node])
             elif node == "Pusher":
-                _read_push(summary, outputs)
+                _read_push(summary, outputs[node])
             elif node == "DriftCheck":
-                _read_drift(summary, outputs)
-        return summary
+                _read_drift(summary, outputs[node])
+        return summary, outputs
 
 
 def _node_id(store, execution) -> str:

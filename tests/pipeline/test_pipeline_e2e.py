@@ -1,7 +1,11 @@
 """The whole TFX pipeline on the local runner, on tiny phantom data: real components, real MLMD."""
+import csv
 import glob
+import json
 import os
+import re
 import shutil
+import subprocess
 
 import numpy as np
 import pytest
@@ -9,7 +13,9 @@ import tensorflow as tf
 import tf_keras as keras
 
 from cxr.components.ingest.build import build_tfrecords
+from cxr.components.evaluation import class_metric_name
 from cxr.components.ingest.config import IngestConfig
+from cxr.components.vocabulary import LABELS
 from cxr.demo_data import DemoDataSpec, write_demo_data
 from cxr.pipeline import pipeline as pipeline_module
 from cxr.pipeline.local_runner import run_local
@@ -125,3 +131,37 @@ def test_records_with_an_unknown_label_or_source_stop_the_run_at_the_validation_
     assert "'label'" in summary.error and "VIRAL_PNEUMONIA" in summary.error
     assert "'source'" in summary.error and "padchest" in summary.error
 
+
+
+def test_the_report_agrees_with_tfma_and_with_a_count_of_its_predictions(first_run, workspace, tmp_path):
+    from cxr.pipeline.report.collect import collect
+    from cxr.pipeline.report.render import write_report
+    index = write_report(collect(_config(workspace), first_run.run_id), str(tmp_path / "report"))
+    with open(tmp_path / "report" / "report.json") as f:
+        numbers = json.load(f)
+    with open(tmp_path / "report" / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == numbers["test_examples"] == int(first_run.metrics[""]["example_count"])
+    counted = [[sum(1 for r in rows if r["label"] == t and r["predicted"] == p) for p in LABELS] for t in LABELS]
+    assert numbers["confusion"] == counted
+    assert numbers["accuracy"] == pytest.approx(sum(r["label"] == r["predicted"] for r in rows) / len(rows))
+    assert numbers["accuracy"] == pytest.approx(first_run.metrics[""]["sparse_categorical_accuracy"], abs=1e-6)
+    for class_id, row in enumerate(numbers["per_class"]):
+        tfma_recall = first_run.metrics[f"classId:{class_id} topK:1"].get(class_metric_name("recall", LABELS[class_id]))
+        if tfma_recall is not None and row["support"]:
+            assert row["recall"] == pytest.approx(tfma_recall, abs=1e-6)
+    assert set(numbers["patient_overlap"].values()) == {0}
+    assert os.path.isfile(index)
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by .ci/run")
+def test_the_report_renders_in_headless_chromium_with_every_image_loaded(first_run, workspace, tmp_path):
+    from cxr.pipeline.report.collect import collect
+    from cxr.pipeline.report.render import write_report
+    index = write_report(collect(_config(workspace), first_run.run_id), str(tmp_path / "report"))
+    dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", f"file://{index}"], capture_output=True, text=True, timeout=120).stdout
+    assert 'data-ready="yes"' in dom
+    loaded = re.findall(r'data-loaded="(\w+)"', dom)
+    assert loaded and set(loaded) == {"yes"}, loaded
+    assert "Grad-CAM gallery" in dom and "Confusion matrix" in dom and "Model card" in dom

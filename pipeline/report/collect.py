@@ -1,0 +1,139 @@
+"""What the report shows, gathered from one run: ML Metadata's record of it, its artifacts, and
+the trained model run over the test split."""
+import dataclasses
+import glob
+import json
+import os
+from collections import Counter, defaultdict
+from typing import Dict, List, Optional, Set
+
+import numpy as np
+import tensorflow as tf
+from tfx.utils import path_utils
+
+from cxr.components.trainer import SETTINGS_FILE
+from cxr.components.vocabulary import LABELS
+from cxr.pipeline.config import PipelineConfig
+from cxr.pipeline.local_runner import RunSummary, read_run
+from cxr.serving import contract
+
+SPLITS = ("train", "eval", "test")
+TUNER_RESULTS_FILE = "tuner_results.json"  # as TFX's Tuner executor writes it
+GALLERY_PER_KIND = 3  # correct and wrong images kept per class for the Grad-CAM gallery
+_FEATURES = {name: tf.io.FixedLenFeature([], tf.string) for name in ("image", "label", "source", "patient_id", "file")}
+
+
+@dataclasses.dataclass
+class TestPredictions:
+    files: List[str]
+    labels: np.ndarray  # class ids
+    sources: List[str]
+    probabilities: np.ndarray  # [N, 4]
+    gallery: Dict[str, bytes]  # file -> encoded image, a few correct and wrong per class
+
+
+@dataclasses.dataclass
+class RunReportData:
+    summary: RunSummary
+    span: int
+    counts: Dict[str, Counter]  # split -> Counter[(label, source)]
+    patients: Dict[str, Set[str]]  # split -> patient ids
+    manifest: Optional[dict]
+    statistics_uri: Optional[str]
+    settings: Optional[dict]
+    curves: Dict[str, Dict[str, List[float]]]  # "train" / "validation" -> metric -> per epoch
+    tuner_trials: List[dict]
+    model_dir: str
+    predictions: TestPredictions
+
+
+def collect(config: PipelineConfig, run: str = "latest") -> RunReportData:
+    summary, outputs = read_run(config, run)
+    if "Trainer" not in outputs or "model" not in outputs["Trainer"]:
+        raise ValueError(f"run {summary.run_id or run} has no trained model to report on "
+                         f"(components: {summary.statuses or 'none'})")
+    examples = outputs["ImportExampleGen"]["examples"]
+    span = examples.custom_properties["span"].int_value
+    counts, patients = _split_counts(examples.uri)
+    model_dir = path_utils.serving_model_path(outputs["Trainer"]["model"].uri)
+    model_run = outputs["Trainer"]["model_run"].uri
+    return RunReportData(
+        summary=summary, span=span, counts=counts, patients=patients,
+        manifest=_read_json(os.path.join(config.data.tfrecords_dir, f"span-{span}", "manifest.json")),
+        statistics_uri=outputs.get("StatisticsGen", {}).get("statistics", _NoArtifact).uri,
+        settings=_read_json(os.path.join(model_run, SETTINGS_FILE)),
+        curves=learning_curves(model_run),
+        tuner_trials=_tuner_trials(outputs.get("Tuner", {})),
+        model_dir=model_dir, predictions=predict_test_split(model_dir, examples.uri))
+
+
+class _NoArtifact:
+    uri = None
+
+
+def _records(examples_uri: str, split: str) -> tf.data.Dataset:
+    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*.gz")))
+    return tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64).map(
+        lambda serialized: tf.io.parse_example(serialized, _FEATURES))
+
+
+def _split_counts(examples_uri: str):
+    counts, patients = {}, defaultdict(set)
+    for split in SPLITS:
+        counts[split] = Counter()
+        for batch in _records(examples_uri, split):
+            for label, source, patient in zip(batch["label"].numpy(), batch["source"].numpy(),
+                                              batch["patient_id"].numpy()):
+                counts[split][(label.decode(), source.decode())] += 1
+                patients[split].add(f"{source.decode()}:{patient.decode()}")
+    return counts, dict(patients)
+
+
+def predict_test_split(model_dir: str, examples_uri: str) -> TestPredictions:
+    serve = tf.saved_model.load(model_dir).signatures[contract.PREDICT_SIGNATURE]
+    files, labels, sources, probabilities, gallery = [], [], [], [], {}
+    kept = Counter()
+    for batch in _records(examples_uri, "test"):
+        batch_probabilities = serve(images=batch["image"])[contract.PROBABILITIES].numpy()
+        for index, label in enumerate(batch["label"].numpy()):
+            class_id = LABELS.index(label.decode())
+            name = batch["file"].numpy()[index].decode()
+            correct = int(batch_probabilities[index].argmax()) == class_id
+            if kept[(class_id, correct)] < GALLERY_PER_KIND:
+                kept[(class_id, correct)] += 1
+                gallery[name] = batch["image"].numpy()[index]
+            files.append(name)
+            labels.append(class_id)
+            sources.append(batch["source"].numpy()[index].decode())
+        probabilities.append(batch_probabilities)
+    return TestPredictions(files, np.array(labels, dtype=int), sources,
+                           np.concatenate(probabilities) if probabilities else np.zeros((0, len(LABELS))), gallery)
+
+
+def learning_curves(model_run_dir: str) -> Dict[str, Dict[str, List[float]]]:
+    """Per-epoch loss and accuracy from the TensorBoard logs the Trainer wrote."""
+    curves = {}
+    for phase in ("train", "validation"):
+        values = defaultdict(dict)
+        for path in glob.glob(os.path.join(model_run_dir, phase, "events.out.tfevents.*")):
+            for event in tf.compat.v1.train.summary_iterator(path):
+                for value in event.summary.value:
+                    if value.tag in ("epoch_loss", "epoch_accuracy"):
+                        values[value.tag[len("epoch_"):]][event.step] = float(tf.make_ndarray(value.tensor))
+        curves[phase] = {metric: [by_step[step] for step in sorted(by_step)] for metric, by_step in values.items()}
+    return curves
+
+
+def _tuner_trials(tuner_outputs) -> List[dict]:
+    """The Tuner's completed trials, best first, as its `tuner_results` artifact lists them."""
+    results = tuner_outputs.get("tuner_results")
+    if results is None:
+        return []
+    return _read_json(os.path.join(results.uri, TUNER_RESULTS_FILE)) or []
+
+
+def _read_json(path: str) -> Optional[dict]:
+    if not tf.io.gfile.exists(path):
+        return None
+    with tf.io.gfile.GFile(path) as f:
+        return json.load(f)
