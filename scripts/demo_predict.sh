@@ -5,7 +5,10 @@
 set -euo pipefail
 demo_dir=${1:-demo}
 cxr=.venv/bin/cxr
-image=$(ls "$demo_dir"/raw/covid19-radiography-database/COVID-19_Radiography_Dataset/COVID/images/*.png | head -n 1)
+# A glob, not `ls | head`: with pipefail, ls killed by SIGPIPE would fail the script.
+images=("$demo_dir"/raw/covid19-radiography-database/COVID-19_Radiography_Dataset/COVID/images/*.png)
+image=${images[0]}
+[ -f "$image" ] || { echo "no demo image under $demo_dir/raw" >&2; exit 1; }
 log="$demo_dir/serve.log"
 
 # Port 0: the server picks a free port and prints its URL, so a busy 8501 cannot get in the way.

@@ -45,6 +45,7 @@ class RunReportData:
     tuner_trials: List[dict]
     model_dir: str
     predictions: TestPredictions
+    gate: Dict[str, float]  # the configured thresholds
 
 
 def collect(config: PipelineConfig, run: str = "latest") -> RunReportData:
@@ -64,7 +65,8 @@ def collect(config: PipelineConfig, run: str = "latest") -> RunReportData:
         settings=_read_json(os.path.join(model_run, SETTINGS_FILE)),
         curves=learning_curves(model_run),
         tuner_trials=_tuner_trials(outputs.get("Tuner", {})),
-        model_dir=model_dir, predictions=predict_test_split(model_dir, examples.uri))
+        model_dir=model_dir, predictions=predict_test_split(model_dir, examples.uri),
+        gate=dataclasses.asdict(config.gate))
 
 
 class _NoArtifact:

@@ -47,7 +47,7 @@ def build_numbers(data: RunReportData) -> dict:
         "patient_overlap": _patient_overlap(data.patients),
         "counts": {split: {f"{label}|{source}": n for (label, source), n in sorted(data.counts[split].items())}
                    for split in SPLITS},
-        "blessed": data.summary.blessed, "failed_thresholds": data.summary.failed_thresholds,
+        "blessed": data.summary.blessed, "failed_thresholds": data.summary.failed_thresholds, "gate": data.gate,
         "settings": data.settings, "tuner_trials": data.tuner_trials,
     }
 
@@ -199,7 +199,11 @@ def _evaluation_section(numbers: dict) -> str:
                for s, v in numbers["by_source"].items()]
     confound = numbers["source_confound"]
     gate = ("BLESSED" if numbers["blessed"] else "NOT BLESSED" if numbers["blessed"] is False else "not evaluated")
-    failures = "".join(f"<li>{html.escape(f)}</li>" for f in numbers["failed_thresholds"])
+    thresholds = numbers["gate"]
+    failures = (f"<li>thresholds: accuracy >= {thresholds['min_accuracy']}, every class's recall (probability "
+                f"> 0.5) >= {thresholds['min_class_recall']}, at most {thresholds['max_accuracy_regression']} "
+                "below the blessed baseline</li>"
+                + "".join(f"<li class='bad'>failed: {html.escape(f)}</li>" for f in numbers["failed_thresholds"]))
     return (f"<h2>Evaluation on the test split</h2><p>{numbers['test_examples']} examples, accuracy "
             f"<b>{_interval(numbers['accuracy'], numbers['accuracy_ci'])}</b> (TFMA: "
             f"{_number(numbers['tfma_accuracy'])}). Gate: <b>{gate}</b></p><ul>{failures}</ul>"
