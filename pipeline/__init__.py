@@ -1,1 +1,1 @@
-"""Pipeline wiring: the TFX `create_pipeline` and its runners (a later issue)."""
+"""Pipeline wiring: `create_pipeline`, its configuration, the local runner and the run report."""
