@@ -3,8 +3,9 @@
 Signatures (names from cxr.serving.contract):
 - serving_default: `images` [-1] tf.string of encoded PNG/JPEG -> probabilities [N, 4],
   class_id [N], class_name [N] (TF Serving's {"b64": ...} JSON maps onto `images`);
-- explain: `images` -> class_id, class_name, probability and a Grad-CAM heatmap
-  [N, size, size] in [0, 1] of the predicted class;
+- explain: `images` -> probabilities, class_id, class_name, probability (of the
+  explained class) and a Grad-CAM heatmap [N, size, size] in [0, 1] of the
+  predicted class: one request gives both the answer and its explanation;
 - explain_class: `images` and `class_id` [-1] -> the same for the class asked for;
 - serving_examples: serialized tf.Example -> the serving_default outputs;
 - transform_features: serialized tf.Example -> Transform's output (for TFMA).
@@ -52,10 +53,11 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
                 contract.CLASS_NAME: tf.gather(class_names, class_id)}
 
     def explain_pixels(pixels, class_id=None):
-        class_id, probability, heatmap = grad_cam(model.grad_cam_model, model.get_layer(OUTPUT_NAME),
-                                                  pixels, class_id)
-        return {contract.CLASS_ID: class_id, contract.CLASS_NAME: tf.gather(class_names, class_id),
-                contract.PROBABILITY: probability, contract.HEATMAP: heatmap}
+        probabilities, class_id, heatmap = grad_cam(model.grad_cam_model, model.get_layer(OUTPUT_NAME),
+                                                    pixels, class_id)
+        return {contract.PROBABILITIES: probabilities, contract.CLASS_ID: class_id,
+                contract.CLASS_NAME: tf.gather(class_names, class_id),
+                contract.PROBABILITY: tf.gather(probabilities, class_id, batch_dims=1), contract.HEATMAP: heatmap}
 
     images_spec = tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)
     examples_spec = tf.TensorSpec([None], tf.string, name="examples")
@@ -78,8 +80,8 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
 
     @tf.function(input_signature=[examples_spec])
     def serve_examples(examples):
-        raw = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE]})
-        return predict(model.tft_layer(raw)[IMAGE])
+        images = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE]})[IMAGE]
+        return predict(pixels_of(tf.reshape(images, [-1])))
 
     @tf.function(input_signature=[examples_spec])
     def transform_features(examples):
@@ -134,7 +136,7 @@ def _grad_cam_model(model: keras.Model) -> keras.Model:
 
 
 def grad_cam(grad_cam_model: keras.Model, output_layer: keras.layers.Dense, pixels: tf.Tensor, class_id=None):
-    """(class_id, its probability, heatmap [N, size, size] in [0, 1]) per image.
+    """(probabilities [N, 4], the explained class_id, heatmap [N, size, size] in [0, 1]) per image.
 
     The gradient is taken of the class's logit, not its probability: a confident
     softmax saturates and its gradients vanish.
@@ -152,7 +154,7 @@ def grad_cam(grad_cam_model: keras.Model, output_layer: keras.layers.Dense, pixe
     size = tf.shape(pixels)[1:3]
     heatmap = tf.image.resize(cam[..., tf.newaxis], size, method="bilinear")[..., 0]
     heatmap = tf.math.divide_no_nan(heatmap, tf.reduce_max(heatmap, axis=[1, 2], keepdims=True))
-    return class_id, tf.gather(probabilities, class_id, batch_dims=1), heatmap
+    return probabilities, class_id, heatmap
 
 
 def write_warmup_requests(export_dir: str, image_size: int) -> str:

@@ -159,11 +159,10 @@ def _run_predict(args) -> int:
                            timeout_s=args.timeout, retries=args.retries)
     if args.wait:
         client.wait_until_available(args.wait)
-    results = list(client.predict_files(args.images, batch_size=args.batch_size))
-    overlays = {}
-    if args.explain:
-        explained = client.predict_files(args.images, contract.EXPLAIN_SIGNATURE, batch_size=args.batch_size)
-        overlays = write_overlays(list(explained), args.explain)
+    # `explain` answers with the probabilities too, so one request per batch serves both.
+    signature = contract.EXPLAIN_SIGNATURE if args.explain else contract.PREDICT_SIGNATURE
+    results = list(client.predict_files(args.images, signature, batch_size=args.batch_size))
+    overlays = write_overlays(results, args.explain) if args.explain else {}
     print(to_json(results, overlays) if args.json else format_table(results))
     if overlays and not args.json:
         print(f"\nGrad-CAM overlays: {len(overlays)} written to {args.explain}")
@@ -304,7 +303,7 @@ def _run_kfp_submit(args) -> None:
 
 def _run_kfp_schedule(args) -> None:
     from cxr.kubeflow.client import schedule, validate_cron
-    cron = validate_cron(args.cron)  # before anything is uploaded
+    cron = validate_cron(args.cron)  # before connecting: building kfp.Client already asks the server
     recurring_run_id = schedule(_client(args), _package(args), args.pipeline_name, args.experiment, cron,
                                 name=args.name, max_concurrency=args.max_concurrency, catchup=args.catchup,
                                 params=_params(args.param))

@@ -19,7 +19,7 @@ EXPLAIN_CLASS_SIGNATURE = "explain_class"
 IMAGES_INPUT = "images"  # [-1] tf.string of encoded PNG or JPEG files
 CLASS_ID_INPUT = "class_id"  # [-1] int64, explain_class only
 
-PROBABILITIES = "probabilities"  # [N, 4] float32, in the order of CLASS_NAMES
+PROBABILITIES = "probabilities"  # [N, 4] float32, in the order of CLASS_NAMES (serving_default and explain)
 CLASS_ID = "class_id"  # [N] int64
 CLASS_NAME = "class_name"  # [N] string
 PROBABILITY = "probability"  # [N] float32, of the explained class

@@ -33,7 +33,7 @@ def test_the_signatures_have_the_names_dtypes_and_shapes_of_the_contract(model_b
     assert table[contract.PREDICT_SIGNATURE] == {"inputs": images, "outputs": {
         contract.PROBABILITIES: ("float32", [-1, CLASSES]), contract.CLASS_ID: ("int64", [-1]),
         contract.CLASS_NAME: ("string", [-1])}}
-    explained = {contract.CLASS_ID: ("int64", [-1]), contract.CLASS_NAME: ("string", [-1]),
+    explained = {contract.PROBABILITIES: ("float32", [-1, CLASSES]), contract.CLASS_ID: ("int64", [-1]), contract.CLASS_NAME: ("string", [-1]),
                  contract.PROBABILITY: ("float32", [-1]), contract.HEATMAP: ("float32", [-1, IMAGE_SIZE, IMAGE_SIZE])}
     assert table[contract.EXPLAIN_SIGNATURE] == {"inputs": images, "outputs": explained}
     assert table[contract.EXPLAIN_CLASS_SIGNATURE] == {
@@ -109,6 +109,8 @@ def test_explain_gives_the_predicted_class_its_probability_and_a_unit_scaled_hea
     explained = loaded_model.signatures[contract.EXPLAIN_SIGNATURE](images=images)
     class_id = predicted[contract.CLASS_ID].numpy()
     assert explained[contract.CLASS_ID].numpy().tolist() == class_id.tolist()
+    np.testing.assert_allclose(explained[contract.PROBABILITIES].numpy(),
+                               predicted[contract.PROBABILITIES].numpy(), atol=1e-5)
     np.testing.assert_allclose(explained[contract.PROBABILITY].numpy(),
                                predicted[contract.PROBABILITIES].numpy()[np.arange(len(class_id)), class_id],
                                atol=1e-5)
