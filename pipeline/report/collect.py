@@ -20,7 +20,15 @@ from cxr.serving import contract
 SPLITS = ("train", "eval", "test")
 TUNER_RESULTS_FILE = "tuner_results.json"  # as TFX's Tuner executor writes it
 GALLERY_PER_KIND = 3  # correct and wrong images kept per class for the Grad-CAM gallery
-_FEATURES = {name: tf.io.FixedLenFeature([], tf.string) for name in ("image", "label", "source", "patient_id", "file")}
+_METADATA = ("label", "source", "patient_id", "file")  # counting needs no pixels
+
+
+@dataclasses.dataclass
+class GalleryImage:
+    image: bytes  # the encoded test image
+    heatmap: np.ndarray  # Grad-CAM of the predicted class, from the model's `explain` signature
+    predicted: str
+    probability: float
 
 
 @dataclasses.dataclass
@@ -29,7 +37,7 @@ class TestPredictions:
     labels: np.ndarray  # class ids
     sources: List[str]
     probabilities: np.ndarray  # [N, 4]
-    gallery: Dict[str, bytes]  # file -> encoded image, a few correct and wrong per class
+    gallery: Dict[str, GalleryImage]  # file -> a few correct and wrong per class
 
 
 @dataclasses.dataclass
@@ -43,7 +51,6 @@ class RunReportData:
     settings: Optional[dict]
     curves: Dict[str, Dict[str, List[float]]]  # "train" / "validation" -> metric -> per epoch
     tuner_trials: List[dict]
-    model_dir: str
     predictions: TestPredictions
     gate: Dict[str, float]  # the configured thresholds
 
@@ -61,22 +68,24 @@ def collect(config: PipelineConfig, run: str = "latest") -> RunReportData:
     return RunReportData(
         summary=summary, span=span, counts=counts, patients=patients,
         manifest=_read_json(os.path.join(config.data.tfrecords_dir, f"span-{span}", "manifest.json")),
-        statistics_uri=outputs.get("StatisticsGen", {}).get("statistics", _NoArtifact).uri,
+        statistics_uri=_uri(outputs, "StatisticsGen", "statistics"),
         settings=_read_json(os.path.join(model_run, SETTINGS_FILE)),
         curves=learning_curves(model_run),
         tuner_trials=_tuner_trials(outputs.get("Tuner", {})),
-        model_dir=model_dir, predictions=predict_test_split(model_dir, examples.uri),
-        gate=dataclasses.asdict(config.gate))
+        predictions=predict_test_split(model_dir, examples.uri), gate=dataclasses.asdict(config.gate))
 
 
-class _NoArtifact:
-    uri = None
+def _uri(outputs, node: str, key: str) -> Optional[str]:
+    artifact = outputs.get(node, {}).get(key)
+    return artifact.uri if artifact is not None else None
 
 
-def _records(examples_uri: str, split: str) -> tf.data.Dataset:
+def _records(examples_uri: str, split: str, with_image: bool = False) -> tf.data.Dataset:
+    names = _METADATA + (("image",) if with_image else ())
+    features = {name: tf.io.FixedLenFeature([], tf.string) for name in names}
     files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*.gz")))
     return tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64).map(
-        lambda serialized: tf.io.parse_example(serialized, _FEATURES))
+        lambda serialized: tf.io.parse_example(serialized, features))
 
 
 def _split_counts(examples_uri: str):
@@ -92,24 +101,37 @@ def _split_counts(examples_uri: str):
 
 
 def predict_test_split(model_dir: str, examples_uri: str) -> TestPredictions:
-    serve = tf.saved_model.load(model_dir).signatures[contract.PREDICT_SIGNATURE]
-    files, labels, sources, probabilities, gallery = [], [], [], [], {}
+    """The model's probabilities on the test split, and the gallery's images explained by the same model."""
+    signatures = tf.saved_model.load(model_dir).signatures
+    files, labels, sources, probabilities, kept_images = [], [], [], [], {}
     kept = Counter()
-    for batch in _records(examples_uri, "test"):
-        batch_probabilities = serve(images=batch["image"])[contract.PROBABILITIES].numpy()
-        for index, label in enumerate(batch["label"].numpy()):
-            class_id = LABELS.index(label.decode())
-            name = batch["file"].numpy()[index].decode()
+    for batch in _records(examples_uri, "test", with_image=True):
+        batch_probabilities = signatures[contract.PREDICT_SIGNATURE](images=batch["image"])[
+            contract.PROBABILITIES].numpy()
+        batch_labels = [LABELS.index(label.decode()) for label in batch["label"].numpy()]
+        batch_files = [name.decode() for name in batch["file"].numpy()]
+        for index, (name, class_id) in enumerate(zip(batch_files, batch_labels)):
             correct = int(batch_probabilities[index].argmax()) == class_id
             if kept[(class_id, correct)] < GALLERY_PER_KIND:
                 kept[(class_id, correct)] += 1
-                gallery[name] = batch["image"].numpy()[index]
-            files.append(name)
-            labels.append(class_id)
-            sources.append(batch["source"].numpy()[index].decode())
+                kept_images[name] = batch["image"].numpy()[index]
+        files += batch_files
+        labels += batch_labels
+        sources += [source.decode() for source in batch["source"].numpy()]
         probabilities.append(batch_probabilities)
     return TestPredictions(files, np.array(labels, dtype=int), sources,
-                           np.concatenate(probabilities) if probabilities else np.zeros((0, len(LABELS))), gallery)
+                           np.concatenate(probabilities) if probabilities else np.zeros((0, len(LABELS))),
+                           _explain(signatures[contract.EXPLAIN_SIGNATURE], kept_images))
+
+
+def _explain(explain, images: Dict[str, bytes]) -> Dict[str, GalleryImage]:
+    if not images:
+        return {}
+    names = sorted(images)
+    outputs = {key: value.numpy() for key, value in explain(images=tf.constant([images[n] for n in names])).items()}
+    return {name: GalleryImage(images[name], outputs[contract.HEATMAP][i], outputs[contract.CLASS_NAME][i].decode(),
+                               float(outputs[contract.PROBABILITY][i]))
+            for i, name in enumerate(names)}
 
 
 def learning_curves(model_run_dir: str) -> Dict[str, Dict[str, List[float]]]:

@@ -14,7 +14,6 @@ import tensorflow_data_validation as tfdv
 from cxr.components.vocabulary import LABELS
 from cxr.pipeline.report import metrics
 from cxr.pipeline.report.collect import SPLITS, RunReportData
-from cxr.serving import contract
 from cxr.serving.overlay import overlay
 
 MODEL_CARD = """
@@ -94,22 +93,15 @@ def _write_statistics(statistics_uri, path: str) -> bool:
 
 
 def _write_gallery(data: RunReportData, images_dir: str) -> List[dict]:
-    """Grad-CAM overlays of the kept test images, through the model's `explain` signature."""
+    """Grad-CAM overlays of the kept test images (explained when the predictions were made)."""
     p = data.predictions
-    if not p.gallery:
-        return []
-    explain = tf.saved_model.load(data.model_dir).signatures[contract.EXPLAIN_SIGNATURE]
-    names = sorted(p.gallery)
-    outputs = explain(images=tf.constant([p.gallery[name] for name in names]))
-    index = {file: i for i, file in enumerate(p.files)}
+    label_of = dict(zip(p.files, p.labels))
     entries = []
-    for position, name in enumerate(names):
-        label = LABELS[p.labels[index[name]]]
-        predicted = outputs[contract.CLASS_NAME].numpy()[position].decode()
+    for position, (name, explained) in enumerate(sorted(p.gallery.items())):
         file_name = f"gradcam-{position:03d}.png"
-        overlay(p.gallery[name], outputs[contract.HEATMAP].numpy()[position]).save(os.path.join(images_dir, file_name))
-        entries.append({"src": f"images/{file_name}", "file": name, "label": label, "predicted": predicted,
-                        "probability": float(outputs[contract.PROBABILITY].numpy()[position])})
+        overlay(explained.image, explained.heatmap).save(os.path.join(images_dir, file_name))
+        entries.append({"src": f"images/{file_name}", "file": name, "label": LABELS[label_of[name]],
+                        "predicted": explained.predicted, "probability": explained.probability})
     return entries
 
 
