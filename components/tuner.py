@@ -89,9 +89,10 @@ class TfKerasTuner(keras_tuner.engine.base_tuner.BaseTuner):
         keras.utils.set_random_seed(settings.seed)
         train, evaluation = self.datasets(settings)
         model = trainer_lib.build(settings)
+        # Hyperband's "tuner/epochs" is the trial's budget. Each trial trains a fresh model for it:
+        # models are not kept between trials, so "tuner/initial_epoch" has nothing to resume.
         history = model.fit(train, validation_data=evaluation, verbose=2,
                             epochs=values.get("tuner/epochs", self.epochs),
-                            initial_epoch=values.get("tuner/initial_epoch", 0),
                             callbacks=[keras.callbacks.TerminateOnNaN()])
         losses = history.history.get("loss", []) + history.history.get(OBJECTIVE, [])
         if not losses or not all(math.isfinite(loss) for loss in losses):
