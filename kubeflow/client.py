@@ -119,18 +119,17 @@ def upload_version(client: kfp.Client, package_path: str, pipeline_name: str,
 
     Creating a pipeline also gives it a first version named after the pipeline; the named version is
     uploaded anyway, so that every run points at a version named by time and content hash. The same
-    package sent twice within a second gets the same default name: that version is reused.
+    package sent twice within a second gets the same default name: a version of that name is reused.
     """
+    version_name = version_name or _default_version_name(package_path, pipeline_name)
     pipeline_id = client.get_pipeline_id(pipeline_name)
     if pipeline_id is None:
         pipeline_id = client.upload_pipeline(package_path, pipeline_name=pipeline_name).pipeline_id
-    elif version_name is None:
-        version_name = _default_version_name(package_path, pipeline_name)
-        same = _version_named(client, pipeline_id, version_name)
-        if same:
-            return pipeline_id, same
-    version = client.upload_pipeline_version(
-        package_path, version_name or _default_version_name(package_path, pipeline_name), pipeline_id=pipeline_id)
+    else:
+        existing = _version_named(client, pipeline_id, version_name)
+        if existing:
+            return pipeline_id, existing
+    version = client.upload_pipeline_version(package_path, version_name, pipeline_id=pipeline_id)
     return pipeline_id, version.pipeline_version_id
 
 
@@ -149,8 +148,7 @@ def _default_version_name(package_path: str, pipeline_name: str) -> str:
 def submit(client: kfp.Client, package_path: str, pipeline_name: str, experiment: str,
            params: Dict[str, object], run_name: Optional[str] = None) -> Submitted:
     pipeline_id, version_id = upload_version(client, package_path, pipeline_name)
-    experiment_id = client.create_experiment(name=experiment).experiment_id  # gets it when it exists
-    run = client.run_pipeline(experiment_id, run_name or f"{pipeline_name}-{_utc_stamp()}",
+    run = client.run_pipeline(_experiment_id(client, experiment), run_name or f"{pipeline_name}-{_utc_stamp()}",
                               pipeline_id=pipeline_id, version_id=version_id, params=params)
     return Submitted(pipeline_id, version_id, run.run_id, f"{_host(client)}/#/runs/details/{run.run_id}")
 
@@ -167,12 +165,15 @@ def schedule(client: kfp.Client, package_path: str, pipeline_name: str, experime
         raise ValueError(f"A schedule named {name!r} already exists (id {', '.join(taken)}); "
                          f"recurring runs cannot be changed in place: unschedule it first.")
     pipeline_id, version_id = upload_version(client, package_path, pipeline_name)
-    experiment_id = client.create_experiment(name=experiment).experiment_id
     recurring = client.create_recurring_run(
-        experiment_id, name, cron_expression=cron, max_concurrency=max_concurrency,
+        _experiment_id(client, experiment), name, cron_expression=cron, max_concurrency=max_concurrency,
         no_catchup=not catchup, enabled=True, params=params or {},
         pipeline_id=pipeline_id, version_id=version_id)
     return recurring.recurring_run_id
+
+
+def _experiment_id(client: kfp.Client, experiment: str) -> str:
+    return client.create_experiment(name=experiment).experiment_id  # returns the existing one by that name
 
 
 def _utc_stamp() -> str:

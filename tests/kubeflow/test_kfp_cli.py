@@ -1,17 +1,5 @@
 """`cxr kfp ...` as a user types it: compile the real pipeline, then submit and schedule it to the fake KFP API."""
-import kfp
-import pytest
-
 from cxr.cli import main
-from fake_kfp_server import FakeKfpServer
-
-
-@pytest.fixture
-def kfp_server(monkeypatch, tmp_path):
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    monkeypatch.delenv("KF_PIPELINES_UI_ENDPOINT", raising=False)
-    with FakeKfpServer() as server:
-        yield server
 
 
 def test_compile_then_submit_then_schedule_the_pipeline(kfp_server, tmp_path, capsys):

@@ -15,21 +15,6 @@ from fake_kfp_server import FakeKfpServer
 PARAMS = {"epochs": 3, "data_root": "gs://bucket/cxr"}
 
 
-@pytest.fixture(autouse=True)
-def no_kfp_context(monkeypatch, tmp_path):
-    """kfp.Client reads ~/.config/kfp/context.json and KF_PIPELINES_* variables; the tests see neither."""
-    monkeypatch.setattr(kfp.Client, "_LOCAL_KFP_CONTEXT", str(tmp_path / "kfp-context.json"))
-    for variable in ("KF_PIPELINES_ENDPOINT", "KF_PIPELINES_UI_ENDPOINT", "KF_PIPELINES_IAP_OAUTH2_CLIENT_ID",
-                     "KF_PIPELINES_APP_OAUTH2_CLIENT_ID", "KF_PIPELINES_APP_OAUTH2_CLIENT_SECRET"):
-        monkeypatch.delenv(variable, raising=False)
-
-
-@pytest.fixture
-def kfp_server():
-    with FakeKfpServer() as server:
-        yield server
-
-
 @pytest.fixture
 def client(kfp_server):
     return connect(Connection(host=kfp_server.url))
