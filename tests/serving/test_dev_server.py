@@ -215,5 +215,6 @@ def test_labels_come_from_the_model_config_file(model_base_path, tmp_path):
         running.stop()
 
 
-def test_the_server_binds_this_machine_only_by_default():
-    assert ServerSettings().host == "127.0.0.1"
+def test_the_server_binds_this_machine_only_by_default(server):
+    # The module's server is started with the default host.
+    assert server.http.server_address[0] == "127.0.0.1" and server.url.startswith("http://127.0.0.1:")
