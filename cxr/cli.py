@@ -205,12 +205,13 @@ def _boolean(text: str) -> bool:
 def _add_kfp(commands) -> None:
     kfp = commands.add_parser("kfp", help="Kubeflow Pipelines: compile, submit, schedule retraining")
     actions = kfp.add_subparsers(dest="kfp_command", required=True)
-    compile_ = actions.add_parser("compile", help="compile the pipeline with KubeflowV2DagRunner")
+    compile_ = actions.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines or Vertex AI")
     compile_.add_argument("--preset", default="study", help="demo | study (default study)")
     compile_.add_argument("--config", metavar="FILE", help="YAML file: image, pipeline_root, beam_args, resources...")
     compile_.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
     compile_.add_argument("--target", choices=("kfp", "vertex"), default="kfp",
-                          help="kfp: a PipelineSpec YAML for kfp.Client; vertex: a PipelineJob JSON (default kfp)")
+                          help="kfp: open-source Kubeflow Pipelines 2.x, one container task per TFX node; "
+                               "vertex: a Vertex AI PipelineJob JSON from KubeflowV2DagRunner (default kfp)")
     compile_.add_argument("--out", default="build", help="folder to write pipeline.yaml / pipeline.json into")
     compile_.set_defaults(run=_run_kfp_compile)
 
@@ -277,9 +278,12 @@ def _client(args):
     return connect(Connection(host=args.host, namespace=args.namespace, token=args.token, cookies=args.cookies))
 
 
-def _package(args) -> str:
+def _checked_package(args, params: dict) -> str:
+    """The compiled pipeline, refused before connecting if Kubeflow Pipelines would refuse it."""
+    from cxr.kubeflow.cluster_checks import check_package
     if not os.path.isfile(args.package):
         raise ValueError(f"{args.package}: no compiled pipeline; run `cxr kfp compile` first or give --package")
+    check_package(args.package, params)
     return args.package
 
 
@@ -295,29 +299,37 @@ def _params(pairs: List[str]) -> dict:
 
 
 def _run_kfp_submit(args) -> None:
-    from cxr.kubeflow.client import submit
-    submitted = submit(_client(args), _package(args), args.pipeline_name, args.experiment, _params(args.param),
-                       run_name=args.run_name)
+    from cxr.kubeflow.client import api_errors, submit
+    params = _params(args.param)
+    package = _checked_package(args, params)
+    with api_errors(args.host):
+        submitted = submit(_client(args), package, args.pipeline_name, args.experiment, params,
+                           run_name=args.run_name)
     print(f"run {submitted.run_id} started (pipeline version {submitted.version_id}): {submitted.url}")
 
 
 def _run_kfp_schedule(args) -> None:
-    from cxr.kubeflow.client import schedule, validate_cron
+    from cxr.kubeflow.client import api_errors, schedule, validate_cron
     cron = validate_cron(args.cron)  # before connecting: building kfp.Client already asks the server
-    recurring_run_id = schedule(_client(args), _package(args), args.pipeline_name, args.experiment, cron,
-                                name=args.name, max_concurrency=args.max_concurrency, catchup=args.catchup,
-                                params=_params(args.param))
+    params = _params(args.param)
+    package = _checked_package(args, params)
+    with api_errors(args.host):
+        recurring_run_id = schedule(_client(args), package, args.pipeline_name, args.experiment, cron,
+                                    name=args.name, max_concurrency=args.max_concurrency, catchup=args.catchup,
+                                    params=params)
     print(f"recurring run {args.name!r} ({recurring_run_id}) created: cron '{cron}'")
 
 
 def _run_kfp_schedules(args) -> None:
-    from cxr.kubeflow.client import format_schedules, list_schedules
-    print(format_schedules(list_schedules(_client(args), args.experiment)))
+    from cxr.kubeflow.client import api_errors, format_schedules, list_schedules
+    with api_errors(args.host):
+        print(format_schedules(list_schedules(_client(args), args.experiment)))
 
 
 def _run_kfp_unschedule(args) -> None:
-    from cxr.kubeflow.client import unschedule
-    deleted = unschedule(_client(args), args.name)
+    from cxr.kubeflow.client import api_errors, unschedule
+    with api_errors(args.host):
+        deleted = unschedule(_client(args), args.name)
     print(f"recurring run {deleted.name!r} ({deleted.id}) deleted")
 
 
@@ -335,8 +347,10 @@ def _add_report(commands) -> None:
 
 def _run_report(args) -> None:
     from cxr.pipeline.config import load_config
+    from cxr.pipeline.local_runner import sqlite_connection
     from cxr.pipeline.report.collect import collect
     from cxr.pipeline.report.render import write_report
     overrides = list(args.set) + ([f"pipeline_root={args.pipeline_root}"] if args.pipeline_root else [])
-    path = write_report(collect(load_config(args.preset, args.config, overrides), args.run_id), args.out)
+    config = load_config(args.preset, args.config, overrides)
+    path = write_report(collect(config, sqlite_connection(config), args.run_id), args.out)
     print(f"report: {os.path.abspath(path)}")

@@ -15,15 +15,21 @@ what kfp.Client picks up by itself:
 
 kfp.Client also prints "... details: <link>" lines to stdout as it uploads and runs.
 """
+import contextlib
 import dataclasses
 import datetime
 import hashlib
 import json
-from typing import Dict, List, Optional, Sequence, Tuple
+import urllib.error
+import urllib.request
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import kfp
+import urllib3
+from kfp_server_api.exceptions import ApiException
 
 _SCHEDULE_PAGE_SIZE = 100
+_HEALTH_TIMEOUT_S = 30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,14 +41,64 @@ class Connection:
 
 
 def connect(connection: Connection) -> kfp.Client:
+    """kfp.Client for the connection; building it already asks the API server for its health."""
     namespace = {"namespace": connection.namespace} if connection.namespace else {}
-    client = kfp.Client(host=connection.host, existing_token=connection.token, cookies=connection.cookies,
-                        **namespace)
+    if connection.host:
+        _probe_health(connection)
+    with api_errors(connection.host):
+        client = kfp.Client(host=connection.host, existing_token=connection.token, cookies=connection.cookies,
+                            **namespace)
     if connection.namespace:
         # kfp.Client ignores namespace="kubeflow" (its default doubles as "not given"), so the
         # namespace is set on the instance; set_user_namespace would also rewrite context.json.
         client._context_setting["namespace"] = connection.namespace
     return client
+
+
+@contextlib.contextmanager
+def api_errors(host: Optional[str]) -> Iterator[None]:
+    """The API's failures as one line naming the host, instead of urllib3's or the generated client's tracebacks."""
+    where = host or "the in-cluster or kube-config endpoint"
+    try:
+        yield
+    except urllib3.exceptions.MaxRetryError as error:
+        raise ConnectionError(f"cannot reach the Kubeflow Pipelines API at {where}: {_reason(error)}") from None
+    except ApiException as error:
+        raise ConnectionError(f"the Kubeflow Pipelines API at {where} answered HTTP {error.status} "
+                              f"{error.reason}: {_message(error.body)}") from None
+
+
+def _probe_health(connection: Connection) -> None:
+    """One request to the API's health endpoint. kfp.Client asks it too, but retries an error answer
+    five times, 5 s apart, logging a traceback each time, then says only that it timed out."""
+    url = connection.host if "://" in connection.host else f"http://{connection.host}"
+    headers = {"Authorization": f"Bearer {connection.token}"} if connection.token else {}
+    if connection.cookies:
+        headers["Cookie"] = connection.cookies
+    request = urllib.request.Request(f"{url.rstrip('/')}/apis/v2beta1/healthz", headers=headers)
+    try:
+        urllib.request.urlopen(request, timeout=_HEALTH_TIMEOUT_S).close()
+    except urllib.error.HTTPError as error:
+        raise ConnectionError(f"the Kubeflow Pipelines API at {connection.host} answered HTTP {error.code} "
+                              f"{error.reason}: {_message(error.read())}") from None
+    except (urllib.error.URLError, OSError) as error:
+        reason = getattr(error, "reason", error)
+        raise ConnectionError(f"cannot reach the Kubeflow Pipelines API at {connection.host}: {reason}") from None
+
+
+def _reason(error: urllib3.exceptions.MaxRetryError) -> str:
+    reason = str(error.reason or error)
+    return reason.split(": ", 1)[-1].rstrip("')")  # drops urllib3's "<...HTTPConnection object at 0x..>: "
+
+
+def _message(body) -> str:
+    """KFP's JSON error message, or the start of whatever else answered (a login page, another service)."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else str(body or "")
+    try:
+        answer = json.loads(text)
+        return answer.get("message") or answer.get("error") or text[:200]
+    except (ValueError, AttributeError):
+        return " ".join(text.split())[:200] + (" (is this the Kubeflow Pipelines API?)" if text else "")
 
 
 # ---------------------------------------------------------------------------------------------

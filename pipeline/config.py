@@ -6,6 +6,8 @@ cores in a few minutes). A YAML file may override any field of a preset, and
 `--set section.field=value` flags override the file.
 """
 import dataclasses
+import json
+import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -92,17 +94,40 @@ class DriftConfig:
     baseline_dir: str = ""
 
 
+DEFAULT_IMAGE = "cxr-pipeline:latest"
+# ML Metadata's gRPC service, as every Kubeflow Pipelines install runs it.
+KFP_METADATA_GRPC = "metadata-grpc-service.kubeflow:8080"
+SQLITE_METADATA = "sqlite"
+
+
 @dataclasses.dataclass(frozen=True)
 class KubeflowConfig:
     # The pipeline image (kubeflow/Dockerfile, `make image`), pushed to a registry the cluster can pull from.
-    image: str = "cxr-pipeline:latest"
-    # What the Trainer asks for. The accelerator's name depends on the target:
+    image: str = DEFAULT_IMAGE
+    # Where every task's TFX launcher records the run: ML Metadata's gRPC service as host:port,
+    # or `sqlite` for the SQLite file at metadata_path (on a volume every task mounts).
+    metadata_grpc: str = KFP_METADATA_GRPC
+    # Persistent volume claims every task mounts, as claim:/mount/path (a ReadWriteMany claim
+    # holding the TFRecords, the pipeline root and the serving folder, for example).
+    volumes: Tuple[str, ...] = ()
+    # What the Trainer (and the Tuner) asks for. The accelerator's name depends on the target:
     # Kubeflow Pipelines takes the Kubernetes resource name, Vertex AI a machine accelerator type.
     trainer_gpus: int = 1
     kfp_accelerator: str = "nvidia.com/gpu"
     vertex_accelerator: str = "NVIDIA_TESLA_T4"
     trainer_cpu_limit: float = 8.0
     trainer_memory_limit_gb: float = 32.0
+    # The GPU node pool, for the Trainer and the Tuner on Kubeflow Pipelines: node labels as
+    # key=value, and the taints to tolerate as `kubectl taint` writes them, key[=value]:Effect.
+    gpu_node_selector: Tuple[str, ...] = ()
+    gpu_tolerations: Tuple[str, ...] = ()
+
+    def mounts(self) -> Dict[str, str]:
+        """{mount path: claim} of the volumes."""
+        return {path: claim for claim, _, path in (volume.partition(":") for volume in self.volumes)}
+
+    def node_labels(self) -> Dict[str, str]:
+        return dict(label.split("=", 1) for label in self.gpu_node_selector)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,6 +159,43 @@ class PipelineConfig:
             raise ConfigError(f"drift.action must be warn, stop or off, got {self.drift.action!r}")
         if any(bucket <= 0 for bucket in self.data.split_buckets):
             raise ConfigError(f"data.split_buckets must be positive, got {self.data.split_buckets}")
+        for setting, path in self.storage_paths().items():
+            if path.startswith("minio://"):
+                raise ConfigError(
+                    f"{setting} is {path!r}: TensorFlow cannot read minio:// (Kubeflow Pipelines' own artifact "
+                    f"store); use gs://, or a path on a volume every task mounts (kubeflow.volumes)")
+        _check_kubeflow(self.kubeflow)
+
+    def storage_paths(self) -> Dict[str, str]:
+        """{setting: path} of every folder or file the pipeline's steps read or write."""
+        paths = {"pipeline_root": self.pipeline_root, "data.tfrecords_dir": self.data.tfrecords_dir,
+                 "serving_dir": self.serving_dir, "metadata_path": self.metadata_path}
+        if self.drift.baseline_dir:
+            paths["drift.baseline_dir"] = self.drift.baseline_dir
+        return paths
+
+
+def _check_kubeflow(settings: KubeflowConfig) -> None:
+    grpc = settings.metadata_grpc
+    host, _, port = grpc.rpartition(":")
+    if grpc != SQLITE_METADATA and not (host and port.isdigit()):
+        raise ConfigError(f"kubeflow.metadata_grpc must be host:port of ML Metadata's gRPC service "
+                          f"(default {KFP_METADATA_GRPC}) or {SQLITE_METADATA}, got {grpc!r}")
+    for volume in settings.volumes:
+        claim, _, path = volume.partition(":")
+        if not claim or not path.startswith("/"):
+            raise ConfigError(f"kubeflow.volumes: {volume!r} must look like claim-name:/mount/path")
+    for label in settings.gpu_node_selector:
+        if not re.fullmatch(r"[^=\s]+=[^=\s]*", label):
+            raise ConfigError(f"kubeflow.gpu_node_selector: {label!r} must look like key=value")
+    for taint in settings.gpu_tolerations:
+        if not TAINT.fullmatch(taint):
+            raise ConfigError(f"kubeflow.gpu_tolerations: {taint!r} must look like key=value:Effect or key:Effect, "
+                              f"Effect one of {', '.join(TAINT_EFFECTS)} (as `kubectl taint` writes it)")
+
+
+TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
+TAINT = re.compile(r"(?P<key>[^=:\s]+)(=(?P<value>[^=:\s]*))?:(?P<effect>%s)" % "|".join(TAINT_EFFECTS))
 
 
 def final_feature_map_size(image_size: int, blocks: int) -> int:
@@ -171,6 +233,23 @@ def load_config(preset: str = "demo", path: Optional[str] = None, overrides: Lis
 
 def to_dict(config) -> Dict[str, Any]:
     return dataclasses.asdict(config)
+
+
+def to_json(config: PipelineConfig) -> str:
+    return json.dumps(to_dict(config), sort_keys=True)
+
+
+def from_json(text: str, origin: str) -> PipelineConfig:
+    """The configuration `to_json` wrote; a setting this code does not know is refused by name."""
+    try:
+        document = json.loads(text)
+    except ValueError as error:
+        raise ConfigError(f"{origin} is not a JSON configuration: {error}") from error
+    if not isinstance(document, dict):
+        raise ConfigError(f"{origin}: expected a JSON object of configuration sections")
+    values = to_dict(PipelineConfig())
+    _merge(values, document, origin=origin)
+    return from_dict(values)
 
 
 def from_dict(values: Dict[str, Any], cls=PipelineConfig):

@@ -1,145 +1,21 @@
-"""Runs the pipeline on this machine (LocalDagRunner, SQLite ML Metadata, Beam DirectRunner)
-and reads back from ML Metadata what happened, for the summary `cxr run` prints."""
-import dataclasses
-from typing import Dict, List, Optional
-
-import tensorflow_model_analysis as tfma
-from ml_metadata.proto import metadata_store_pb2
+"""Runs the pipeline on this machine (LocalDagRunner, SQLite ML Metadata, Beam DirectRunner)."""
 from tfx import v1 as tfx
-from tfx.orchestration import metadata
 
-from cxr.components.vocabulary import LABELS
 from cxr.pipeline.config import PipelineConfig
+from cxr.pipeline.metadata_reader import RunSummary, read_run
 from cxr.pipeline.pipeline import create_pipeline
-
-
-@dataclasses.dataclass
-class RunSummary:
-    statuses: Dict[str, str]
-    blessed: Optional[bool] = None
-    failed_thresholds: List[str] = dataclasses.field(default_factory=list)
-    metrics: Dict[str, Dict[str, float]] = dataclasses.field(default_factory=dict)
-    pushed_to: Optional[str] = None
-    error: Optional[str] = None
-    drift: List[str] = dataclasses.field(default_factory=list)  # features beyond their threshold
-    drift_baseline_span: Optional[int] = None
-    run_id: Optional[str] = None
 
 
 def run_local(config: PipelineConfig) -> RunSummary:
     error = None
     try:
-        tfx.orchestration.LocalDagRunner().run(create_pipeline(config, _sqlite(config)))
+        tfx.orchestration.LocalDagRunner().run(create_pipeline(config, sqlite_connection(config)))
     except Exception as failure:  # a failed component: report it with the rest of the run
         error = f"{type(failure).__name__}: {failure}"
-    summary = summarise_latest_run(config)
+    summary = read_run(sqlite_connection(config))[0]
     summary.error = error
     return summary
 
 
-def _sqlite(config: PipelineConfig):
+def sqlite_connection(config: PipelineConfig):
     return tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)
-
-
-def summarise_latest_run(config: PipelineConfig) -> RunSummary:
-    return read_run(config)[0]
-
-
-def read_run(config: PipelineConfig, run: str = "latest"):
-    """(the run's summary, {node: {output key: artifact}}) for the latest run or the run with this id."""
-    with metadata.Metadata(_sqlite(config)) as store_handle:
-        store = store_handle.store
-        runs = list(store.get_contexts_by_type("pipeline_run"))
-        if run != "latest":
-            runs = [context for context in runs if context.name == run]
-            if not runs:
-                raise ValueError(f"no run {run!r} in {config.metadata_path}")
-        if not runs:
-            return RunSummary(statuses={}), {}
-        context = max(runs, key=lambda candidate: candidate.create_time_since_epoch)
-        summary, outputs = RunSummary(statuses={}, run_id=context.name), {}
-        for execution in store.get_executions_by_context(context.id):
-            node = _node_id(store, execution)
-            summary.statuses[node] = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
-            outputs[node] = _output_artifacts(store, execution)
-            if node == "Evaluator":
-                _read_evaluation(summary, outputs[node])
-            elif node == "Pusher":
-                _read_push(summary, outputs[node])
-            elif node == "DriftCheck":
-                _read_drift(summary, outputs[node])
-        return summary, outputs
-
-
-def _node_id(store, execution) -> str:
-    for context in store.get_contexts_by_execution(execution.id):
-        if store.get_context_types_by_id([context.type_id])[0].name == "node":
-            return context.name.split(".", 1)[-1]
-    return f"execution {execution.id}"
-
-
-def _output_artifacts(store, execution) -> Dict[str, metadata_store_pb2.Artifact]:
-    events = [e for e in store.get_events_by_execution_ids([execution.id])
-              if e.type == metadata_store_pb2.Event.OUTPUT]
-    artifacts = {a.id: a for a in store.get_artifacts_by_id([e.artifact_id for e in events])}
-    return {e.path.steps[0].key: artifacts[e.artifact_id] for e in events if e.path.steps}
-
-
-def _read_evaluation(summary: RunSummary, outputs) -> None:
-    if "blessing" in outputs:
-        summary.blessed = outputs["blessing"].custom_properties["blessed"].int_value == 1
-    if "evaluation" in outputs:
-        uri = outputs["evaluation"].uri
-        validation = tfma.load_validation_result(uri)
-        for per_slice in validation.metric_validations_per_slice:
-            for failure in per_slice.failures:
-                summary.failed_thresholds.append(_describe_failure(failure))
-        summary.metrics = overall_metrics(tfma.load_eval_result(uri))
-
-
-def _describe_failure(failure) -> str:
-    key = failure.metric_key
-    baseline = " (change against the baseline)" if key.is_diff else ""
-    return (f"{_metric_name(key)}{baseline} = {failure.metric_value.double_value.value:.4f}, "
-            f"required {_bounds(failure.metric_threshold)}")
-
-
-def _metric_name(key) -> str:
-    if key.sub_key.HasField("class_id"):
-        return f"{key.name} of {LABELS[key.sub_key.class_id.value]}"
-    return key.name
-
-
-def _bounds(threshold) -> str:
-    bound = threshold.value_threshold if threshold.HasField("value_threshold") else threshold.change_threshold
-    if threshold.HasField("value_threshold"):
-        return f">= {bound.lower_bound.value}"
-    return f"no worse than {bound.absolute.value}"
-
-
-def overall_metrics(eval_result) -> Dict[str, Dict[str, float]]:
-    """{sub key ('' for overall, 'classId:N' per class): {metric: value}} on the whole test split."""
-    for slice_key, metrics in eval_result.slicing_metrics:
-        if slice_key == ():
-            table = {}
-            for sub_key, values in metrics.get("", {}).items():
-                table[sub_key] = {name: value.get("doubleValue") for name, value in values.items()
-                                  if "doubleValue" in value}
-            return table
-    return {}
-
-
-def _read_push(summary: RunSummary, outputs) -> None:
-    pushed = outputs.get("pushed_model")
-    if pushed is not None and pushed.custom_properties["pushed"].int_value == 1:
-        summary.pushed_to = pushed.custom_properties["pushed_destination"].string_value
-
-
-def _read_drift(summary: RunSummary, outputs) -> None:
-    drift = outputs.get("drift")
-    if drift is None:
-        return
-    text = drift.custom_properties["drift"].string_value if "drift" in drift.custom_properties else ""
-    summary.drift = [line for line in text.splitlines() if line]
-    if "baseline_span" in drift.custom_properties:
-        summary.drift_baseline_span = drift.custom_properties["baseline_span"].int_value

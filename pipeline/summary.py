@@ -1,7 +1,7 @@
 """The end-of-run summary `cxr run` prints: component statuses, the gate's verdict, metrics, push."""
 from cxr.components.evaluation import GATE_RECALL, class_metric_name
 from cxr.components.vocabulary import LABELS
-from cxr.pipeline.local_runner import RunSummary
+from cxr.pipeline.metadata_reader import RunSummary
 
 EXIT_FAILED = 1
 EXIT_NOT_BLESSED = 3

@@ -14,7 +14,7 @@ from tfx.utils import path_utils
 from cxr.components.trainer import SETTINGS_FILE
 from cxr.components.vocabulary import LABELS
 from cxr.pipeline.config import PipelineConfig
-from cxr.pipeline.local_runner import RunSummary, read_run
+from cxr.pipeline.metadata_reader import RunSummary, read_run
 from cxr.serving import contract
 
 SPLITS = ("train", "eval", "test")
@@ -55,8 +55,8 @@ class RunReportData:
     gate: Dict[str, float]  # the configured thresholds
 
 
-def collect(config: PipelineConfig, run: str = "latest") -> RunReportData:
-    summary, outputs = read_run(config, run)
+def collect(config: PipelineConfig, metadata_connection, run: str = "latest") -> RunReportData:
+    summary, outputs = read_run(metadata_connection, run)
     if "Trainer" not in outputs or "model" not in outputs["Trainer"]:
         raise ValueError(f"run {summary.run_id or run} has no trained model to report on "
                          f"(components: {summary.statuses or 'none'})")

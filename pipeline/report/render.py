@@ -1,7 +1,9 @@
 """Writes the report folder: index.html (opens from disk, no server), its images beside it,
 statistics.html (TFDV's view), report.json (every number shown) and predictions.csv."""
+import base64
 import csv
 import html
+import io
 import json
 import math
 import os
@@ -57,13 +59,15 @@ def _patient_overlap(patients) -> Dict[str, int]:
 
 
 def write_report(data: RunReportData, out_dir: str) -> str:
-    os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
+    """Writes the report into out_dir; its index.html holds its images, so the page stands alone
+    (as a file, or as the HTML artifact Kubeflow Pipelines' UI shows)."""
+    os.makedirs(out_dir, exist_ok=True)
     numbers = build_numbers(data)
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(numbers, f, indent=1, default=_plain)
     _write_predictions(data, os.path.join(out_dir, "predictions.csv"))
     has_statistics = _write_statistics(data.statistics_uri, os.path.join(out_dir, "statistics.html"))
-    gallery = _write_gallery(data, os.path.join(out_dir, "images"))
+    gallery = _gallery(data)
     path = os.path.join(out_dir, "index.html")
     with open(path, "w", encoding="utf-8") as f:
         f.write(_page(data, numbers, gallery, has_statistics))
@@ -92,16 +96,17 @@ def _write_statistics(statistics_uri, path: str) -> bool:
     return True
 
 
-def _write_gallery(data: RunReportData, images_dir: str) -> List[dict]:
-    """Grad-CAM overlays of the kept test images (explained when the predictions were made)."""
+def _gallery(data: RunReportData) -> List[dict]:
+    """Grad-CAM overlays of the kept test images (explained when the predictions were made), as data URIs."""
     p = data.predictions
     label_of = dict(zip(p.files, p.labels))
     entries = []
-    for position, (name, explained) in enumerate(sorted(p.gallery.items())):
-        file_name = f"gradcam-{position:03d}.png"
-        overlay(explained.image, explained.heatmap).save(os.path.join(images_dir, file_name))
-        entries.append({"src": f"images/{file_name}", "file": name, "label": LABELS[label_of[name]],
-                        "predicted": explained.predicted, "probability": explained.probability})
+    for name, explained in sorted(p.gallery.items()):
+        png = io.BytesIO()
+        overlay(explained.image, explained.heatmap).save(png, "PNG")
+        entries.append({"src": f"data:image/png;base64,{base64.b64encode(png.getvalue()).decode()}", "file": name,
+                        "label": LABELS[label_of[name]], "predicted": explained.predicted,
+                        "probability": explained.probability})
     return entries
 
 

@@ -25,6 +25,11 @@ experiments and listing recurring runs without a namespace (or experiment) is re
 multi-user deployments. Every request is recorded: method, path, query, JSON body, multipart fields
 and files, headers.
 
+Like the real server it refuses a package its template parser refuses (a schema version other than
+2.1.0, a name outside ^[a-z0-9][a-z0-9-]{0,127}$, no root; v2_template.go, common/utils.go) and a
+run or recurring run that lacks a required parameter or passes an undeclared one
+(validatePipelineJobInputs).
+
 It has not been checked against a live cluster: nothing here has been run against one.
 """
 import dataclasses
@@ -38,6 +43,8 @@ import threading
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional
+
+import yaml
 
 API = "/apis/v2beta1"
 _HTTP_STATUS = {3: 400, 5: 404, 6: 409, 16: 401}
@@ -171,6 +178,7 @@ class FakeKfpServer:
     def _package(request) -> bytes:
         if "uploadfile" not in request.files:
             raise KfpError(3, "Failed to read pipeline from file: missing uploadfile")
+        _check_template(request.files["uploadfile"])
         return request.files["uploadfile"]
 
     # -- experiments -----------------------------------------------------------------------------
@@ -228,6 +236,8 @@ class FakeKfpServer:
                 raise KfpError(3, "Invalid input error: pipeline version does not belong to the pipeline")
         elif not body.get("pipeline_spec"):
             raise KfpError(3, "Invalid input error: a pipeline spec or pipeline version reference is required")
+        spec = body.get("pipeline_spec") or _pipeline_spec(self.packages[reference["pipeline_version_id"]])
+        _check_job_inputs(spec, (body.get("runtime_config") or {}).get("parameters") or {})
         return body
 
     def _list_recurring_runs(self, request):
@@ -272,6 +282,48 @@ class FakeKfpServer:
 
     def _new_id(self, kind: str) -> str:
         return f"{kind}-{next(self._ids):04d}"
+
+
+def _pipeline_spec(package: bytes) -> dict:
+    documents = list(yaml.safe_load_all(package))
+    if not documents or not isinstance(documents[0], dict):
+        raise KfpError(3, "Failed to read pipeline from file: invalid v2 pipeline spec")
+    return documents[0]
+
+
+def _check_template(package: bytes) -> None:
+    """What the API server refuses on upload.
+
+    kubeflow/pipelines backend/src/apiserver/template/v2_template.go (NewV2SpecTemplate) and
+    backend/src/apiserver/common/utils.go (ValidatePipelineName, called by resource_manager.go).
+    """
+    spec = _pipeline_spec(package)
+    if spec.get("schemaVersion") != "2.1.0":
+        raise KfpError(3, "Failed to create a pipeline: KFP only supports schema version 2.1.0, but the pipeline "
+                          f"spec has version {spec.get('schemaVersion', '')}")
+    name = (spec.get("pipelineInfo") or {}).get("name")
+    if not name:
+        raise KfpError(3, "Failed to create a pipeline: invalid v2 pipeline spec: name is empty")
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,127}", name):
+        raise KfpError(3, "Failed to create a pipeline: pipeline's name must contain only lowercase alphanumeric "
+                          "characters or '-' and must start with alphanumeric characters")
+    if not spec.get("root"):
+        raise KfpError(3, "Failed to create a pipeline: invalid v2 pipeline spec: root component is empty")
+
+
+def _check_job_inputs(spec: dict, parameters: dict) -> None:
+    """What the API server refuses when a run or recurring run is created.
+
+    v2_template.go, validatePipelineJobInputs."""
+    declared = ((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {}
+    for name, parameter in declared.items():
+        if name not in parameters and not parameter.get("isOptional") and "defaultValue" not in parameter:
+            raise KfpError(3, "Failed to generate the ExecutionSpec: invalid pipeline job inputs: parameter "
+                              f"{name} is not optional, yet has neither default value nor user provided value")
+    extra = sorted(set(parameters) - set(declared))
+    if extra:
+        raise KfpError(3, "Failed to generate the ExecutionSpec: invalid pipeline job inputs: parameter(s) "
+                          f"provided are not required by pipeline: {extra}")
 
 
 def _filtered(request, items):

@@ -36,3 +36,11 @@ def test_the_project_is_copied_and_installed_without_re_resolving_the_stack():
     [install] = _all("RUN")
     assert "pip install --no-deps ." in install
     assert "import cxr.components.trainer" in install, "the build fails if a component cannot be imported"
+
+
+def test_the_build_imports_the_module_every_kubeflow_task_runs():
+    from cxr.kubeflow.kfp_pipeline import TASK_COMMAND
+    python, flag, module = TASK_COMMAND
+    assert (python, flag) == ("python", "-m")
+    [install] = _all("RUN")
+    assert f"{module}," in install or f"{module}\"" in install

@@ -1,19 +1,33 @@
-"""`cxr kfp ...` as a user types it: compile the real pipeline, then submit and schedule it to the fake KFP API."""
+"""`cxr kfp ...` as a user types it: compile the real pipeline, check it, submit and schedule it to the fake KFP API."""
+import http.server
+import socket
+import threading
+
+import pytest
+import yaml
+
 from cxr.cli import main
 
+CLUSTER = ["--set", "kubeflow.image=registry.example.com/cxr-pipeline:1", "--set", "pipeline_root=gs://bucket/root",
+           "--set", "data.tfrecords_dir=gs://bucket/tfrecords", "--set", "serving_dir=gs://bucket/serving"]
 
-def test_compile_then_submit_then_schedule_the_pipeline(kfp_server, tmp_path, capsys):
-    out = str(tmp_path / "build")
-    assert main(["kfp", "compile", "--set", "pipeline_root=gs://bucket/root", "--out", out]) == 0
-    package = f"{out}/pipeline.yaml"
-    assert f"compiled for kfp: {package}" in capsys.readouterr().out
 
+@pytest.fixture(scope="module")
+def package(tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("build"))
+    assert main(["kfp", "compile", *CLUSTER, "--out", out]) == 0
+    return f"{out}/pipeline.yaml"
+
+
+def test_compile_then_submit_then_schedule_the_pipeline(kfp_server, package, capsys):
     assert main(["kfp", "submit", "--host", kfp_server.url, "--package", package, "--token", "s3cret"]) == 0
     assert "/#/runs/details/" in capsys.readouterr().out
     [upload] = kfp_server.requests_to("POST", "/pipelines/upload")
     with open(package, "rb") as f:
         assert f.read() in upload.files.values()
     assert upload.headers["authorization"] == "Bearer s3cret"
+    [run] = kfp_server.requests_to("POST", "/runs")
+    assert run.body["runtime_config"]["parameters"] == {}  # the configuration is the parameter's default
 
     assert main(["kfp", "schedule", "--host", kfp_server.url, "--package", package, "--name", "nightly",
                  "--cron", "0 0 3 * * *"]) == 0
@@ -27,6 +41,61 @@ def test_compile_then_submit_then_schedule_the_pipeline(kfp_server, tmp_path, ca
     assert len(deleted) == 1 and deleted[0].path.startswith("/apis/v2beta1/recurringruns/")
     assert main(["kfp", "schedules", "--host", kfp_server.url]) == 0
     assert "nightly" not in capsys.readouterr().out
+
+
+def test_compiling_the_example_file_as_is_names_what_to_replace(tmp_path, capsys):
+    assert main(["kfp", "compile", "--config", "kubeflow/cluster.example.yaml", "--out", str(tmp_path)]) == 2
+    error = capsys.readouterr().err
+    assert "kubeflow.image is 'YOUR-REGISTRY/cxr-pipeline:1'" in error
+    assert not (tmp_path / "pipeline.yaml").exists()
+
+
+def test_a_package_kfp_would_refuse_is_refused_before_connecting(kfp_server, package, tmp_path, capsys):
+    with open(package) as f:
+        documents = list(yaml.safe_load_all(f))
+    documents[0]["schemaVersion"] = "2.0.0"
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump_all(documents))
+    assert main(["kfp", "submit", "--host", kfp_server.url, "--package", str(tmp_path / "old.yaml")]) == 2
+    assert "KFP only supports schema version 2.1.0, but the pipeline spec has version 2.0.0" in capsys.readouterr().err
+    assert main(["kfp", "submit", "--host", kfp_server.url, "--package", package, "--param", "epochs=3"]) == 2
+    assert "not required by pipeline: epochs" in capsys.readouterr().err
+    assert kfp_server.requests == []
+
+
+def test_a_dead_host_is_one_line_naming_it(package, capsys):
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    assert main(["kfp", "submit", "--host", f"http://127.0.0.1:{port}", "--package", package]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "Traceback" not in error
+    assert f"cannot reach the Kubeflow Pipelines API at http://127.0.0.1:{port}" in error
+    assert "Connection refused" in error
+
+
+def test_a_host_that_is_not_the_kfp_api_is_one_line_naming_it(package, capsys):
+    class NotKfp(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            page = b"<html><body>Kubeflow Central Dashboard</body></html>"
+            self.send_response(404)
+            self.send_header("Content-Length", str(len(page)))
+            self.end_headers()
+            self.wfile.write(page)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotKfp)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        host = f"http://127.0.0.1:{server.server_address[1]}"
+        assert main(["kfp", "schedules", "--host", host]) == 2
+    finally:
+        server.shutdown()
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "Traceback" not in error
+    assert f"the Kubeflow Pipelines API at {host} answered HTTP 404" in error
+    assert "Kubeflow Central Dashboard" in error and "is this the Kubeflow Pipelines API?" in error
 
 
 def test_a_unix_cron_is_refused_before_anything_is_uploaded(kfp_server, tmp_path, capsys):

@@ -6,6 +6,7 @@ import re
 import kfp
 import kfp_server_api
 import pytest
+import yaml
 from kfp import compiler, dsl
 
 from cxr.kubeflow import client as kfp_client
@@ -286,3 +287,41 @@ def test_unknown_ids_are_answered_404_with_a_kfp_error_body(client):
     assert json.loads(missing.value.body) == {"error": "RecurringRun recurring-9999 not found: ResourceNotFoundError",
                                               "code": 5, "message": "RecurringRun recurring-9999 not found: "
                                                                     "ResourceNotFoundError", "details": []}
+
+
+def _with_schema_version(package: str, tmp_path, version: str) -> str:
+    with open(package) as f:
+        documents = list(yaml.safe_load_all(f))
+    documents[0]["schemaVersion"] = version
+    path = tmp_path / f"schema-{version}.yaml"
+    path.write_text(yaml.safe_dump_all(documents))
+    return str(path)
+
+
+def test_the_fake_server_refuses_a_spec_of_another_schema_version_as_kfp_does(kfp_server, client, package, tmp_path):
+    with pytest.raises(kfp_server_api.ApiException) as refused:
+        submit(client, _with_schema_version(package, tmp_path, "2.0.0"), "cxr-train", "cxr", PARAMS)
+    assert refused.value.status == 400
+    assert "KFP only supports schema version 2.1.0, but the pipeline spec has version 2.0.0" in refused.value.body
+    assert kfp_server.pipelines == {} and kfp_server.runs == {}
+
+
+def test_the_fake_server_refuses_a_run_without_a_required_parameter_as_kfp_does(kfp_server, client, tmp_path):
+    @dsl.component(base_image="python:3.10-slim")
+    def train(epochs: int):
+        print(epochs)
+
+    @dsl.pipeline(name="cxr-required")
+    def required(epochs: int):
+        train(epochs=epochs)
+
+    compiler.Compiler().compile(required, str(tmp_path / "required.yaml"))
+    with pytest.raises(kfp_server_api.ApiException) as refused:
+        submit(client, str(tmp_path / "required.yaml"), "cxr-required", "cxr", {})
+    assert "parameter epochs is not optional, yet has neither default value nor user provided value" in (
+        refused.value.body)
+    with pytest.raises(kfp_server_api.ApiException, match="not required by pipeline"):
+        submit(client, str(tmp_path / "required.yaml"), "cxr-required", "cxr", {"epochs": 2, "seed": 1})
+    assert kfp_server.runs == {}
+    submit(client, str(tmp_path / "required.yaml"), "cxr-required", "cxr", {"epochs": 2})
+    assert len(kfp_server.runs) == 1

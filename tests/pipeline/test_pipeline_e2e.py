@@ -18,7 +18,7 @@ from cxr.components.ingest.config import IngestConfig
 from cxr.components.vocabulary import LABELS
 from cxr.demo_data import DemoDataSpec, write_demo_data
 from cxr.pipeline import pipeline as pipeline_module
-from cxr.pipeline.local_runner import run_local
+from cxr.pipeline.local_runner import run_local, sqlite_connection
 from cxr.serving import contract
 from helpers import IN_PROCESS_BEAM, tiny_pipeline_config
 
@@ -136,7 +136,8 @@ def test_records_with_an_unknown_label_or_source_stop_the_run_at_the_validation_
 def test_the_report_agrees_with_tfma_and_with_a_count_of_its_predictions(first_run, workspace, tmp_path):
     from cxr.pipeline.report.collect import collect
     from cxr.pipeline.report.render import write_report
-    index = write_report(collect(_config(workspace), first_run.run_id), str(tmp_path / "report"))
+    config = _config(workspace)
+    index = write_report(collect(config, sqlite_connection(config), first_run.run_id), str(tmp_path / "report"))
     with open(tmp_path / "report" / "report.json") as f:
         numbers = json.load(f)
     with open(tmp_path / "report" / "predictions.csv", newline="") as f:
@@ -161,7 +162,8 @@ def test_the_report_agrees_with_tfma_and_with_a_count_of_its_predictions(first_r
 def test_the_report_renders_in_headless_chromium_with_every_image_loaded(first_run, workspace, tmp_path):
     from cxr.pipeline.report.collect import collect
     from cxr.pipeline.report.render import write_report
-    index = write_report(collect(_config(workspace), first_run.run_id), str(tmp_path / "report"))
+    config = _config(workspace)
+    index = write_report(collect(config, sqlite_connection(config), first_run.run_id), str(tmp_path / "report"))
     dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                           "--dump-dom", f"file://{index}"], capture_output=True, text=True, timeout=120).stdout
     assert 'data-ready="yes"' in dom

@@ -13,7 +13,7 @@ import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
-from cxr.pipeline.config import PipelineConfig
+from cxr.pipeline.config import PipelineConfig, load_config
 
 SERVING = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "serving")
 CPU_ENTRY = SERVING
@@ -216,7 +216,13 @@ def test_the_base_path_is_the_pushers_model_folder_on_the_models_volume():
     assert model_config().base_path == mount["mountPath"] + "/" + PipelineConfig().model_name
     assert mount["readOnly"] is True
     claim = the_one(resource_docs(CPU_ENTRY), "PersistentVolumeClaim", MODELS_CLAIM)
-    assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # the Kubeflow pipeline's Pusher writes to it
+
+
+def test_the_kubeflow_example_pushes_onto_the_claim_tf_serving_reads_at_the_same_path():
+    example = load_config("study", os.path.join(os.path.dirname(SERVING), "kubeflow", "cluster.example.yaml"))
+    assert example.kubeflow.mounts()[example.serving_dir] == MODELS_CLAIM
+    assert model_config().base_path == f"{example.serving_dir}/{example.model_name}"
 
 
 def test_every_version_label_points_at_a_served_version():

@@ -1,0 +1,154 @@
+"""What a cluster refuses, checked before anything reaches it.
+
+`check_cluster_config`: settings that cannot work on a cluster (left from the example file, the
+local image, storage no task can reach), refused when compiling.
+
+`check_package`: a compiled pipeline checked as Kubeflow Pipelines' API server and Argo compiler
+check it before a run starts, so `cxr kfp submit` and `schedule` refuse it before connecting.
+The rules and messages follow KFP's backend (kubeflow/pipelines, tags 2.0.5 to 2.5.0):
+- backend/src/apiserver/template/v2_template.go, NewV2SpecTemplate: the spec must parse strictly,
+  schemaVersion must be 2.1.0, the name non-empty, the root component present;
+- backend/src/apiserver/common/utils.go, ValidatePipelineName (called on upload by
+  resource/resource_manager.go): the name must match ^[a-z0-9][a-z0-9-]{0,127}$;
+- backend/src/v2/compiler/visitor.go and argocompiler/dag.go: only container and importer
+  executors are implemented ("resolver executors not implemented", "custom job executors is Google
+  Cloud only"); the backend reads no container lifecycle hook, so a TFX driver attached as
+  `lifecycle.preCacheCheck` (what KubeflowV2DagRunner emits for ExampleGen) would silently not run;
+- v2_template.go, validatePipelineJobInputs: a run must give every root parameter that is neither
+  optional nor defaulted, and no parameter the pipeline does not declare.
+"""
+import re
+from typing import Dict, Iterator, List, Mapping, Tuple
+
+import yaml
+from google.protobuf import json_format
+from kfp.pipeline_spec import pipeline_spec_pb2
+
+from cxr.pipeline.config import DEFAULT_IMAGE, SQLITE_METADATA, ConfigError, PipelineConfig, to_dict
+
+SCHEMA_VERSION = "2.1.0"
+PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
+EXAMPLE_PLACEHOLDER = "YOUR-"  # what kubeflow/cluster.example.yaml asks to replace
+
+
+def check_cluster_config(config: PipelineConfig, target: str) -> None:
+    problems = [*_placeholders_left(config), *_image_problems(config), *_storage_problems(config, target)]
+    if target == "kfp" and not PIPELINE_NAME.match(config.name):
+        problems.append(f"name {config.name!r}: Kubeflow Pipelines takes lower-case letters, digits and '-', "
+                        f"starting with a letter or digit")
+    if problems:
+        raise ConfigError(f"cannot compile for {target}:\n  - " + "\n  - ".join(problems))
+
+
+def _placeholders_left(config: PipelineConfig) -> Iterator[str]:
+    for setting, value in _settings(to_dict(config)):
+        if EXAMPLE_PLACEHOLDER in str(value):
+            yield f"{setting} is {value!r}: replace the {EXAMPLE_PLACEHOLDER}... value left from the example file"
+
+
+def _settings(values: dict, prefix: str = "") -> Iterator[Tuple[str, object]]:
+    for key, value in values.items():
+        if isinstance(value, dict):
+            yield from _settings(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+def _image_problems(config: PipelineConfig) -> Iterator[str]:
+    if config.kubeflow.image == DEFAULT_IMAGE:
+        yield (f"kubeflow.image is the local default {DEFAULT_IMAGE!r}: build and push the pipeline image "
+               f"(make image IMAGE=registry.example.com/cxr-pipeline:1, docker push) and name it here")
+
+
+def _storage_problems(config: PipelineConfig, target: str) -> Iterator[str]:
+    paths = config.storage_paths()
+    if target == "vertex" or config.kubeflow.metadata_grpc != SQLITE_METADATA:
+        del paths["metadata_path"]  # ML Metadata is the cluster's service
+    mounts = config.kubeflow.mounts() if target == "kfp" else {}
+    for setting, path in paths.items():
+        if path.startswith("gs://"):
+            continue
+        if path.startswith("s3://"):
+            yield (f"{setting} is {path!r}: TensorFlow reads s3:// only with tensorflow-io, which the pipeline "
+                   f"image does not install; use gs:// or a mounted volume")
+        elif target == "vertex":
+            yield f"{setting} is {path!r}: Vertex AI Pipelines' steps reach gs:// paths only"
+        elif not any(_under(path, mount) for mount in mounts):
+            yield (f"{setting} is {path!r}, which no task mounts: use gs://, or mount a volume there "
+                   f"(kubeflow.volumes: claim-name:/mount/path; mounted now: {', '.join(mounts) or 'none'})")
+
+
+def _under(path: str, mount: str) -> bool:
+    return path == mount or path.startswith(mount.rstrip("/") + "/")
+
+
+# ---------------------------------------------------------------------------------------------
+# The compiled package.
+
+def check_package(path: str, params: Mapping[str, object] = None) -> pipeline_spec_pb2.PipelineSpec:
+    """The PipelineSpec in `path`, refused with KFP's reason if its API server or compiler would refuse it."""
+    spec = _read_spec(path)
+    problems = _spec_problems(spec) + _parameter_problems(spec, params or {})
+    if problems:
+        raise ValueError(f"{path} would be refused by Kubeflow Pipelines:\n  - " + "\n  - ".join(problems))
+    return spec
+
+
+def _read_spec(path: str) -> pipeline_spec_pb2.PipelineSpec:
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = next(yaml.safe_load_all(f), None)
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the compiled pipeline: {error.strerror}") from error
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not YAML: {error}") from error
+    if not isinstance(document, dict):
+        raise ValueError(f"{path} holds no pipeline spec")
+    if "pipelineSpec" in document:
+        raise ValueError(f"{path} is a Vertex AI PipelineJob; compile with `cxr kfp compile --target kfp`")
+    try:
+        return json_format.ParseDict(document, pipeline_spec_pb2.PipelineSpec())
+    except json_format.ParseError as error:
+        raise ValueError(f"{path}: invalid v2 pipeline spec: {error}") from error
+
+
+def _spec_problems(spec: pipeline_spec_pb2.PipelineSpec) -> List[str]:
+    problems = []
+    if spec.schema_version != SCHEMA_VERSION:
+        problems.append(f"KFP only supports schema version {SCHEMA_VERSION}, but the pipeline spec has version "
+                        f"{spec.schema_version or '(none)'}")
+    if not PIPELINE_NAME.match(spec.pipeline_info.name):
+        problems.append(f"pipeline name {spec.pipeline_info.name!r}: it must contain only lowercase alphanumeric "
+                        f"characters or '-' and must start with alphanumeric characters")
+    if not spec.HasField("root") or not spec.root.dag.tasks:
+        problems.append("root component is empty")
+    for label, executor in executors(spec).items():
+        kind = executor.WhichOneof("spec")
+        if kind != "container":
+            problems.append(f"executor {label}: {kind} executors are not implemented by KFP's Argo compiler; "
+                            f"container executors only")
+        elif executor.container.HasField("lifecycle"):
+            problems.append(f"executor {label}: KFP ignores container lifecycle hooks, so its "
+                            f"{', '.join(f.name for f, _ in executor.container.lifecycle.ListFields())} would not run")
+    return problems
+
+
+ExecutorSpec = pipeline_spec_pb2.PipelineDeploymentConfig.ExecutorSpec
+
+
+def executors(spec: pipeline_spec_pb2.PipelineSpec) -> Dict[str, ExecutorSpec]:
+    deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec),
+                                       pipeline_spec_pb2.PipelineDeploymentConfig())
+    return dict(deployment.executors)
+
+
+def _parameter_problems(spec: pipeline_spec_pb2.PipelineSpec, params: Mapping[str, object]) -> List[str]:
+    declared = spec.root.input_definitions.parameters
+    problems = [f"parameter {name} is not optional, yet has neither default value nor user provided value"
+                for name, parameter in declared.items()
+                if name not in params and not parameter.is_optional and not parameter.HasField("default_value")]
+    unknown = sorted(set(params) - set(declared))
+    if unknown:
+        problems.append(f"parameter(s) provided are not required by pipeline: {', '.join(unknown)} "
+                        f"(it declares: {', '.join(declared) or 'none'})")
+    return problems

@@ -1,0 +1,93 @@
+"""`--target kfp`: `create_pipeline(config)` as a Kubeflow Pipelines 2.x pipeline, compiled by the kfp SDK.
+
+Every node of the TFX pipeline becomes one container task of the pipeline image with the node's
+upstream nodes as its dependencies; the task runs that node with TFX's launcher against ML Metadata
+(kubeflow/task.py). Nothing passes through KFP's artifacts and KFP's step cache is off: state and
+caching live in ML Metadata, as on the local runner. The configuration is the pipeline's one
+parameter, with the compiled configuration as its default, so a recurring run needs no parameters
+and nothing is written to the pipeline root at compile time. A last task hands KFP's UI the
+evaluation (Metrics, ClassificationMetrics) and the run report (HTML).
+"""
+import functools
+from typing import Dict, List
+
+from kfp import compiler, dsl, kubernetes
+
+from cxr.kubeflow.cluster_checks import check_cluster_config
+from cxr.kubeflow.task import node_dependencies
+from cxr.pipeline.config import KubeflowConfig, PipelineConfig, TAINT, to_json
+
+CONFIG_PARAMETER = "config"
+TASK_COMMAND = ["python", "-m", "cxr.kubeflow.task"]
+GPU_NODES = ("Trainer", "Tuner")
+
+
+def compile_kfp(config: PipelineConfig, path: str) -> None:
+    check_cluster_config(config, "kfp")
+    compiler.Compiler().compile(_pipeline_function(config, node_dependencies(config)), path)
+
+
+def _pipeline_function(config: PipelineConfig, dependencies: Dict[str, List[str]]):
+    settings, compiled_config = config.kubeflow, to_json(config)
+
+    def cxr_pipeline(config: str = compiled_config):  # the parameter's name is CONFIG_PARAMETER
+        tasks = {}
+        for node_id, upstream in dependencies.items():
+            task = _node_component(node_id, settings.image)(config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+            task.set_display_name(node_id).set_caching_options(False).after(*(tasks[u] for u in upstream))
+            _mount_volumes(task, settings)
+            if node_id in GPU_NODES:
+                _place_on_gpu_nodes(task, settings)
+            tasks[node_id] = task
+        outputs = _ui_outputs_component(settings.image)(config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        outputs.set_display_name("KFP UI outputs").set_caching_options(False).after(*tasks.values())
+        _mount_volumes(outputs, settings)
+
+    return dsl.pipeline(name=config.name, description=(
+        "The cxr chest X-ray pipeline: one task per TFX node, state in ML Metadata"))(cxr_pipeline)
+
+
+@functools.lru_cache(maxsize=None)
+def _node_component(node_id: str, image: str):
+    def node(config: str, run_id: str):
+        return dsl.ContainerSpec(image=image, command=TASK_COMMAND, args=[
+            "node", "--node-id", node_id, "--config", config, "--run-id", run_id])
+    node.__name__ = node_id  # the component's and the task's name in KFP
+    return dsl.container_component(node)
+
+
+@functools.lru_cache(maxsize=None)
+def _ui_outputs_component(image: str):
+    def kfp_ui_outputs(config: str, run_id: str, metrics: dsl.Output[dsl.Metrics],
+                       confusion_matrix: dsl.Output[dsl.ClassificationMetrics], report: dsl.Output[dsl.HTML]):
+        return dsl.ContainerSpec(image=image, command=TASK_COMMAND, args=[
+            "outputs", "--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER,
+            "--config", config, "--run-id", run_id])
+    return dsl.container_component(kfp_ui_outputs)
+
+
+def _mount_volumes(task, settings: KubeflowConfig) -> None:
+    for mount_path, claim in settings.mounts().items():
+        kubernetes.mount_pvc(task, pvc_name=claim, mount_path=mount_path)
+
+
+def _place_on_gpu_nodes(task, settings: KubeflowConfig) -> None:
+    # kfp takes whole numbers of memory units: megabytes keep a fraction of a gigabyte.
+    task.set_cpu_limit(f"{settings.trainer_cpu_limit:g}").set_memory_limit(
+        f"{round(settings.trainer_memory_limit_gb * 1000)}M")
+    if settings.trainer_gpus > 0:
+        task.set_accelerator_type(settings.kfp_accelerator).set_accelerator_limit(settings.trainer_gpus)
+    for key, value in settings.node_labels().items():
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    if settings.gpu_tolerations:
+        # kfp-kubernetes 1.0.0 has no helper for tolerations; KFP's driver reads them from 2.1 on
+        # (kubernetes_platform/proto/kubernetes_executor_config.proto, message Toleration).
+        task.platform_config.setdefault("kubernetes", {})["tolerations"] = [
+            _toleration(taint) for taint in settings.gpu_tolerations]
+
+
+def _toleration(taint: str) -> dict:
+    parts = TAINT.fullmatch(taint)
+    if parts["value"] is None:
+        return {"key": parts["key"], "operator": "Exists", "effect": parts["effect"]}
+    return {"key": parts["key"], "operator": "Equal", "value": parts["value"], "effect": parts["effect"]}

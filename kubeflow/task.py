@@ -1,0 +1,128 @@
+"""What each task of the compiled Kubeflow pipeline runs in the pipeline image.
+
+    python -m cxr.kubeflow.task node --node-id Trainer --config '<json>' --run-id <KFP run id>
+    python -m cxr.kubeflow.task outputs --executor-input '<json>' --config '<json>' --run-id <KFP run id>
+
+`node` runs one TFX node. The configuration arrives as the pipeline's parameter; the task rebuilds
+`create_pipeline(config)` with the code in the image, compiles it to TFX's IR and runs that one
+node with TFX's portable launcher against ML Metadata, as LocalDagRunner does for every node (and
+as TFX's former Kubeflow container entrypoint did in each pod). So the node's driver (ExampleGen's
+span resolution and fingerprint), the Resolver, the Importer, caching and publishing behave as on
+the local runner. All tasks of one run share KFP's run id as TFX's pipeline run id.
+
+`outputs` reads the finished run from ML Metadata and hands KFP's UI the evaluation as `Metrics`
+and `ClassificationMetrics`, and the run report as `HTML` (kubeflow/ui_outputs.py).
+"""
+import argparse
+import os
+import re
+import sys
+from typing import Dict, List, Mapping, Optional
+
+from absl import logging
+
+from cxr.pipeline.config import SQLITE_METADATA, PipelineConfig, from_json
+from cxr.pipeline.metadata_reader import describe, read_run
+
+RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"
+# The Argo template every KFP 2.x container task runs in (backend/src/v2/compiler/argocompiler/container.go).
+_ARGO_TEMPLATE = "-system-container-impl-"
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.set_verbosity(logging.INFO)
+    config = from_json(args.config, origin="the pipeline's config parameter")
+    run_id = pipeline_run_id(args.run_id, os.environ)
+    if args.step == "node":
+        run_node(config, args.node_id, run_id)
+    else:
+        from cxr.kubeflow.ui_outputs import write_ui_outputs
+        write_ui_outputs(config, metadata_connection(config), run_id, args.executor_input)
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m cxr.kubeflow.task", description=__doc__.split("\n\n")[0])
+    steps = parser.add_subparsers(dest="step", required=True)
+    node = steps.add_parser("node", help="run one TFX node of the pipeline")
+    node.add_argument("--node-id", required=True)
+    outputs = steps.add_parser("outputs", help="write the run's evaluation for KFP's UI")
+    outputs.add_argument("--executor-input", required=True, help="KFP's {{$}}: the task's ExecutorInput as JSON")
+    for step in (node, outputs):
+        step.add_argument("--config", required=True, help="the PipelineConfig as JSON")
+        step.add_argument("--run-id", required=True, help=f"KFP's {RUN_ID_PLACEHOLDER}")
+    return parser
+
+
+def pipeline_run_id(run_id: str, environ: Mapping[str, str]) -> str:
+    """KFP's run id; on KFP backends before 2.5, which pass the placeholder through unresolved, the
+    Argo workflow's name, the prefix of every pod name of the run (KFP_POD_NAME)."""
+    if run_id and "{{" not in run_id:
+        return run_id
+    pod = environ.get("KFP_POD_NAME", "")
+    workflow = pod.split(_ARGO_TEMPLATE)[0] if _ARGO_TEMPLATE in pod else None
+    if workflow is None and re.fullmatch(r".+-\d+", pod):  # Argo's v1 pod names: <workflow>-<node hash>
+        workflow = pod.rsplit("-", 1)[0]
+    if not workflow:
+        raise RuntimeError(f"no pipeline run id: --run-id is {run_id!r} and KFP_POD_NAME ({pod!r}) is not an "
+                           f"Argo pod name of a KFP run")
+    logging.info("KFP left %s unresolved (backend before 2.5): the run id is the workflow name %s", run_id, workflow)
+    return workflow
+
+
+def metadata_connection(config: PipelineConfig):
+    """ML Metadata as the configuration names it: KFP's gRPC service, or the SQLite file at metadata_path."""
+    from ml_metadata.proto import metadata_store_pb2
+    from tfx.orchestration import metadata
+    if config.kubeflow.metadata_grpc == SQLITE_METADATA:
+        return metadata.sqlite_metadata_connection_config(config.metadata_path)
+    host, _, port = config.kubeflow.metadata_grpc.rpartition(":")
+    return metadata_store_pb2.MetadataStoreClientConfig(host=host, port=int(port))
+
+
+def pipeline_ir(config: PipelineConfig, connection=None):
+    """create_pipeline(config) compiled to TFX's IR: the nodes in topological order, each with its upstream nodes."""
+    from tfx.dsl.compiler import compiler
+    from cxr.pipeline.pipeline import create_pipeline
+    return compiler.Compiler().compile(create_pipeline(config, connection))
+
+
+def node_dependencies(config: PipelineConfig) -> Dict[str, List[str]]:
+    """{node id: the ids of its upstream nodes}, in the IR's topological order."""
+    return {node.pipeline_node.node_info.id: list(node.pipeline_node.upstream_nodes)
+            for node in pipeline_ir(config).nodes}
+
+
+def run_node(config: PipelineConfig, node_id: str, run_id: str) -> None:
+    from tfx.dsl.compiler import constants
+    from tfx.orchestration import metadata
+    from tfx.orchestration.local import runner_utils
+    from tfx.orchestration.portable import launcher, runtime_parameter_utils
+
+    connection = metadata_connection(config)
+    ir = pipeline_ir(config, connection)
+    runtime_parameter_utils.substitute_runtime_parameter(ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
+    nodes = {node.pipeline_node.node_info.id: node.pipeline_node for node in ir.nodes}
+    if node_id not in nodes:
+        raise ValueError(f"the pipeline has no node {node_id!r}; its nodes: {', '.join(nodes)}. "
+                         f"Was the pipeline compiled from other code than this image's?")
+    deployment = runner_utils.extract_local_deployment_config(ir)
+    node_launcher = launcher.Launcher(
+        pipeline_node=nodes[node_id], mlmd_connection=metadata.Metadata(connection),
+        pipeline_info=ir.pipeline_info, pipeline_runtime_spec=ir.runtime_spec,
+        executor_spec=runner_utils.extract_executor_spec(deployment, node_id),
+        custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment, node_id))
+    logging.info("running %s of pipeline run %s", node_id, run_id)
+    node_launcher.launch()
+    # The launcher returns quietly when the node's inputs could not be resolved (it records a failed
+    # execution, or none): on Kubeflow that must fail the task, or the run would go on without it.
+    status = read_run(connection, run_id)[0].statuses.get(node_id)
+    if status not in ("COMPLETE", "CACHED"):
+        raise RuntimeError(f"{node_id} ended {status or 'without running'} in pipeline run {run_id}: its inputs "
+                           f"could not be resolved from ML Metadata at {describe(connection)} (see the log above)")
+    logging.info("%s %s", node_id, status)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

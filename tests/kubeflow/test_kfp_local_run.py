@@ -1,0 +1,82 @@
+"""The compiled `--target kfp` pipeline, run as a cluster runs it (kfp_local.py): each task in its own
+process, state in ML Metadata. One compiled spec, two runs: the second, after span 2 lands, reads
+span 2 with no recompile, is judged against the first run's blessed model, and pushes again."""
+import os
+
+import pytest
+
+from cxr.components.ingest.build import build_tfrecords
+from cxr.components.ingest.config import IngestConfig
+from cxr.demo_data import DemoDataSpec, write_demo_data
+from cxr.kubeflow.cluster_checks import check_package
+from cxr.kubeflow.runner import compile_pipeline
+from cxr.pipeline.local_runner import sqlite_connection
+from cxr.pipeline.metadata_reader import read_run
+from helpers import IN_PROCESS_BEAM, latest_artifact_uris, tiny_pipeline_config
+from kfp_local import Zygote, file_of, metadata_of, run_package
+
+pytestmark = pytest.mark.slow
+
+TASKS = {"ImportExampleGen", "StatisticsGen", "SchemaGen", "curated_schema", "ExampleValidator", "ValidationGate",
+         "DriftCheck", "Transform", "Trainer", "latest_blessed_model", "Evaluator", "Pusher"}
+
+
+def _write_span(volume, span: int, seed: int) -> None:
+    roots = write_demo_data(DemoDataSpec(out_dir=str(volume / f"downloads-{span}"), per_class=16, size=64, seed=seed))
+    build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(volume / "tfrecords"), span=span,
+                                 beam_args=IN_PROCESS_BEAM))
+
+
+def _span_read(summary_outputs) -> int:
+    return summary_outputs["ImportExampleGen"]["examples"].custom_properties["span"].int_value
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A volume mounted at the same path in every task, and the pipeline compiled once for it."""
+    volume = tmp_path_factory.mktemp("cxr-volume")
+    config = tiny_pipeline_config(
+        volume, "kubeflow.image=registry.example.com/cxr-pipeline:test", f'kubeflow.volumes=["cxr-data:{volume}"]',
+        "kubeflow.metadata_grpc=sqlite", "kubeflow.trainer_gpus=0")
+    package = compile_pipeline(config, "kfp", str(tmp_path_factory.mktemp("compiled")))
+    check_package(package)
+    with Zygote() as zygote:
+        yield volume, config, package, zygote
+
+
+def test_two_runs_of_one_compiled_spec_train_on_the_newest_span_and_push(cluster, tmp_path):
+    volume, config, package, zygote = cluster
+    _write_span(volume, span=1, seed=3)
+    # One task starts as a new process, exactly as its container's command line says; the rest fork.
+    first = run_package(package, str(tmp_path / "kfp-root"), zygote, fresh_processes={"curated-schema"})
+    assert first.succeeded, first.failures()
+    assert {name for name in first.tasks} == {_task_name(node) for node in TASKS} | {"kfp-ui-outputs"}
+
+    summary, outputs = read_run(sqlite_connection(config), first.run_id)
+    assert summary.run_id == first.run_id  # ML Metadata groups the tasks under KFP's run id
+    assert set(summary.statuses) == TASKS and set(summary.statuses.values()) == {"COMPLETE"}, summary.statuses
+    assert _span_read(outputs) == 1 and summary.pushed_to
+    metrics = metadata_of(first.tasks["kfp-ui-outputs"], "metrics")
+    assert metrics["sparse_categorical_accuracy"] == pytest.approx(summary.metrics[""]["sparse_categorical_accuracy"])
+    assert metrics["pushed"] == 1.0
+    confusion = metadata_of(first.tasks["kfp-ui-outputs"], "confusion_matrix")["confusionMatrix"]
+    assert sum(map(sum, (row["row"] for row in confusion["rows"]))) == summary.metrics[""]["example_count"]
+    report = file_of(first.tasks["kfp-ui-outputs"], "report")
+    assert f"cxr run {first.run_id} (span 1)" in report and "<img src='data:image/png;base64," in report
+
+    _write_span(volume, span=2, seed=5)
+    second = run_package(package, str(tmp_path / "kfp-root"), zygote)
+    assert second.succeeded, second.failures()
+    summary_2, outputs_2 = read_run(sqlite_connection(config), second.run_id)
+    assert _span_read(outputs_2) == 2 and summary_2.pushed_to and summary_2.pushed_to != summary.pushed_to
+    # The Resolver found the first run's blessed model, and the Evaluator judged the new one against it.
+    assert latest_artifact_uris(config, "Evaluator", "baseline_model", output=False) == [
+        outputs["Trainer"]["model"].uri]
+    confusion_2 = metadata_of(second.tasks["kfp-ui-outputs"], "confusion_matrix")["confusionMatrix"]
+    assert sum(map(sum, (row["row"] for row in confusion_2["rows"]))) == summary_2.metrics[""]["example_count"]
+    assert sorted(os.listdir(volume / "serving" / "cxr")) == sorted(
+        os.path.basename(path) for path in (summary.pushed_to, summary_2.pushed_to))
+
+
+def _task_name(node_id: str) -> str:
+    return node_id.lower().replace("_", "-")

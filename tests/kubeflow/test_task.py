@@ -1,0 +1,38 @@
+"""kubeflow/task.py's choices that need no cluster: the run id a task records under, and where ML Metadata is."""
+import pytest
+from kfp import dsl
+from ml_metadata.proto import metadata_store_pb2
+
+from cxr.kubeflow.task import RUN_ID_PLACEHOLDER, metadata_connection, pipeline_run_id
+from cxr.pipeline.config import load_config
+
+
+def test_the_placeholder_is_kfps_run_id():
+    assert RUN_ID_PLACEHOLDER == dsl.PIPELINE_JOB_ID_PLACEHOLDER
+
+
+def test_a_resolved_run_id_is_used_as_it_is():
+    assert pipeline_run_id("9a1c0b52-0d3c-4d43-9f7e-2f0d1e6c8b11", {"KFP_POD_NAME": "x"}) == (
+        "9a1c0b52-0d3c-4d43-9f7e-2f0d1e6c8b11")
+
+
+@pytest.mark.parametrize("pod", [
+    "cxr-xq7k2-system-container-impl-1837432069",  # Argo 3.4+ pod names: <workflow>-<template>-<hash>
+    "cxr-xq7k2-2451094852",  # Argo's v1 pod names: <workflow>-<node hash>
+])
+def test_before_kfp_2_5_every_task_of_a_run_takes_the_workflow_name(pod):
+    assert pipeline_run_id(RUN_ID_PLACEHOLDER, {"KFP_POD_NAME": pod}) == "cxr-xq7k2"
+
+
+def test_no_run_id_at_all_is_an_error_naming_both_sources():
+    with pytest.raises(RuntimeError, match="KFP_POD_NAME"):
+        pipeline_run_id(RUN_ID_PLACEHOLDER, {})
+
+
+def test_ml_metadata_is_the_grpc_service_or_the_sqlite_file():
+    grpc = metadata_connection(load_config("demo", overrides=["kubeflow.metadata_grpc=mlmd.kubeflow:8080"]))
+    assert isinstance(grpc, metadata_store_pb2.MetadataStoreClientConfig)
+    assert (grpc.host, grpc.port) == ("mlmd.kubeflow", 8080)
+    sqlite = metadata_connection(load_config("demo", overrides=[
+        "kubeflow.metadata_grpc=sqlite", "metadata_path=/mnt/cxr/metadata.sqlite"]))
+    assert sqlite.sqlite.filename_uri == "/mnt/cxr/metadata.sqlite"
