@@ -58,7 +58,7 @@ def export_model(preset: str, work: str) -> str:
     model = model_lib.build_model(config.model.image_size, config.model.filters, config.model.dense_units,
                                   config.model.dropout, config.training.learning_rate)
     base_path = os.path.join(out, "cxr")
-    export_serving_model(model, transform_output, os.path.join(base_path, "1"), config.serving.max_image_pixels)
+    export_serving_model(model, transform_output, os.path.join(base_path, "1"), config.serving)
     return base_path
 
 

@@ -9,9 +9,12 @@ Signatures (names from cxr.serving.contract):
 - explain_class: `images` and `class_id` [-1] -> the same for the class asked for;
 - serving_examples: serialized tf.Example -> the serving_default outputs;
 - transform_features: serialized tf.Example -> Transform's output (for TFMA).
-Every signature that takes image bytes checks them before decoding: a payload
-that is not a PNG or JPEG, or whose header declares more than `max_image_pixels`
-pixels (a decompression bomb), fails with InvalidArgument naming the problem.
+Every signature that takes image bytes or tf.Examples checks the images before
+decoding them (InputLimits): a payload that is not a PNG or JPEG, whose header
+declares more pixels than `max_image_pixels` (a decompression bomb) or more decoded
+bytes than `max_image_bytes`, or a request whose images together declare more than
+`max_request_bytes`, fails with InvalidArgument naming the problem and the image's
+index. Transform's graph then decodes the images one at a time.
 """
 import os
 
@@ -20,22 +23,25 @@ import tensorflow_transform as tft
 import tf_keras as keras
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
+from cxr.components.input_limits import InputLimits
 from cxr.components.model import LAST_CONV_NAME, OUTPUT_NAME
 from cxr.components.transform import CLASS_NAMES, IMAGE, LABEL
 from cxr.serving import contract
 
-_PNG_HEADER_BYTES = 24  # signature (8) + IHDR length and type (8) + width and height (8)
+# Signature (8) + IHDR length and type (8) + width and height (8) + bit depth (1) + color type (1).
+_PNG_HEADER_BYTES = 26
+# Channels TensorFlow decodes a PNG of each IHDR color type into: gray, -, RGB, palette (RGB, or
+# RGBA with a tRNS chunk: counted as 4), gray + alpha, -, RGBA.
+_PNG_CHANNELS = (1, 0, 3, 4, 2, 0, 4)
 
 
 def export_serving_model(model: keras.Model, transform_output: tft.TFTransformOutput, export_dir: str,
-                         max_image_pixels: int) -> None:
-    model.save(export_dir, save_format="tf",
-               signatures=serving_signatures(model, transform_output, max_image_pixels))
+                         limits: InputLimits) -> None:
+    model.save(export_dir, save_format="tf", signatures=serving_signatures(model, transform_output, limits))
     write_warmup_requests(export_dir, image_size=model.input_shape[1])
 
 
-def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutput,
-                       max_image_pixels: int) -> dict:
+def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutput, limits: InputLimits) -> dict:
     # Attached to the model so that model.save tracks their variables and assets.
     model.tft_layer = transform_output.transform_features_layer()
     model.grad_cam_model = _grad_cam_model(model)
@@ -43,7 +49,7 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
     class_names = tf.constant(CLASS_NAMES)
 
     def pixels_of(images):
-        images = checked_images(images, max_image_pixels)
+        images = checked_images(images, limits)
         return model.tft_layer({IMAGE: tf.reshape(images, [-1, 1])})[IMAGE]
 
     def predict(pixels):
@@ -86,7 +92,8 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
     @tf.function(input_signature=[examples_spec])
     def transform_features(examples):
         raw = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE], LABEL: raw_spec[LABEL]})
-        return model.tft_layer(raw)
+        checked = checked_images(tf.reshape(raw[IMAGE], [-1]), limits)
+        return model.tft_layer({**raw, IMAGE: tf.reshape(checked, [-1, 1])})
 
     return {contract.PREDICT_SIGNATURE: serve_images.get_concrete_function(),
             contract.EXPLAIN_SIGNATURE: explain.get_concrete_function(),
@@ -95,8 +102,8 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
             "transform_features": transform_features.get_concrete_function()}
 
 
-def checked_images(images: tf.Tensor, max_image_pixels: int) -> tf.Tensor:
-    """`images` unchanged once every one is a PNG or JPEG whose header declares at most max pixels."""
+def checked_images(images: tf.Tensor, limits: InputLimits) -> tf.Tensor:
+    """`images` unchanged once every one is a PNG or JPEG whose header keeps within the limits."""
     is_png = tf.logical_and(tf.strings.substr(images, 0, 8) == contract.PNG_SIGNATURE,
                             tf.strings.length(images) >= _PNG_HEADER_BYTES)
     is_jpeg = tf.strings.substr(images, 0, 3) == contract.JPEG_SIGNATURE
@@ -104,27 +111,42 @@ def checked_images(images: tf.Tensor, max_image_pixels: int) -> tf.Tensor:
     formats_ok = tf.debugging.Assert(tf.reduce_all(known), [
         "not a PNG or JPEG file: images at index", tf.where(tf.logical_not(known))[:, 0]])
     with tf.control_dependencies([formats_ok]):
-        pixels = tf.map_fn(declared_pixels, images, fn_output_signature=tf.int64)
-    too_large = pixels > max_image_pixels
-    sizes_ok = tf.debugging.Assert(tf.logical_not(tf.reduce_any(too_large)), [
-        f"image header declares more than {max_image_pixels} pixels (limit max_image_pixels): images at index",
-        tf.where(too_large)[:, 0], "declared pixels", tf.boolean_mask(pixels, too_large)])
-    with tf.control_dependencies([sizes_ok]):
+        declared = tf.map_fn(declared_size, images, fn_output_signature=tf.TensorSpec([2], tf.int64))
+    pixels, decoded_bytes = declared[:, 0], declared[:, 1]
+    checks = [
+        _at_most(pixels, limits.max_image_pixels, "image header declares more than {} pixels "
+                                                  "(limit max_image_pixels): images at index", "declared pixels"),
+        _at_most(decoded_bytes, limits.max_image_bytes, "image header declares more than {} decoded bytes "
+                                                        "(limit max_image_bytes): images at index", "declared bytes"),
+        tf.debugging.Assert(tf.reduce_sum(decoded_bytes) <= limits.max_request_bytes, [
+            f"the request's images declare more than {limits.max_request_bytes} decoded bytes together "
+            f"(limit max_request_bytes): send fewer per request; declared", tf.reduce_sum(decoded_bytes)]),
+    ]
+    with tf.control_dependencies(checks):
         return tf.identity(images)
 
 
-def declared_pixels(image: tf.Tensor) -> tf.Tensor:
-    """Width x height as the file's header declares it, read without decoding the pixels."""
+def _at_most(values: tf.Tensor, limit: int, message: str, what: str):
+    over = values > limit
+    return tf.debugging.Assert(tf.logical_not(tf.reduce_any(over)), [
+        message.format(limit), tf.where(over)[:, 0], what, tf.boolean_mask(values, over)])
+
+
+def declared_size(image: tf.Tensor) -> tf.Tensor:
+    """[pixels, decoded bytes] as the file's header declares them, read without decoding:
+    width x height, and width x height x channels x bytes per sample."""
     def png():
-        # IHDR's width and height: big-endian uint32 at bytes 16..23.
-        digits = tf.cast(tf.io.decode_raw(tf.strings.substr(image, 16, 8), tf.uint8), tf.int64)
-        width, height = tf.split(tf.reshape(digits, [2, 4]), 2)
+        header = tf.cast(tf.io.decode_raw(tf.strings.substr(image, 16, 10), tf.uint8), tf.int64)
         place = tf.constant([1 << 24, 1 << 16, 1 << 8, 1], tf.int64)
-        return tf.reduce_sum(width * place) * tf.reduce_sum(height * place)
+        width, height = tf.reduce_sum(header[0:4] * place), tf.reduce_sum(header[4:8] * place)  # big-endian
+        bit_depth, color_type = header[8], tf.minimum(header[9], len(_PNG_CHANNELS) - 1)
+        channels = tf.gather(tf.constant(_PNG_CHANNELS, tf.int64), color_type)
+        bytes_per_sample = tf.where(bit_depth > 8, tf.constant(2, tf.int64), tf.constant(1, tf.int64))
+        return tf.stack([width * height, width * height * tf.maximum(channels, 1) * bytes_per_sample])
 
     def jpeg():
-        shape = tf.cast(tf.image.extract_jpeg_shape(image), tf.int64)
-        return shape[0] * shape[1]
+        shape = tf.cast(tf.image.extract_jpeg_shape(image), tf.int64)  # height, width, channels; 8-bit samples
+        return tf.stack([shape[0] * shape[1], shape[0] * shape[1] * shape[2]])
 
     return tf.cond(tf.strings.substr(image, 0, 8) == contract.PNG_SIGNATURE, png, jpeg)
 

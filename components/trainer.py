@@ -13,6 +13,7 @@ from tfx_bsl.public import tfxio
 
 from cxr.components import model as model_lib
 from cxr.components.export import export_serving_model
+from cxr.components.input_limits import InputLimits
 from cxr.components.transform import CLASS_ID, IMAGE
 
 
@@ -30,7 +31,7 @@ class TrainerSettings:
     mixed_precision: bool
     seed: int
     augmentation: Dict[str, float]
-    max_image_pixels: int
+    input_limits: Dict[str, int]  # InputLimits' fields
 
     @classmethod
     def from_custom_config(cls, custom_config: dict) -> "TrainerSettings":
@@ -88,7 +89,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
                                       restore_best_weights=True),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
     ])
-    export_serving_model(model, transform_output, fn_args.serving_model_dir, settings.max_image_pixels)
+    export_serving_model(model, transform_output, fn_args.serving_model_dir, InputLimits(**settings.input_limits))
 
 
 SETTINGS_FILE = "trainer_settings.json"

@@ -22,7 +22,8 @@ def preprocessing_fn(inputs, custom_config):
 
 
 def decode_images(encoded: tf.Tensor, size: int) -> tf.Tensor:
-    return tf.map_fn(lambda one: decode_image(one, size), encoded,
+    # One at a time: a request's full-size decodes never sit in memory together (the served graph is this one).
+    return tf.map_fn(lambda one: decode_image(one, size), encoded, parallel_iterations=1,
                      fn_output_signature=tf.TensorSpec([size, size, 1], tf.float32))
 
 

@@ -171,7 +171,9 @@ def _run_predict(args) -> int:
 
 def _add_serve(commands) -> None:
     command = commands.add_parser(
-        "serve", help="a development server with TF Serving's REST API (production runs TF Serving)")
+        "serve", help="a development server with TF Serving's REST API (production runs TF Serving)",
+        description="A development server with TF Serving's REST API. Its flags keep TF Serving's names "
+                    "(--model_base_path, --rest_api_port, ...), so the same lines work with either.")
     command.add_argument("--model_base_path", help="the pushed model folder, <serving_dir>/<model_name>")
     command.add_argument("--model_name", default="cxr", help="(default cxr)")
     command.add_argument("--model_config_file", help="a ModelServerConfig text proto: name, base path, "
@@ -180,8 +182,15 @@ def _add_serve(commands) -> None:
     command.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     command.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
                          help="how often to look for newly pushed versions (default 1)")
-    command.add_argument("--max_body_bytes", type=int, default=64 * 1024 * 1024,
-                         help="refuse larger request bodies with HTTP 413 (default 64 MiB)")
+    command.add_argument("--max_body_bytes", type=int, default=32 * 1024 * 1024,
+                         help="refuse larger request bodies with HTTP 413 (default 32 MiB: 16 X-rays in base64)")
+    command.add_argument("--rest_api_num_threads", type=int, default=4,
+                         help="requests computed at once (default 4)")
+    command.add_argument("--read_timeout_seconds", type=float, default=10.0,
+                         help="a request's headers must arrive within this; idle connections close after it "
+                              "(default 10)")
+    command.add_argument("--body_timeout_seconds", type=float, default=60.0,
+                         help="a request's body must arrive within this (default 60)")
     command.add_argument("--enable_model_warmup", type=_boolean, default=True,
                          help="replay assets.extra/tf_serving_warmup_requests on load (default true)")
     command.set_defaults(run=_run_serve)
@@ -193,7 +202,8 @@ def _run_serve(args) -> None:
         model_base_path=args.model_base_path, model_name=args.model_name, model_config_file=args.model_config_file,
         rest_api_port=args.rest_api_port, host=args.host,
         file_system_poll_wait_seconds=args.file_system_poll_wait_seconds, max_body_bytes=args.max_body_bytes,
-        enable_model_warmup=args.enable_model_warmup))
+        enable_model_warmup=args.enable_model_warmup, read_timeout_seconds=args.read_timeout_seconds,
+        body_timeout_seconds=args.body_timeout_seconds, workers=args.rest_api_num_threads))
 
 
 def _boolean(text: str) -> bool:

@@ -12,6 +12,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from cxr.components.input_limits import InputLimits
+
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the configuration."""
@@ -59,14 +61,6 @@ class GateConfig:
     min_class_recall: float = 0.8
     # A candidate may not fall below the blessed baseline by more than this.
     max_accuracy_regression: float = 0.01
-
-
-@dataclasses.dataclass(frozen=True)
-class ServingConfig:
-    # The exported model refuses an image whose header declares more pixels
-    # (a decompression bomb) before decoding it. The largest X-rays in the
-    # three datasets are about 4,000 x 4,000.
-    max_image_pixels: int = 50_000_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,7 +138,7 @@ class PipelineConfig:
     model: ModelConfig = ModelConfig()
     training: TrainingConfig = TrainingConfig()
     gate: GateConfig = GateConfig()
-    serving: ServingConfig = ServingConfig()
+    serving: InputLimits = InputLimits()  # what the exported model refuses before decoding
     tuner: TunerConfig = TunerConfig()
     drift: DriftConfig = DriftConfig()
     kubeflow: KubeflowConfig = KubeflowConfig()

@@ -106,7 +106,7 @@ def trainer_settings(config: PipelineConfig) -> dict:
         "epochs": training.epochs, "early_stopping_patience": training.early_stopping_patience,
         "mixed_precision": training.mixed_precision, "seed": training.seed,
         "augmentation": dataclasses.asdict(training.augmentation),
-        "max_image_pixels": config.serving.max_image_pixels,
+        "input_limits": dataclasses.asdict(config.serving),
     }
 
 

@@ -16,6 +16,11 @@ import requests
 from cxr.serving import contract
 
 RETRY_STATUSES = (503,)
+# What each signature's answer must hold for every image (components/export.py).
+_EXPECTED_OUTPUTS = {
+    contract.PREDICT_SIGNATURE: (contract.PROBABILITIES, contract.CLASS_ID, contract.CLASS_NAME),
+    contract.EXPLAIN_SIGNATURE: (contract.PROBABILITIES, contract.CLASS_ID, contract.CLASS_NAME, contract.HEATMAP),
+}
 
 
 class ServingRequestError(RuntimeError):
@@ -69,11 +74,11 @@ class ServingClient:
             time.sleep(0.5)
 
     def predict(self, images: Sequence[bytes], signature: str = contract.PREDICT_SIGNATURE) -> List[dict]:
-        """One output dict per image, as TF Serving's row format answers."""
+        """One output dict per image, as TF Serving's row format answers; any other answer is an error."""
         body = {"signature_name": signature,
                 "instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
         answer = self._send("POST", self.model_url() + ":predict", body)
-        return answer["predictions"]
+        return _checked_predictions(answer, len(images), _EXPECTED_OUTPUTS.get(signature, ()))
 
     def predict_files(self, paths: Sequence[str], signature: str = contract.PREDICT_SIGNATURE,
                       batch_size: int = 16) -> Iterator[ImageResult]:
@@ -105,13 +110,35 @@ class ServingClient:
                 raise ServingRequestError(f"no answer from {url} within {self.timeout_s:g} s") from None
             else:
                 if response.status_code == 200:
-                    return response.json()
+                    return _json_answer(response)
                 failure = ServingRequestError(_server_message(response), response.status_code)
                 if response.status_code not in RETRY_STATUSES:
                     raise failure
             if attempt < self.retries:
                 time.sleep(self.backoff_s * 2 ** attempt)
         raise failure
+
+
+def _json_answer(response: requests.Response) -> dict:
+    try:
+        return response.json()
+    except ValueError:
+        start = " ".join(response.text.split())[:120]
+        raise ServingRequestError(f"HTTP 200 but not JSON from {response.url}: {start!r}") from None
+
+
+def _checked_predictions(answer, images: int, outputs: Sequence[str]) -> List[dict]:
+    predictions = answer.get("predictions") if isinstance(answer, dict) else None
+    if not isinstance(predictions, list):
+        keys = sorted(answer) if isinstance(answer, dict) else type(answer).__name__
+        raise ServingRequestError(f"the answer has no 'predictions' list (it has {keys})")
+    if len(predictions) != images:
+        raise ServingRequestError(f"the server answered {len(predictions)} predictions for {images} images")
+    for prediction in predictions:
+        missing = [name for name in outputs if not isinstance(prediction, dict) or name not in prediction]
+        if missing:
+            raise ServingRequestError(f"a prediction lacks {', '.join(missing)}: is this the cxr model?")
+    return predictions
 
 
 def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

@@ -10,20 +10,22 @@ codes (tensorflow_serving/model_servers/http_rest_api_handler.cc):
   POST /v1/models/<m>[/versions/<v>|/labels/<l>]:predict   row or columnar
 
 It polls the base path and loads a newly pushed version while the old one keeps
-answering. Binds 127.0.0.1 unless told otherwise and refuses oversized bodies.
+answering. Binds 127.0.0.1 unless told otherwise; its HTTP layer (http_server.py)
+bounds what slow or greedy clients can hold: read deadlines, body and connection caps,
+a fixed pool of workers.
 """
 import dataclasses
 import json
+import logging
 import re
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Optional
+from typing import Optional, Tuple
 
 import tensorflow as tf
 
 from cxr.serving import contract
 from cxr.serving.errors import ServingError
+from cxr.serving.http_server import HttpLimits, HttpServer
 from cxr.serving.model_store import LoadedVersion, ModelSource, ModelStore
 from cxr.serving.rest_json import error_body, input_values, parse_body, predict_response, signature_name
 
@@ -41,8 +43,12 @@ class ServerSettings:
     rest_api_port: int = contract.DEFAULT_REST_PORT
     host: str = "127.0.0.1"
     file_system_poll_wait_seconds: float = 1.0
-    max_body_bytes: int = 64 * 1024 * 1024
+    # A request's JSON carries its images in base64 (4/3 of the files): 16 NIH PNGs are ~15 MB.
+    max_body_bytes: int = 32 * 1024 * 1024
     enable_model_warmup: bool = True
+    read_timeout_seconds: float = 10.0  # a request's headers; an idle connection is closed after it
+    body_timeout_seconds: float = 60.0
+    workers: int = 4  # requests computed at once (TF Serving: --rest_api_num_threads)
 
     def model_source(self) -> ModelSource:
         if self.model_config_file:
@@ -52,44 +58,83 @@ class ServerSettings:
                              "or --model_config_file")
         return ModelSource(name=self.model_name, base_path=self.model_base_path)
 
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(max_body_bytes=self.max_body_bytes, header_timeout_s=self.read_timeout_seconds,
+                          body_timeout_s=self.body_timeout_seconds, workers=self.workers)
+
 
 @dataclasses.dataclass
 class RunningServer:
     url: str
     store: ModelStore
-    http: ThreadingHTTPServer
-    thread: threading.Thread
+    http: HttpServer
 
     def stop(self) -> None:
         self.store.stop()
-        self.http.shutdown()
-        self.http.server_close()
+        self.http.stop()
 
 
 def start(settings: ServerSettings) -> RunningServer:
-    """Loads the wanted versions, then answers requests and polls for new versions in the background."""
+    """Loads the wanted versions (refusing a base path with none), then answers requests and polls
+    for new versions in the background."""
     store = ModelStore(settings.model_source(), warm_up=settings.enable_model_warmup)
     store.refresh()
+    store.require_a_version()
+    http = HttpServer(lambda method, path, body: handle(store, method, path, body),
+                      settings.host, settings.rest_api_port, settings.http_limits())
     store.poll_forever(settings.file_system_poll_wait_seconds)
-    handler = type("Handler", (_Handler,), {"store": store, "max_body_bytes": settings.max_body_bytes})
-    http = ThreadingHTTPServer((settings.host, settings.rest_api_port), handler)
-    http.daemon_threads = True
-    thread = threading.Thread(target=http.serve_forever, name="rest-api", daemon=True)
-    thread.start()
-    host, port = http.server_address[:2]
-    return RunningServer(f"http://{host}:{port}", store, http, thread)
+    http.start()
+    host, port = http.server_address
+    return RunningServer(f"http://{host}:{port}", store, http)
 
 
 def serve(settings: ServerSettings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
     running = start(settings)
     source = running.store.source
     print(f"serving {source.name} from {source.base_path} at {running.url}/v1/models/{source.name}", flush=True)
     try:
-        running.thread.join()
+        running.http.thread.join()
     except KeyboardInterrupt:
         pass
     finally:
         running.stop()
+
+
+def handle(store: ModelStore, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
+    """One request of TF Serving's REST API: (HTTP status, JSON body)."""
+    try:
+        if method == "GET":
+            answer = _get(store, path)
+        elif method == "POST":
+            answer = _post(store, path, body)
+        else:
+            raise ServingError("INVALID_ARGUMENT", f"Unsupported HTTP method {method}; GET or POST")
+        return 200, json.dumps(answer).encode("utf-8")
+    except ServingError as error:
+        return error.http_status, error_body(error.message)
+
+
+def _get(store: ModelStore, path: str) -> dict:
+    match = _GET.fullmatch(path)
+    if not match:
+        raise ServingError("INVALID_ARGUMENT", f"Malformed request: GET {path}")
+    model, version, label, metadata = match.groups()
+    if not model:
+        raise ServingError("INVALID_ARGUMENT", "Missing model name in request.")
+    if metadata:
+        return model_metadata(store.get(model, _int(version), label), model)
+    return model_status(store, model, _int(version))
+
+
+def _post(store: ModelStore, path: str, body: bytes) -> dict:
+    match = _POST.fullmatch(path)
+    if not match:
+        raise ServingError("INVALID_ARGUMENT", f"Malformed request: POST {path}")
+    model, version, label, method = match.groups()
+    if method.lower() != "predict":
+        raise ServingError("UNIMPLEMENTED", f"the development server answers :predict only, not :{method}")
+    return predict(store.get(model, _int(version), label), body)
 
 
 def model_status(store: ModelStore, model: str, version: Optional[int]) -> dict:
@@ -141,75 +186,6 @@ def _clean(message: str) -> str:
     lines = _GRAPH_NOISE.sub("", message).split("\n\t [[")[0].splitlines()
     kept = [line.strip() for line in lines if line.strip() and not line.startswith(_GRAPH_TRACE_LINES)]
     return " ".join(kept) or message.strip()
-
-
-class _Handler(BaseHTTPRequestHandler):
-    store: ModelStore
-    max_body_bytes: int
-    protocol_version = "HTTP/1.1"
-
-    def do_GET(self):
-        self._answer(self._get)
-
-    def do_POST(self):
-        self._answer(self._post)
-
-    def _get(self) -> dict:
-        match = _GET.fullmatch(self.path)
-        if not match:
-            raise ServingError("INVALID_ARGUMENT", f"Malformed request: GET {self.path}")
-        model, version, label, metadata = match.groups()
-        if not model:
-            raise ServingError("INVALID_ARGUMENT", "Missing model name in request.")
-        if metadata:
-            return model_metadata(self.store.get(model, _int(version), label), model)
-        return model_status(self.store, model, _int(version))
-
-    def _post(self) -> dict:
-        body = self._body()
-        match = _POST.fullmatch(self.path)
-        if not match:
-            raise ServingError("INVALID_ARGUMENT", f"Malformed request: POST {self.path}")
-        model, version, label, method = match.groups()
-        if method.lower() != "predict":
-            raise ServingError("UNIMPLEMENTED", f"the development server answers :predict only, not :{method}")
-        return predict(self.store.get(model, _int(version), label), body)
-
-    def _body(self) -> bytes:
-        length = self.headers.get("Content-Length")
-        if length is None or not length.isdigit():
-            raise ServingError("INVALID_ARGUMENT", "a request body needs a Content-Length header")
-        length = int(length)
-        if length > self.max_body_bytes:
-            self.close_connection = True
-            raise _TooLarge(f"request body of {length} bytes is over the server's limit of "
-                            f"{self.max_body_bytes} bytes (--max_body_bytes)")
-        return self.rfile.read(length)
-
-    def _answer(self, work) -> None:
-        try:
-            status, body = 200, json.dumps(work()).encode("utf-8")
-        except _TooLarge as error:
-            status, body = 413, error_body(str(error))
-        except ServingError as error:
-            status, body = error.http_status, error_body(error.message)
-        except Exception as error:  # the server keeps answering whatever one request did
-            status, body = 500, error_body(f"internal error: {type(error).__name__}: {error}")
-            print(f"cxr serve: {self.command} {self.path}: {error!r}", file=sys.stderr)
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
-        pass
-
-
-class _TooLarge(Exception):
-    pass
 
 
 def _int(text: Optional[str]) -> Optional[int]:

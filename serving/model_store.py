@@ -4,11 +4,16 @@ Follows TF Serving's file-system source: integer-named version folders under
 the model base path, a version policy (latest N by default 1, all, specific),
 version labels from a model config file, and a poll that loads a newly pushed
 version while the old one keeps serving, retiring the old one only once the new
-one is AVAILABLE. Needs TensorFlow (imported here only).
+one is AVAILABLE. A version counts once its saved_model.pb is there: TFX's Pusher
+copies the model in place and saved_model.pb last, so a slow push is waited for,
+not counted as failed loads. Needs TensorFlow (imported here only).
 """
 import dataclasses
+import logging
 import os
+import re
 import threading
+import time
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import tensorflow as tf
@@ -21,6 +26,8 @@ from cxr.serving import contract
 from cxr.serving.errors import ServingError
 
 MAX_LOAD_ATTEMPTS = 5
+SAVED_MODEL = "saved_model.pb"
+log = logging.getLogger("cxr.serve")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,10 +101,27 @@ class ModelStore:
         if any(version in self._loaded for version in wanted):
             self._retire([version for version in self._loaded if version not in wanted])
 
+    def require_a_version(self) -> None:
+        """Refuses a base path with no version to serve, saying what it found and what was expected."""
+        with self._lock:
+            if self._loaded:
+                return
+        base = self.source.base_path
+        found = "it does not exist" if not tf.io.gfile.isdir(base) else (
+            "; ".join(status.error_message for status in self._status.values())
+            or f"it holds {sorted(tf.io.gfile.listdir(base))[:10] or 'nothing'}")
+        raise ValueError(f"no version of {self.source.name} to serve under {base}: {found}. Expected "
+                         f"{base}/<version number>/{SAVED_MODEL}, as TFX's Pusher writes it "
+                         f"(<serving_dir>/<model_name>/<version>)")
+
     def poll_forever(self, interval_s: float) -> threading.Thread:
         def loop():
             while not self._stop.wait(interval_s):
-                self.refresh()
+                try:
+                    self.refresh()
+                except Exception:  # a bad poll is logged; the versions loaded keep serving
+                    log.exception("looking for versions of %s under %s failed", self.source.name,
+                                  self.source.base_path)
         thread = threading.Thread(target=loop, name="model-store-poll", daemon=True)
         thread.start()
         return thread
@@ -136,10 +160,13 @@ class ModelStore:
             raise ServingError("NOT_FOUND", f"Servable not found for request: Latest({model})")
 
     def _versions_on_disk(self) -> List[int]:
-        if not tf.io.gfile.isdir(self.source.base_path):
+        """Versions whose saved_model.pb is there: the ones pushed completely."""
+        base = self.source.base_path
+        if not tf.io.gfile.isdir(base):
             return []
-        return [int(name.rstrip("/")) for name in tf.io.gfile.listdir(self.source.base_path)
-                if name.rstrip("/").isdigit()]
+        names = [name.rstrip("/") for name in tf.io.gfile.listdir(base)]
+        return [int(name) for name in names  # ASCII digits only: str.isdigit() also takes "²"
+                if re.fullmatch(r"[0-9]+", name) and tf.io.gfile.exists(os.path.join(base, name, SAVED_MODEL))]
 
     def _should_try(self, version: int) -> bool:
         status = self._status.get(version)
@@ -148,27 +175,33 @@ class ModelStore:
     def _load(self, version: int) -> None:
         status = self._status.setdefault(version, VersionStatus(version, "LOADING"))
         status.attempts += 1
+        path = os.path.join(self.source.base_path, str(version))
+        started = time.monotonic()
         try:
-            loaded = load_version(os.path.join(self.source.base_path, str(version)), version, self.warm_up)
-        except (OSError, ValueError, tf.errors.OpError) as error:
-            # A push still being copied fails here; the next poll tries again.
+            loaded = load_version(path, version, self.warm_up)
+        except Exception as error:  # any failure of one version leaves the others serving
             status.state, status.error_code = "END", "UNKNOWN"
             status.error_message = f"version {version} failed to load: {_first_line(error)}"
+            log.warning("%s (attempt %d of %d)", status.error_message, status.attempts, MAX_LOAD_ATTEMPTS)
             return
         with self._lock:
             self._loaded[version] = loaded
             self._status[version] = VersionStatus(version, "AVAILABLE", attempts=status.attempts)
+        log.info("version %d of %s AVAILABLE, loaded from %s in %.1f s", version, self.source.name, path,
+                 time.monotonic() - started)
 
     def _retire(self, versions: List[int]) -> None:
         with self._lock:
             for version in versions:
                 del self._loaded[version]
                 self._status[version] = VersionStatus(version, "END")
+        for version in versions:
+            log.info("version %d of %s retired", version, self.source.name)
 
 
 def load_version(path: str, version: int, warm_up: bool) -> LoadedVersion:
-    if not tf.io.gfile.exists(os.path.join(path, "saved_model.pb")):
-        raise OSError(f"no saved_model.pb in {path}")
+    if not tf.io.gfile.exists(os.path.join(path, SAVED_MODEL)):
+        raise OSError(f"no {SAVED_MODEL} in {path}")
     model = tf.saved_model.load(path)
     loaded = LoadedVersion(version, dict(model.signatures), read_signature_defs(path), model)
     if warm_up:
@@ -178,7 +211,7 @@ def load_version(path: str, version: int, warm_up: bool) -> LoadedVersion:
 
 def read_signature_defs(path: str) -> Dict[str, dict]:
     saved_model = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
+    with tf.io.gfile.GFile(os.path.join(path, SAVED_MODEL), "rb") as f:
         saved_model.ParseFromString(f.read())
     signature_defs = saved_model.meta_graphs[0].signature_def
     return {name: json_format.MessageToDict(signature_def, preserving_proto_field_name=True,

@@ -16,12 +16,16 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, sche
 
 from cxr.components import model as model_lib
 from cxr.components.export import export_serving_model
+from cxr.components.input_limits import InputLimits
 from cxr.components.transform import decode_images, preprocessing_fn
 from cxr.components.vocabulary import LABELS
 from helpers import encode, phantom_picture
 
 IMAGE_SIZE = 64
-MAX_IMAGE_PIXELS = 1_000_000
+# Small limits, so that the tests can cross each with small files: 1,000 x 1,000 8-bit gray is at
+# both per-image limits; five of them are over the request's.
+LIMITS = InputLimits(max_image_pixels=1_000_000, max_image_bytes=1_000_000, max_request_bytes=4_000_000)
+MAX_IMAGE_PIXELS = LIMITS.max_image_pixels
 MODEL_NAME = "cxr"
 FINDINGS = {"BACTERIAL_PNEUMONIA": "bacterial_pneumonia", "COVID": "covid", "NORMAL": "normal",
             "PNEUMOTHORAX": "pneumothorax"}
@@ -69,5 +73,5 @@ def export_small_model(work_dir: str) -> str:
     """TF Serving's model base path (<work_dir>/models/cxr) holding version 1 of the trained model."""
     transform_output = write_transform_graph(os.path.join(work_dir, "transform"), os.path.join(work_dir, "tft_tmp"))
     base_path = os.path.join(work_dir, "models", MODEL_NAME)
-    export_serving_model(train_small_model(), transform_output, os.path.join(base_path, "1"), MAX_IMAGE_PIXELS)
+    export_serving_model(train_small_model(), transform_output, os.path.join(base_path, "1"), LIMITS)
     return base_path

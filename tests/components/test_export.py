@@ -2,6 +2,7 @@
 import io
 import os
 import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from cxr.serving import contract
 from helpers import encode, phantom_picture
-from trained_model import IMAGE_SIZE, MAX_IMAGE_PIXELS, demo_png
+from trained_model import IMAGE_SIZE, LIMITS, MAX_IMAGE_PIXELS, demo_png
 
 CLASSES = len(contract.CLASS_NAMES)
 
@@ -101,6 +102,56 @@ def test_the_pixel_cap_reads_the_header_and_never_decodes_the_bomb(loaded_model)
     just_under = encode(Image.new("L", (1_000, 1_000), 90), "PNG")  # exactly the cap: accepted
     outputs = loaded_model.signatures[contract.PREDICT_SIGNATURE](images=tf.constant([just_under]))
     assert outputs[contract.PROBABILITIES].shape == (1, CLASSES)
+
+
+def _sixteen_bit_rgba_png(side: int) -> bytes:
+    """side x side, 16 bits per sample, four channels: few pixels, many decoded bytes (8 per pixel)."""
+    rows = b"".join(b"\0" + bytes(side * 8) for _ in range(side))
+    ihdr = struct.pack(">IIBBBBB", side, side, 16, 6, 0, 0, 0)
+    chunks = [(b"IHDR", ihdr), (b"IDAT", zlib.compress(rows)), (b"IEND", b"")]
+    return contract.PNG_SIGNATURE + b"".join(
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data)) for kind, data in chunks)
+
+
+def test_the_decoded_bytes_cap_reads_bit_depth_and_channels_from_the_header(loaded_model):
+    serve = loaded_model.signatures[contract.PREDICT_SIGNATURE]
+    rgba16 = _sixteen_bit_rgba_png(400)  # 160,000 pixels, far under the pixel cap; 1,280,000 decoded bytes
+    assert Image.open(io.BytesIO(rgba16)).size == (400, 400)
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match=f"more than {LIMITS.max_image_bytes} decoded bytes.*index.*0.*1280000"):
+        serve(images=tf.constant([rgba16]))
+    assert serve(images=tf.constant([_sixteen_bit_rgba_png(350)]))[contract.CLASS_ID].shape == (1,)  # 980,000
+
+
+def test_a_request_whose_images_together_declare_too_many_bytes_is_refused(loaded_model):
+    at_the_cap = encode(Image.new("L", (1_000, 1_000), 90), "PNG")  # 1,000,000 decoded bytes each
+    serve = loaded_model.signatures[contract.PREDICT_SIGNATURE]
+    assert serve(images=tf.constant([at_the_cap] * 4))[contract.CLASS_ID].shape == (4,)
+    with pytest.raises(tf.errors.InvalidArgumentError, match=f"more than {LIMITS.max_request_bytes} decoded bytes "
+                                                             "together"):
+        serve(images=tf.constant([at_the_cap] * 5))
+
+
+def _example(image: bytes) -> bytes:
+    feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image])),
+               "label": tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"NORMAL"]))}
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def test_every_signature_refuses_a_bomb_before_decoding_it(loaded_model):
+    """Loops over what the SavedModel exports, so that a signature added later cannot skip the guards."""
+    bomb = _png_declaring(20_000, 20_000)
+    arguments = {contract.IMAGES_INPUT: tf.constant([bomb]), "examples": tf.constant([_example(bomb)]),
+                 contract.CLASS_ID_INPUT: tf.constant([0], tf.int64)}
+    assert len(loaded_model.signatures) == 5
+    for name, function in loaded_model.signatures.items():
+        inputs = function.structured_input_signature[1]
+        assert {contract.IMAGES_INPUT, "examples"} & set(inputs), f"{name} takes neither images nor tf.Examples"
+        with pytest.raises(tf.errors.InvalidArgumentError, match="declares more than"):
+            function(**{key: arguments[key] for key in inputs})
+        good = {**arguments, contract.IMAGES_INPUT: tf.constant([demo_png(2)]),
+                "examples": tf.constant([_example(demo_png(2))])}
+        assert function(**{key: good[key] for key in inputs}), name
 
 
 def test_explain_gives_the_predicted_class_its_probability_and_a_unit_scaled_heatmap(loaded_model):

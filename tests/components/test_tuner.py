@@ -14,7 +14,7 @@ FINDINGS = ("bacterial_pneumonia", "covid", "normal", "pneumothorax")
 SETTINGS = TrainerSettings(image_size=SIZE, filters=[4, 8], dense_units=[8], dropout=0.1, learning_rate=1e-3,
                            batch_size=8, epochs=1, early_stopping_patience=1, mixed_precision=False, seed=0,
                            augmentation={"horizontal_flip": True, "rotation": 0.02, "zoom": 0.0,
-                                         "brightness": 0.1, "contrast": 0.0}, max_image_pixels=10**6)
+                                         "brightness": 0.1, "contrast": 0.0}, input_limits={})
 
 
 @pytest.fixture(scope="module")

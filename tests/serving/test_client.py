@@ -96,6 +96,9 @@ def test_the_client_retries_while_the_server_refuses_connections(model_base_path
             running.stop()
 
 
+NORMAL_PREDICTION = {"class_name": "NORMAL", "class_id": 2, "probabilities": [0.0, 0.0, 1.0, 0.0]}
+
+
 class _BusyThenReady(BaseHTTPRequestHandler):
     """Answers 503 to the first `busy` requests, as a server still loading its model does."""
     busy = 2
@@ -107,7 +110,7 @@ class _BusyThenReady(BaseHTTPRequestHandler):
         if len(self.seen) <= self.busy:
             status, body = 503, {"error": "model is loading"}
         else:
-            status, body = 200, {"predictions": [{"class_name": "NORMAL"}]}
+            status, body = 200, {"predictions": [NORMAL_PREDICTION]}
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(data)))
@@ -125,7 +128,7 @@ def test_the_client_retries_on_503_and_gives_up_with_the_servers_message():
     url = f"http://127.0.0.1:{http.server_address[1]}"
     try:
         assert ServingClient(url=url, retries=3, backoff_s=0.01, label="canary").predict([b"x"]) == [
-            {"class_name": "NORMAL"}]
+            NORMAL_PREDICTION]
         assert _BusyThenReady.seen == ["/v1/models/cxr/labels/canary:predict"] * 3
         _BusyThenReady.seen = []
         with pytest.raises(ServingRequestError, match="HTTP 503: model is loading") as raised:
@@ -160,3 +163,48 @@ def test_the_client_runs_without_tensorflow_or_tfx(server, xrays):
     done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert os.path.basename(xrays[0]) in done.stdout
+
+
+class _OddServer(BaseHTTPRequestHandler):
+    """Answers every :predict with HTTP 200 and `answer`: what a proxy, another model or a bug might send."""
+    answer = b""
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.answer)))
+        self.end_headers()
+        self.wfile.write(self.answer)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.mark.parametrize("answer, message", [
+    (b"<html>Sign in to continue</html>", "HTTP 200 but not JSON"),
+    (json.dumps({"predictions": [{"class_name": "NORMAL", "class_id": 2, "probabilities": [0, 0, 1, 0]}]}).encode(),
+     "the server answered 1 predictions for 2 images"),
+    (json.dumps({"outputs": {"scores": [[0.5]]}}).encode(), "no 'predictions' list"),
+    (json.dumps({"predictions": [{"scores": [0.1]}, {"scores": [0.9]}]}).encode(),
+     "a prediction lacks probabilities, class_id, class_name"),
+])
+def test_an_answer_that_is_not_one_prediction_per_file_is_an_error_for_each_file(xrays, capsys, answer, message):
+    _OddServer.answer = answer
+    http = ThreadingHTTPServer(("127.0.0.1", 0), _OddServer)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    try:
+        assert main(["predict", *xrays[:2], "--url", f"http://127.0.0.1:{http.server_address[1]}"]) == 1
+    finally:
+        http.shutdown()
+    rows = capsys.readouterr().out.strip().splitlines()[1:]
+    assert len(rows) == 2 and all(message in row for row in rows), rows
+
+
+def test_files_of_the_same_name_from_different_folders_keep_their_own_rows_and_overlays(server, tmp_path, capsys):
+    first = write(str(tmp_path / "site-a" / "COVID-1.png"), demo_png(1, "COVID"))
+    second = write(str(tmp_path / "site-b" / "COVID-1.png"), demo_png(2, "NORMAL"))
+    out_dir = tmp_path / "explained"
+    assert main(["predict", first, second, "--url", server.url, "--explain", str(out_dir)]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.strip().splitlines()[1:-2]]
+    assert rows == ["site-a/COVID-1.png", "site-b/COVID-1.png"]
+    assert sorted(os.listdir(out_dir)) == ["site-a__COVID-1_gradcam.png", "site-b__COVID-1_gradcam.png"]

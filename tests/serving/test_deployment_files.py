@@ -385,3 +385,14 @@ def test_kustomize_builds_a_deployment_that_mounts_the_generated_config_map(entr
     built_container, expected_container = container(deploy), container(expected)
     assert (built_container["image"], built_container["args"]) == (expected_container["image"],
                                                                   expected_container["args"])
+
+
+def test_the_memory_limit_covers_the_model_and_the_largest_requests_at_once():
+    # bench/RESULTS.md (Serving memory): the largest image InputLimits admits added at most ~300 MB.
+    largest_request_bytes = 300e6
+    flags_ = server_flags()
+    concurrent = int(flags_["--rest_api_num_threads"]) + int(flags_["--grpc_max_threads"])
+    limit = container(deployment())["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    runtime_and_two_versions = 1.0e9
+    assert runtime_and_two_versions + concurrent * largest_request_bytes <= int(limit[:-2]) * 2**30

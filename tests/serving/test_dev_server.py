@@ -2,8 +2,12 @@
 its response and error shapes and status codes, bad inputs, labels, concurrency and hot reload."""
 import base64
 import json
+import logging
 import os
+import re
 import shutil
+import socket
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -12,7 +16,7 @@ import pytest
 import requests
 import tensorflow as tf
 
-from cxr.serving import contract
+from cxr.serving import contract, dev_server
 from cxr.serving.dev_server import ServerSettings, start
 from helpers import encode
 from trained_model import IMAGE_SIZE, demo_png
@@ -173,13 +177,26 @@ def _states(running) -> dict:
             for entry in answer["model_version_status"]}
 
 
+def _push_like_tfx_pusher(source: str, destination: str, pause_s: float) -> None:
+    """What TFX's Pusher does (tfx/components/pusher/executor.py): copies the model in place, every file
+    but saved_model.pb first, then saved_model.pb; here with a pause between the two, as a slow copy has."""
+    shutil.copytree(source, destination, ignore=lambda folder, names: [n for n in names if n == "saved_model.pb"])
+    time.sleep(pause_s)
+    shutil.copyfile(os.path.join(source, "saved_model.pb"), os.path.join(destination, "saved_model.pb"))
+
+
 def test_a_newly_pushed_version_is_served_without_restart_and_a_broken_push_is_not(model_base_path, tmp_path):
     base_path = str(tmp_path / "cxr")
     shutil.copytree(os.path.join(model_base_path, "1"), os.path.join(base_path, "1"))
     running = start(ServerSettings(model_base_path=base_path, rest_api_port=0, file_system_poll_wait_seconds=0.2))
     try:
-        shutil.copytree(os.path.join(base_path, "1"), os.path.join(tmp_path, "staging"))
-        os.rename(os.path.join(tmp_path, "staging"), os.path.join(base_path, "2"))
+        # A push slower than five polls: not a failed load, waited for until saved_model.pb arrives.
+        pusher = threading.Thread(target=_push_like_tfx_pusher, args=(
+            os.path.join(base_path, "1"), os.path.join(base_path, "2"), 2.0))
+        pusher.start()
+        time.sleep(1.5)
+        assert 2 not in _states(running), "a version still being copied is not reported, nor tried"
+        pusher.join()
         answered_while_loading = []
         while _states(running).get(2, ("",))[0] != "AVAILABLE":
             answered_while_loading.append(_post(running, _one(demo_png(4))).status_code)
@@ -218,3 +235,145 @@ def test_labels_come_from_the_model_config_file(model_base_path, tmp_path):
 def test_the_server_binds_this_machine_only_by_default(server):
     # The module's server is started with the default host.
     assert server.http.server_address[0] == "127.0.0.1" and server.url.startswith("http://127.0.0.1:")
+
+
+# -- what slow, stalled or greedy clients cannot do (serving/http_server.py) ------------------------
+
+@pytest.fixture(scope="module")
+def strict_server(model_base_path):
+    """Short read deadlines, so that the tests can wait them out."""
+    running = start(ServerSettings(model_base_path=model_base_path, rest_api_port=0, read_timeout_seconds=1.0,
+                                   body_timeout_seconds=1.5, workers=2))
+    yield running
+    running.stop()
+
+
+def _connect(running) -> socket.socket:
+    host, port = running.http.server_address
+    return socket.create_connection((host, port), timeout=10)
+
+
+def _received(sock: socket.socket) -> bytes:
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def test_a_good_request_is_answered_while_a_hundred_connections_stall(strict_server):
+    stalled = [_connect(strict_server) for _ in range(100)]
+    for sock in stalled[:50]:  # half stop in the middle of their headers, half never send a byte
+        sock.sendall(b"POST /v1/models/cxr:predict HTTP/1.1\r\nContent-")
+    started = time.monotonic()
+    response = _post(strict_server, _one(demo_png(6)))
+    assert response.status_code == 200 and time.monotonic() - started < 5
+    answers = [_received(sock) for sock in stalled]  # each is closed by the server once its deadline passes
+    assert all(answer.startswith(b"HTTP/1.1 408 ") for answer in answers[:50])
+    assert b"request headers not received within 1 s" in answers[0]
+    assert answers[50:] == [b""] * 50  # never started a request: closed without an answer
+    for sock in stalled:
+        sock.close()
+
+
+def test_a_body_slower_than_its_deadline_is_refused_with_408(strict_server):
+    with _connect(strict_server) as sock:
+        sock.sendall(b"POST /v1/models/cxr:predict HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{\"instances\"")
+        answer = _received(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"request body of 1000 bytes not received within 1.5 s" in answer
+
+
+def test_kept_alive_connections_serve_several_requests_then_close_when_idle(strict_server):
+    with requests.Session() as session:
+        for _ in range(3):
+            assert session.get(strict_server.url + "/v1/models/cxr", timeout=10).status_code == 200
+    with _connect(strict_server) as sock:
+        sock.sendall(b"GET /v1/models/cxr HTTP/1.1\r\nHost: x\r\n\r\n")
+        started = time.monotonic()
+        answer = _received(sock)  # the status, then the server closes the idle connection
+    assert answer.startswith(b"HTTP/1.1 200 ") and 0.9 < time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("raw, status, message", [
+    (b"BREW /coffee\r\n\r\n", 400, "malformed request line"),
+    (b"POST /v1/models/cxr:predict HTTP/1.1\r\nHost: x\r\n\r\n", 411, "needs a Content-Length"),
+    (b"POST /v1/models/cxr:predict HTTP/1.1\r\nContent-Length: lots\r\n\r\n", 400, "is not a number of bytes"),
+    (b"POST /v1/models/cxr:predict HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", 501, "chunked"),
+    (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431, "request headers over"),
+])
+def test_protocol_errors_get_a_status_and_a_reason_and_are_logged(strict_server, caplog, raw, status, message):
+    with caplog.at_level(logging.INFO, logger="cxr.serve"), _connect(strict_server) as sock:
+        sock.sendall(raw)
+        answer = _received(sock)
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()), answer[:80]
+    assert message.encode() in answer
+    assert any(message in record.getMessage() for record in caplog.records)
+
+
+def test_every_request_gets_one_access_log_line(strict_server, caplog):
+    with caplog.at_level(logging.INFO, logger="cxr.serve"):
+        _post(strict_server, _one(demo_png(7)))
+        requests.get(strict_server.url + "/v1/models/nope", timeout=10)
+    lines = [record.getMessage() for record in caplog.records if '"' in record.getMessage()]
+    assert len(lines) == 2
+    assert re.search(r'"POST /v1/models/cxr:predict" 200 \d+ \d+ ms$', lines[0])
+    assert re.search(r'"GET /v1/models/nope" 404 \d+ \d+ ms$', lines[1])
+
+
+def test_an_internal_error_is_logged_and_not_shown_to_the_client(strict_server, caplog, monkeypatch):
+    def broken(*args):
+        raise KeyError("a secret path /srv/models/internal")
+
+    monkeypatch.setattr(dev_server, "predict", broken)
+    with caplog.at_level(logging.INFO, logger="cxr.serve"):
+        response = _post(strict_server, _one(demo_png(8)))
+    assert response.status_code == 500 and "secret" not in response.text
+    assert response.json()["error"] == "internal error; the server's log has the details"
+    assert any("secret" in record.exc_text for record in caplog.records if record.exc_text)
+
+
+def test_a_busy_port_is_named(strict_server, model_base_path):
+    port = strict_server.http.server_address[1]
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{port}: .*another server holds the port"):
+        start(ServerSettings(model_base_path=model_base_path, rest_api_port=port))
+
+
+@pytest.mark.parametrize("layout", ["missing", "empty", "parent folder", "no saved_model.pb"])
+def test_a_base_path_with_no_version_is_refused_naming_the_layout(model_base_path, tmp_path, layout):
+    base = tmp_path / "cxr"
+    if layout == "empty":
+        base.mkdir()
+    elif layout == "parent folder":  # --model_base_path <serving_dir> instead of <serving_dir>/cxr
+        shutil.copytree(model_base_path, base / "cxr")
+    elif layout == "no saved_model.pb":
+        (base / "1" / "variables").mkdir(parents=True)
+    with pytest.raises(ValueError, match=f"no version of cxr to serve under {base}.*Expected {base}/<version number>/"
+                                         "saved_model.pb"):
+        start(ServerSettings(model_base_path=str(base), rest_api_port=0))
+
+
+def test_the_poll_survives_a_failing_listing_and_a_stray_folder(model_base_path, tmp_path, monkeypatch, caplog):
+    base_path = tmp_path / "cxr"
+    shutil.copytree(os.path.join(model_base_path, "1"), base_path / "1")
+    (base_path / "\u00b2").mkdir()  # "²": str.isdigit() says yes, int() says no
+    running = start(ServerSettings(model_base_path=str(base_path), rest_api_port=0, file_system_poll_wait_seconds=0.2))
+    real_listdir, failures = tf.io.gfile.listdir, []
+
+    def flaky_listdir(path):
+        if len(failures) < 3:
+            failures.append(path)
+            raise tf.errors.UnavailableError(None, None, "the volume went away for a moment")
+        return real_listdir(path)
+
+    try:
+        with caplog.at_level(logging.INFO, logger="cxr.serve"):
+            monkeypatch.setattr(tf.io.gfile, "listdir", flaky_listdir)
+            _wait_for(lambda: len(failures) == 3)
+            shutil.copytree(base_path / "1", base_path / "2")
+            _wait_for(lambda: _states(running).get(2, ("",))[0] == "AVAILABLE")
+        assert _post(running, _one(demo_png(9))).status_code == 200
+        assert sum("looking for versions of cxr" in record.getMessage() for record in caplog.records) == 3
+        assert any("version 2 of cxr AVAILABLE" in record.getMessage() for record in caplog.records)
+    finally:
+        running.stop()

@@ -1,0 +1,212 @@
+"""The development server's HTTP/1.1 layer, which slow, stalled or greedy clients cannot hold.
+
+asyncio reads every connection, with a deadline for a request's headers (and for the next request
+on a kept-alive connection) and one for its body, a cap on header and body sizes and on open
+connections. Only a complete request reaches the bounded pool of workers that run the model, so a
+hundred stalled connections cost a hundred idle coroutines, not the workers. One access-log line
+per request; protocol errors are answered with a status and a one-line reason, and logged.
+"""
+import asyncio
+import dataclasses
+import errno
+import logging
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Dict, Optional, Tuple
+
+from cxr.serving.rest_json import error_body
+
+log = logging.getLogger("cxr.serve")
+
+# handler(method, path, body) -> (HTTP status, JSON body); runs on a worker thread.
+Handler = Callable[[str, str, bytes], Tuple[int, bytes]]
+_REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 411: "Length Required",
+            413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
+            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+
+
+@dataclasses.dataclass(frozen=True)
+class HttpLimits:
+    max_body_bytes: int
+    header_timeout_s: float = 10.0  # a request's headers; also how long an idle kept-alive connection stays
+    body_timeout_s: float = 60.0  # a request's body, from the end of its headers
+    max_header_bytes: int = 64 * 1024
+    workers: int = 4  # requests run at once: each may decode a request's images
+    max_connections: int = 512
+
+
+class _Refused(Exception):
+    """A request answered with `status` before it reaches the handler; the connection then closes."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+@dataclasses.dataclass
+class _Request:
+    method: str
+    path: str
+    headers: Dict[str, str]
+    body: bytes = b""
+    keep_alive: bool = True
+
+
+class HttpServer:
+    """`start()` binds (naming a busy port) and serves on a thread of its own until `stop()`."""
+
+    def __init__(self, handler: Handler, host: str, port: int, limits: HttpLimits):
+        self.handler, self.limits = handler, limits
+        self._socket = _bound_socket(host, port)
+        self.server_address = self._socket.getsockname()[:2]
+        self._pool = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="rest-worker")
+        self._loop = asyncio.new_event_loop()
+        self._open = 0
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="rest-api", daemon=True)
+
+    def start(self) -> "HttpServer":
+        self.thread.start()
+        self._ready.wait()
+        return self
+
+    def stop(self) -> None:
+        if self._loop.is_running():
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self.thread.join(timeout=10)
+        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._socket.close()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(asyncio.start_server(
+            self._connection, sock=self._socket, limit=self.limits.max_header_bytes))
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+            connections = asyncio.all_tasks(self._loop)
+            for connection in connections:
+                connection.cancel()
+            self._loop.run_until_complete(asyncio.gather(*connections, return_exceptions=True))
+            self._loop.close()
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
+        self._open += 1
+        try:
+            if self._open > self.limits.max_connections:
+                await self._write(writer, peer, "-", 503, error_body(
+                    f"server busy: {self.limits.max_connections} connections open"), keep_alive=False, started=None)
+                return
+            while await self._serve_one(reader, writer, peer):
+                pass
+        except (ConnectionError, asyncio.IncompleteReadError):
+            log.info("%s closed the connection", peer)
+        except Exception:  # a bug here must not take the server down
+            log.exception("%s: error on the connection", peer)
+        finally:
+            self._open -= 1
+            writer.close()
+
+    async def _serve_one(self, reader, writer, peer) -> bool:
+        """Answers one request; whether the connection stays open for another."""
+        started = time.monotonic()
+        try:
+            request = await self._read_request(reader)
+        except _Refused as refused:
+            log.warning("%s: %s", peer, refused.message)
+            await self._write(writer, peer, "-", refused.status, error_body(refused.message), False, started)
+            return False
+        if request is None:
+            return False  # closed between requests, or idle past the header timeout
+        status, body = await self._loop.run_in_executor(self._pool, self._handle, request)
+        await self._write(writer, peer, f"{request.method} {request.path}", status, body, request.keep_alive,
+                          started)
+        return request.keep_alive
+
+    def _handle(self, request: _Request) -> Tuple[int, bytes]:
+        try:
+            return self.handler(request.method, request.path, request.body)
+        except Exception:  # the handler answers its own errors; this is a bug: logged, not shown to the client
+            log.exception("%s %s failed", request.method, request.path)
+            return 500, error_body("internal error; the server's log has the details")
+
+    async def _read_request(self, reader: asyncio.StreamReader) -> Optional[_Request]:
+        """The next request, or None once the client has closed or left the connection idle."""
+        try:
+            first = await asyncio.wait_for(reader.readexactly(1), self.limits.header_timeout_s)
+        except (asyncio.TimeoutError, asyncio.IncompleteReadError):
+            return None
+        try:
+            head = first + await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.limits.header_timeout_s)
+        except asyncio.TimeoutError:
+            raise _Refused(408, f"request headers not received within {self.limits.header_timeout_s:g} s") from None
+        except asyncio.IncompleteReadError:
+            raise _Refused(400, "connection closed in the middle of the request headers") from None
+        except asyncio.LimitOverrunError:
+            raise _Refused(431, f"request headers over {self.limits.max_header_bytes} bytes") from None
+        request = _parse_head(head)
+        request.body = await self._read_body(reader, request)
+        return request
+
+    async def _read_body(self, reader: asyncio.StreamReader, request: _Request) -> bytes:
+        if "transfer-encoding" in request.headers:
+            raise _Refused(501, "chunked request bodies are not supported; send a Content-Length")
+        length = request.headers.get("content-length")
+        if length is None:
+            if request.method == "POST":
+                raise _Refused(411, "a request body needs a Content-Length header")
+            return b""
+        if not length.isdigit():
+            raise _Refused(400, f"Content-Length {length!r} is not a number of bytes")
+        if int(length) > self.limits.max_body_bytes:
+            raise _Refused(413, f"request body of {length} bytes is over the server's limit of "
+                                f"{self.limits.max_body_bytes} bytes (--max_body_bytes)")
+        try:
+            return await asyncio.wait_for(reader.readexactly(int(length)), self.limits.body_timeout_s)
+        except asyncio.TimeoutError:
+            raise _Refused(408, f"request body of {length} bytes not received within "
+                                f"{self.limits.body_timeout_s:g} s") from None
+
+    async def _write(self, writer, peer, request_line, status, body, keep_alive, started) -> None:
+        head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Content-Type: application/json",
+                f"Content-Length: {len(body)}"] + ([] if keep_alive else ["Connection: close"])
+        took = f"{(time.monotonic() - started) * 1000:.0f} ms" if started is not None else "-"
+        log.info('%s "%s" %d %d %s', peer, request_line, status, len(body), took)
+        writer.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
+        await asyncio.wait_for(writer.drain(), self.limits.body_timeout_s)
+
+
+def _parse_head(head: bytes) -> _Request:
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ")
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise _Refused(400, f"malformed request line {lines[0][:100]!r}")
+    method, path, version = parts
+    headers = {}
+    for line in filter(None, lines[1:]):
+        name, separator, value = line.partition(":")
+        if not separator or not name.strip():
+            raise _Refused(400, f"malformed header line {line[:100]!r}")
+        headers[name.strip().lower()] = value.strip()
+    connection = headers.get("connection", "").lower()
+    keep_alive = connection != "close" if version == "HTTP/1.1" else connection == "keep-alive"
+    return _Request(method.upper(), path, headers, keep_alive=keep_alive)
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror}"
+                      + (" (another server holds the port; pick another with --rest_api_port)"
+                         if error.errno == errno.EADDRINUSE else "")) from None
+    sock.listen(128)
+    return sock
