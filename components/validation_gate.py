@@ -1,22 +1,56 @@
-"""A gate after ExampleValidator: it stops the run before Transform when the data has anomalies.
+"""A gate after ExampleValidator: it stops the run before Transform when the data cannot be trained on.
 
-ExampleValidator only records anomalies; a run would go on to train on the bad
-data. This component reads them and fails with a readable list (split, feature,
-what is wrong), unless the configuration says to proceed anyway.
+- The span must be complete: its `manifest.json`, which `cxr build-tfrecords` publishes last
+  (components/ingest/span_output.py), must be there; a span still being copied to a bucket is
+  not trained on.
+- Every split must hold examples of every class, or the model cannot be trained or judged on it.
+- ExampleValidator only records anomalies; a run would go on to train on the bad data. The gate
+  fails with a readable list (split, feature, what is wrong), unless the configuration says to
+  proceed anyway.
 """
 import os
 from typing import List
 
 import tensorflow as tf
+import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
+from cxr.components.ingest.span_output import MANIFEST, span_dir
+from cxr.components.vocabulary import LABELS
+
 ANOMALIES_FILE = "SchemaDiff.pb"
+STATISTICS_FILE = "FeatureStats.pb"
+LABEL_FEATURE = "label"
 
 
 class DataAnomaliesError(RuntimeError):
     """The examples do not match the schema."""
+
+
+class UnusableSpanError(RuntimeError):
+    """The span is incomplete, or a split lacks a class."""
+
+
+def span_problems(examples, tfrecords_dir: str) -> List[str]:
+    span = examples.get_int_custom_property("span")  # where ExampleGen records it
+    manifest = f"{span_dir(tfrecords_dir, span)}/{MANIFEST}"
+    if not tf.io.gfile.exists(manifest):
+        return [f"span {span} has no {manifest}: it is incomplete (still being written or copied, or its "
+                f"build failed); cxr build-tfrecords writes the manifest last"]
+    return []
+
+
+def missing_classes(statistics) -> List[str]:
+    """'split test has no example of COVID' for each split and class without examples."""
+    problems = []
+    for split in artifact_utils.decode_split_names(statistics.split_names):
+        stats = tfdv.load_stats_binary(os.path.join(statistics.uri, f"Split-{split}", STATISTICS_FILE))
+        counts = {bucket.label: bucket.sample_count for feature in stats.datasets[0].features
+                  if feature.path.step == [LABEL_FEATURE] for bucket in feature.string_stats.rank_histogram.buckets}
+        problems += [f"split {split} has no example of {label}" for label in LABELS if not counts.get(label)]
+    return problems
 
 
 def describe_anomalies(anomalies_artifact) -> List[str]:
@@ -34,8 +68,15 @@ def describe_anomalies(anomalies_artifact) -> List[str]:
 
 @tfx.dsl.components.component
 def ValidationGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
-                   stop_on_anomalies: tfx.dsl.components.Parameter[int]
+                   statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
+                   examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
+                   stop_on_anomalies: tfx.dsl.components.Parameter[int],
+                   tfrecords_dir: tfx.dsl.components.Parameter[str]
                    ) -> tfx.dsl.components.OutputDict(anomaly_count=int):
+    unusable = span_problems(examples, tfrecords_dir) + missing_classes(statistics)
+    if unusable:
+        raise UnusableSpanError("the span cannot be trained on, so the run stops before Transform:\n  "
+                                + "\n  ".join(unusable))
     found = describe_anomalies(anomalies)
     if found and stop_on_anomalies:
         raise DataAnomaliesError(

@@ -1,3 +1,5 @@
+import sys
+
 from cxr.cli import main
 
-main()
+sys.exit(main())

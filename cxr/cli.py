@@ -117,12 +117,14 @@ def _add_run(commands) -> None:
 def _run_pipeline(args) -> int:
     from cxr.pipeline.config import load_config
     from cxr.pipeline.local_runner import run_local
-    from cxr.pipeline.summary import EXIT_FAILED, EXIT_NOT_BLESSED, format_summary
+    from cxr.pipeline.summary import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_BLESSED, format_summary
 
     overrides = list(args.set) + ([f"data.span={args.span}"] if args.span is not None else [])
     config = load_config(args.preset, args.config, overrides)
     summary = run_local(config)
     print(format_summary(summary))
+    if summary.interrupted:
+        return EXIT_INTERRUPTED
     if summary.error:
         return EXIT_FAILED
     return 0 if summary.blessed else EXIT_NOT_BLESSED

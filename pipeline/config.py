@@ -61,6 +61,13 @@ class GateConfig:
     min_class_recall: float = 0.8
     # A candidate may not fall below the blessed baseline by more than this.
     max_accuracy_regression: float = 0.01
+    # ServingCheck: the median latency per image of single-image REST requests to the candidate,
+    # served on the machine that runs the check (a CPU: the study's model took ~110 ms here).
+    max_latency_ms: float = 1000.0
+    # Every class x source slice of the test split with at least min_slice_examples images must
+    # have this share of its class found (DeGrave et al. 2021: these models learn the source).
+    min_slice_recall: float = 0.5
+    min_slice_examples: int = 20
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,7 +2,7 @@
 the metrics, the push and the drift check. The same reader serves the local runner's SQLite file
 and Kubeflow Pipelines' ML Metadata gRPC service."""
 import dataclasses
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
@@ -22,6 +22,9 @@ class RunSummary:
     drift: List[str] = dataclasses.field(default_factory=list)  # features beyond their threshold
     drift_baseline_span: Optional[int] = None
     run_id: Optional[str] = None
+    interrupted: bool = False  # by Ctrl-C
+    serving_check: Optional[str] = None  # ServingCheck's verdict
+    serving_check_passed: Optional[bool] = None
 
 
 def read_run(connection_config, run: str = "latest"):
@@ -32,17 +35,13 @@ def read_run(connection_config, run: str = "latest"):
     """
     with metadata.Metadata(connection_config) as store_handle:
         store = store_handle.store
-        runs = list(store.get_contexts_by_type("pipeline_run"))
-        if run != "latest":
-            runs = [context for context in runs if context.name == run]
-            if not runs:
-                raise ValueError(f"no run {run!r} in ML Metadata at {describe(connection_config)}")
-        if not runs:
+        context = _run_context(store, run)
+        if context is None and run != "latest":
+            raise ValueError(f"no run {run!r} in ML Metadata at {describe(connection_config)}")
+        if context is None:
             return RunSummary(statuses={}), {}
-        context = max(runs, key=lambda candidate: candidate.create_time_since_epoch)
         summary, outputs = RunSummary(statuses={}, run_id=context.name), {}
-        for execution in store.get_executions_by_context(context.id):
-            node = _node_id(store, execution)
+        for node, execution in executions_of_run(store, context.name):
             summary.statuses[node] = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
             outputs[node] = _output_artifacts(store, execution)
             if node == "Evaluator":
@@ -51,7 +50,24 @@ def read_run(connection_config, run: str = "latest"):
                 _read_push(summary, outputs[node])
             elif node == "DriftCheck":
                 _read_drift(summary, outputs[node])
+            elif node == "ServingCheck":
+                _read_serving_check(summary, outputs[node])
         return summary, outputs
+
+
+def _run_context(store, run: str):
+    runs = list(store.get_contexts_by_type("pipeline_run"))
+    if run != "latest":
+        runs = [context for context in runs if context.name == run]
+    return max(runs, key=lambda candidate: candidate.create_time_since_epoch) if runs else None
+
+
+def executions_of_run(store, run: str) -> List[Tuple[str, metadata_store_pb2.Execution]]:
+    """[(node id, execution)] of the run with this id ('latest': the newest run)."""
+    context = _run_context(store, run)
+    if context is None:
+        return []
+    return [(_node_id(store, execution), execution) for execution in store.get_executions_by_context(context.id)]
 
 
 def _node_id(store, execution) -> str:
@@ -126,6 +142,13 @@ def _read_drift(summary: RunSummary, outputs) -> None:
     summary.drift = [line for line in text.splitlines() if line]
     if "baseline_span" in drift.custom_properties:
         summary.drift_baseline_span = drift.custom_properties["baseline_span"].int_value
+
+
+def _read_serving_check(summary: RunSummary, outputs) -> None:
+    blessing = outputs.get("blessing")
+    if blessing is not None and "verdict" in blessing.custom_properties:
+        summary.serving_check = blessing.custom_properties["verdict"].string_value
+        summary.serving_check_passed = blessing.custom_properties["blessed"].int_value == 1
 
 
 def describe(connection_config) -> str:

@@ -13,6 +13,7 @@ from tfx import v1 as tfx
 import cxr.components as components_package
 from cxr.components import evaluation
 from cxr.components.drift import DriftCheck
+from cxr.components.serving_check import ServingCheck
 from cxr.components.validation_gate import ValidationGate
 from cxr.pipeline.config import PipelineConfig
 from cxr.serving import contract as serving_contract
@@ -36,8 +37,10 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     schema = curated_schema.outputs["result"]
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema)
-    validation_gate = ValidationGate(anomalies=example_validator.outputs["anomalies"],
-                                     stop_on_anomalies=int(config.stop_on_anomalies))
+    validation_gate = ValidationGate(
+        anomalies=example_validator.outputs["anomalies"], statistics=statistics_gen.outputs["statistics"],
+        examples=example_gen.outputs["examples"], stop_on_anomalies=int(config.stop_on_anomalies),
+        tfrecords_dir=config.data.tfrecords_dir)
     drift_check = DriftCheck(
         examples=example_gen.outputs["examples"], statistics=statistics_gen.outputs["statistics"], schema=schema, action=config.drift.action,
         categorical_threshold=config.drift.categorical_threshold, numeric_threshold=config.drift.numeric_threshold,
@@ -68,15 +71,20 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         baseline_model=baseline.outputs["model"], example_splits=["test"],
         eval_config=evaluation.eval_config(config.gate.min_accuracy, config.gate.min_class_recall,
                                            config.gate.max_accuracy_regression))
+    serving_check = ServingCheck(
+        model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        evaluation=evaluator.outputs["evaluation"], max_latency_ms=config.gate.max_latency_ms,
+        min_slice_recall=config.gate.min_slice_recall, min_slice_examples=config.gate.min_slice_examples)
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
+        infra_blessing=serving_check.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
             base_directory=os.path.join(config.serving_dir, config.model_name))))
     return tfx.dsl.Pipeline(
         pipeline_name=config.name, pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, curated_schema, example_validator,
                     validation_gate, drift_check, transform, *([tuner] if tuner else []), trainer, baseline,
-                    evaluator, pusher],
+                    evaluator, serving_check, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
         beam_pipeline_args=list(config.beam_args))

@@ -5,20 +5,22 @@ from cxr.pipeline.metadata_reader import RunSummary
 
 EXIT_FAILED = 1
 EXIT_NOT_BLESSED = 3
+EXIT_INTERRUPTED = 130  # as shells report a command ended by Ctrl-C
 COMPONENT_ORDER = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "curated_schema",
                    "ExampleValidator", "ValidationGate", "DriftCheck", "Transform", "Tuner", "Trainer",
-                   "latest_blessed_model", "Evaluator", "Pusher")
+                   "latest_blessed_model", "Evaluator", "ServingCheck", "Pusher")
 
 
 def format_summary(summary: RunSummary) -> str:
-    lines = ["", "components:"]
+    lines = ["", f"run {summary.run_id}, components:"]
     for node in COMPONENT_ORDER:
         if node == "Tuner" and node not in summary.statuses:
             continue  # off unless tuner.enabled
         lines.append(f"  {node:<22} {summary.statuses.get(node, 'NOT RUN')}")
     if summary.error:
         lines += ["", f"FAILED: {summary.error}"]
-    lines += ["", *_drift_lines(summary)]
+    if "DriftCheck" in summary.statuses:
+        lines += ["", *_drift_lines(summary)]
     if summary.metrics:
         lines += ["", *_metric_table(summary.metrics)]
     lines.append("")
@@ -27,6 +29,9 @@ def format_summary(summary: RunSummary) -> str:
     elif summary.blessed is False:
         lines.append("NOT BLESSED: the model failed the gate and was not pushed:")
         lines += [f"  - {failure}" for failure in summary.failed_thresholds]
+    if summary.serving_check:
+        verdict = "passed" if summary.serving_check_passed else "FAILED, so nothing is pushed"
+        lines.append(f"serving check {verdict}: {summary.serving_check}")
     lines.append(f"pushed to: {summary.pushed_to}" if summary.pushed_to else "pushed: nothing")
     return "\n".join(lines)
 

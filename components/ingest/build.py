@@ -4,17 +4,19 @@ Image bytes never cross a shuffle: the first pass reads each file to probe it
 and passes on only its description; once duplicates are known, the writer reads
 the kept files again. A shuffle on Beam's DirectRunner is held in memory, so
 this keeps memory flat however many images there are.
+
+The run holds the span's lock, writes into a staging folder of its own, checks that the
+staged manifest accounts for every file it listed, each with exactly one outcome, and only
+then publishes the span (span_output.py).
 """
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from typing import Dict, Iterator, NamedTuple, Optional
 
 import apache_beam as beam
-from apache_beam.io import fileio
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
@@ -24,14 +26,17 @@ from cxr.components.ingest import layouts, nih, records
 from cxr.components.ingest.config import IngestConfig
 from cxr.components.ingest.dedup import Candidate, FindDuplicates
 from cxr.components.ingest.ledger import (
-    QUARANTINED, UNMAPPED, WRITTEN, Ignored, LedgerCombineFn, MissingNihFile, Outcome, reconciliation)
+    MISSING_EXAMPLES, QUARANTINED, UNMAPPED, WRITTEN, Ignored, LedgerCombineFn, MissingNihFile, Outcome,
+    format_reconciliation, reconciliation)
+from cxr.components.ingest.listing import ListedFile, is_local, list_files
 from cxr.components.ingest.mapping import ClassMapping
 from cxr.components.ingest.probe import ImageFacts, probe
+from cxr.components.ingest.span_output import (
+    MANIFEST, discard, publish, restore_interrupted_publish, span_lock, staging_dir)
 from cxr.components.vocabulary import NIH, SOURCES
 
 SHARD_PREFIX = "data"
 SHARD_SUFFIX = ".tfrecord.gz"
-MANIFEST = "manifest.json"
 _METRICS = "cxr_ingest"
 _OUTCOMES = "outcomes"
 _IGNORED = "ignored"
@@ -43,19 +48,48 @@ class IngestError(RuntimeError):
 
 
 def build_tfrecords(config: IngestConfig) -> dict:
-    """Runs the pipeline and returns the manifest it wrote beside the shards."""
+    """Runs the pipeline, publishes the span and returns the manifest it wrote beside the shards."""
     _check_roots(config)
-    staging = _prepare_output(config)
     nih_csv = nih.find_csv(config.root(NIH)) if config.root(NIH) else None
-    header = _manifest_header(config, nih_csv)
-    with beam.Pipeline(options=PipelineOptions(list(config.pipeline_args()))) as pipeline:
-        _ingest(pipeline, config, nih_csv, staging, header)
-    _publish(staging, config.span_dir)
-    manifest = read_manifest(config.span_dir)
-    if not manifest["reconciliation"]["balanced"]:
-        raise IngestError(f"{config.span_dir}/{MANIFEST}: the outcomes do not add up to the files "
-                          f"seen: {manifest['reconciliation']}")
+    with span_lock(config.out_dir, config.span):
+        restored = restore_interrupted_publish(config.span_dir)
+        if restored:
+            print(f"build-tfrecords: {restored}", file=sys.stderr)
+        if FileSystems.exists(config.span_dir) and not config.overwrite:
+            raise IngestError(f"{config.span_dir} already exists; pass --overwrite to replace it "
+                              "or --span N for a new span")
+        staging = staging_dir(config.out_dir, config.span)
+        try:
+            with beam.Pipeline(options=PipelineOptions(list(config.pipeline_args()))) as pipeline:
+                _ingest(pipeline, config, nih_csv, staging, _manifest_header(config, nih_csv))
+            manifest = read_manifest(staging)
+            _check_staged(config, staging, manifest)
+            publish(staging, config.span_dir, config.overwrite)
+        except _KeepStaging:
+            raise
+        except BaseException:
+            discard(staging)
+            raise
     return manifest
+
+
+class _KeepStaging(IngestError):
+    """Refused after the run; its staging folder is kept for inspection."""
+
+
+def _check_staged(config: IngestConfig, staging: str, manifest: dict) -> None:
+    table = manifest["reconciliation"]
+    if not table["balanced"]:
+        raise _KeepStaging(f"nothing published: the outcomes do not account for every file seen "
+                           f"({format_reconciliation(table)}); the run is kept in {staging}")
+    if table[WRITTEN] == 0:
+        discard(staging)
+        by_source = config.mapping.by_source
+        looked_for = "; ".join(f"{_flag(source)} {root}: {layouts.expected_layout(source, by_source.get(source, {}))}"
+                               for source, root in config.source_roots.items())
+        raise IngestError(f"no image written, nothing published ({table['seen']} files seen, "
+                          f"{table[UNMAPPED]} of classes the mapping {config.mapping.name!r} does not take, "
+                          f"{table[QUARANTINED]} quarantined). Looked for {looked_for}")
 
 
 def read_manifest(span_dir: str) -> dict:
@@ -80,13 +114,29 @@ def _ingest(pipeline, config: IngestConfig, nih_csv, staging: str, header: dict)
     ).with_outputs(_OUTCOMES, main="examples")
     _ = written.examples | "WriteShards" >> beam.io.WriteToTFRecord(
         f"{staging}/{SHARD_PREFIX}", file_name_suffix=SHARD_SUFFIX, compression_type=CompressionTypes.GZIP)
-    ledger_entries = [probed[_OUTCOMES], removed, written[_OUTCOMES]]
-    ledger_entries += [d.ignored for d in discovered] + [d.missing for d in discovered if d.missing is not None]
+    outcomes = [probed[_OUTCOMES], removed, written[_OUTCOMES]] | "AllOutcomes" >> beam.Flatten()
+    unaccounted = _files_without_exactly_one_outcome(seen, outcomes)
+    ledger_entries = [outcomes] + [d.ignored for d in discovered]
+    ledger_entries += [d.missing for d in discovered if d.missing is not None]
+    some_unaccounted = unaccounted | "SomeUnaccounted" >> beam.combiners.Sample.FixedSizeGlobally(MISSING_EXAMPLES)
+    unaccounted_count = unaccounted | "CountUnaccounted" >> beam.combiners.Count.Globally()
     _ = (ledger_entries
          | "AllLedgerEntries" >> beam.Flatten()
          | "Summarise" >> beam.CombineGlobally(LedgerCombineFn())
-         | "WriteManifest" >> beam.Map(_write_manifest, files_seen=beam.pvalue.AsSingleton(seen_count),
-                                       header=header, path=f"{staging}/{MANIFEST}"))
+         | "WriteManifest" >> beam.Map(
+             _write_manifest, files_seen=beam.pvalue.AsSingleton(seen_count), header=header,
+             path=f"{staging}/{MANIFEST}", unaccounted=beam.pvalue.AsSingleton(some_unaccounted),
+             unaccounted_count=beam.pvalue.AsSingleton(unaccounted_count)))
+
+
+def _files_without_exactly_one_outcome(seen, outcomes):
+    """The identities, not only the counts: each file listed must end in exactly one outcome."""
+    return ({"seen": seen | "SeenIds" >> beam.Map(lambda f: (f"{f.source}:{f.relpath}", 1)),
+             "outcomes": outcomes | "OutcomeIds" >> beam.Map(lambda o: (o.file, o.status))}
+            | "OutcomesPerFile" >> beam.CoGroupByKey()
+            | "NotExactlyOne" >> beam.FlatMap(
+                lambda keyed: [] if len(keyed[1]["seen"]) == 1 and len(keyed[1]["outcomes"]) == 1 else [
+                    f"{keyed[0]} (listed {len(keyed[1]['seen'])}x, outcomes {sorted(keyed[1]['outcomes'])})"]))
 
 
 class _Discovered(NamedTuple):
@@ -98,7 +148,8 @@ class _Discovered(NamedTuple):
 def _discover(pipeline, config: IngestConfig, source: str, nih_csv) -> _Discovered:
     root = config.root(source).rstrip("/")
     listed = (pipeline
-              | f"List[{source}]" >> fileio.MatchFiles(f"{root}/**")
+              | f"Root[{source}]" >> beam.Create([root])
+              | f"List[{source}]" >> beam.FlatMap(list_files)
               | f"Classify[{source}]" >> beam.ParDo(ClassifyFile(source, root)).with_outputs(
                   _IGNORED, main="files"))
     if source != NIH:
@@ -121,15 +172,16 @@ class ClassifyFile(beam.DoFn):
     def __init__(self, source: str, root: str):
         self._source, self._root = source, root
 
-    def process(self, metadata) -> Iterator:
-        relpath = layouts.relative_path(self._root, metadata.path)
+    def process(self, listed: ListedFile) -> Iterator:
+        relpath = layouts.relative_path(self._root, listed.path)
         reason = layouts.ignore_reason(relpath)
-        if reason is None and self._source == NIH and not layouts.is_nih_image_path(relpath):
+        if reason is None and self._source == NIH and not layouts.is_nih_image_path(relpath) and not listed.problem:
             reason = "outside images_NNN/images/"
         if reason is not None:
             yield beam.pvalue.TaggedOutput(_IGNORED, Ignored(self._source, reason))
         else:
-            yield layouts.folder_labelled_file(self._source, metadata.path, relpath, metadata.size_in_bytes)
+            seen = layouts.folder_labelled_file(self._source, listed.path, relpath, listed.size)
+            yield seen._replace(problem=listed.problem)
 
 
 def _label_nih_files(keyed, csv_name: str) -> Iterator:
@@ -228,9 +280,9 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _write_manifest(summary: dict, files_seen: int, header: dict, path: str) -> None:
+def _write_manifest(summary: dict, files_seen: int, header: dict, path: str, unaccounted, unaccounted_count) -> None:
     manifest = dict(header)
-    manifest["reconciliation"] = reconciliation(files_seen, summary.pop("totals"))
+    manifest["reconciliation"] = reconciliation(files_seen, summary.pop("totals"), unaccounted, unaccounted_count)
     manifest.update(summary)
     with FileSystems.create(path, mime_type="application/json") as f:
         f.write(json.dumps(manifest, indent=2, sort_keys=False).encode("utf-8"))
@@ -251,35 +303,31 @@ def _manifest_header(config: IngestConfig, nih_csv) -> dict:
 
 
 def _check_roots(config: IngestConfig) -> None:
+    """Each folder exists and does not look like another of the three datasets."""
     for source, root in config.source_roots.items():
+        flag = _flag(source)
         if not FileSystems.exists(root):
-            raise IngestError(f"--{source.replace('_', '-')}: folder {root} does not exist")
+            raise IngestError(f"{flag}: folder {root} does not exist")
+        looks_like = layouts.recognise(_names_near(root))
+        if looks_like and source not in looks_like:
+            other, marks = next(iter(looks_like.items()))
+            raise IngestError(f"{flag} {root} looks like {layouts.DATASET_NAMES[other]}, not "
+                              f"{layouts.DATASET_NAMES[source]}: it has {', '.join(marks)}")
 
 
-def _is_local(path: str) -> bool:
-    return "://" not in path
+def _flag(source: str) -> str:
+    return f"--{source.replace('_', '-')}"
 
 
-def _prepare_output(config: IngestConfig) -> str:
-    """Where to write; local spans are staged and renamed so ExampleGen never sees half a span."""
-    span_dir = config.span_dir
-    exists = FileSystems.exists(span_dir)
-    if exists and not config.overwrite:
-        raise IngestError(f"{span_dir} already exists; pass --overwrite to replace it "
-                          "or --span N for a new span")
-    if not _is_local(span_dir):
-        if exists:
-            FileSystems.delete([span_dir])
-        return span_dir
-    staging = os.path.join(config.out_dir, f".span-{config.span}.partial")
-    shutil.rmtree(staging, ignore_errors=True)
-    os.makedirs(staging)
-    return staging
-
-
-def _publish(staging: str, span_dir: str) -> None:
-    if staging == span_dir:
-        return
-    if os.path.exists(span_dir):
-        shutil.rmtree(span_dir)
-    os.replace(staging, span_dir)
+def _names_near(root: str):
+    """The names of the files and folders in a root and one level below it."""
+    root = root.rstrip("/")
+    if not is_local(root):
+        found = FileSystems.match([f"{root}/*", f"{root}/*/*"])
+        return {metadata.path.rstrip("/").rsplit("/", 1)[-1] for result in found for metadata in result.metadata_list}
+    names = set()
+    for entry in os.scandir(root):
+        names.add(entry.name)
+        if entry.is_dir():
+            names.update(os.listdir(entry.path))
+    return names

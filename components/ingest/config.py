@@ -3,6 +3,7 @@ import dataclasses
 from typing import Dict, Optional, Tuple
 
 from cxr.components.ingest.mapping import ClassMapping
+from cxr.components.ingest.span_output import span_dir
 from cxr.components.vocabulary import SOURCES
 
 # Beam's DirectRunner in multi-process mode, one worker per core, unless the
@@ -43,7 +44,7 @@ class IngestConfig:
 
     @property
     def span_dir(self) -> str:
-        return f"{self.out_dir.rstrip('/')}/span-{self.span}"
+        return span_dir(self.out_dir, self.span)
 
     def pipeline_args(self) -> Tuple[str, ...]:
         return DEFAULT_BEAM_ARGS + tuple(self.beam_args)

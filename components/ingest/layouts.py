@@ -9,7 +9,7 @@ COVID-19 Radiography Database: `<Class>/images/*.png` (current) or `<Class>/*.pn
 Paths are always relative to the root the user named, with '/' separators.
 """
 import posixpath
-from typing import NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 IGNORED_FOLDERS = frozenset({"masks", "__macosx"})
 IGNORED_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
@@ -80,3 +80,30 @@ def folder_labelled_file(source: str, path: str, relpath: str, size: int) -> See
     return SeenFile(source=source, path=path, relpath=relpath, size=size,
                     raw_class=folder_class_of(relpath), image_id=image_id,
                     patient_id=f"{source}:{image_id}")
+
+
+# What each download looks like from its first two folder levels: names no other of the three has.
+_MARKS = {
+    "covid_radiography": ("covid-19_radiography_dataset", "lung_opacity", "viral pneumonia"),
+    "curated": ("curated x-ray dataset", "pneumonia-bacterial", "pneumonia-viral"),
+    "nih": ("data_entry_2017.csv", "data_entry_2017_v2020.csv", "images_001", "images_002"),
+}
+DATASET_NAMES = {"covid_radiography": "the COVID-19 Radiography Database (--covid-radiography)",
+                 "curated": "the curated COVID-19 PA set (--curated)", "nih": "NIH ChestX-ray14 (--nih)"}
+
+
+def recognise(names) -> Dict[str, List[str]]:
+    """{source: the names that mark it} among the file and folder names near a dataset's root."""
+    folded = {name.casefold() for name in names}
+    return {source: [mark for mark in marks if mark in folded] for source, marks in _MARKS.items()
+            if any(mark in folded for mark in marks)}
+
+
+def expected_layout(source: str, class_folders) -> str:
+    """The layout a source's folder should have, for messages."""
+    if source == "nih":
+        return "images_NNN/images/*.png, listed in Data_Entry_2017.csv"
+    classes = ", ".join(sorted(class_folders))
+    if source == "covid_radiography":
+        return f"<class>/images/*.png or <class>/*.png, for the classes {classes}"
+    return f"<class>/*.jpg, for the classes {classes}"

@@ -13,6 +13,7 @@ from cxr.kubeflow.kfp_pipeline import CONFIG_PARAMETER
 from cxr.kubeflow.runner import compile_pipeline
 from cxr.kubeflow.task import node_dependencies
 from cxr.pipeline.config import ConfigError, from_json, load_config
+from cxr.pipeline.pipeline import create_pipeline
 
 IMAGE = "registry.example.com/cxr-pipeline:7"
 VOLUME = "cxr-data:/mnt/cxr"
@@ -59,7 +60,7 @@ def test_every_tfx_node_is_one_container_task_with_the_nodes_upstream_as_depende
     config, _, spec, _ = compiled
     dependencies = node_dependencies(config)
     tasks = _node_tasks(spec)
-    assert set(tasks) == set(dependencies) and len(dependencies) == 12
+    assert set(tasks) == set(dependencies) == {component.id for component in create_pipeline(config).components}
     for node, upstream in dependencies.items():
         task = spec.root.dag.tasks[tasks[node]]
         assert set(task.dependent_tasks) == {tasks[u] for u in upstream}, node

@@ -12,14 +12,11 @@ from cxr.kubeflow.cluster_checks import check_package
 from cxr.kubeflow.runner import compile_pipeline
 from cxr.pipeline.local_runner import sqlite_connection
 from cxr.pipeline.metadata_reader import read_run
+from cxr.pipeline.pipeline import create_pipeline
 from helpers import IN_PROCESS_BEAM, latest_artifact_uris, tiny_pipeline_config
 from kfp_local import Zygote, file_of, metadata_of, run_package
 
 pytestmark = pytest.mark.slow
-
-TASKS = {"ImportExampleGen", "StatisticsGen", "SchemaGen", "curated_schema", "ExampleValidator", "ValidationGate",
-         "DriftCheck", "Transform", "Trainer", "latest_blessed_model", "Evaluator", "Pusher"}
-
 
 def _write_span(volume, span: int, seed: int) -> None:
     roots = write_demo_data(DemoDataSpec(out_dir=str(volume / f"downloads-{span}"), per_class=16, size=64, seed=seed))
@@ -50,11 +47,12 @@ def test_two_runs_of_one_compiled_spec_train_on_the_newest_span_and_push(cluster
     # One task starts as a new process, exactly as its container's command line says; the rest fork.
     first = run_package(package, str(tmp_path / "kfp-root"), zygote, fresh_processes={"curated-schema"})
     assert first.succeeded, first.failures()
-    assert {name for name in first.tasks} == {_task_name(node) for node in TASKS} | {"kfp-ui-outputs"}
+    nodes = {component.id for component in create_pipeline(config).components}
+    assert set(first.tasks) == {_task_name(node) for node in nodes} | {"kfp-ui-outputs"}
 
     summary, outputs = read_run(sqlite_connection(config), first.run_id)
     assert summary.run_id == first.run_id  # ML Metadata groups the tasks under KFP's run id
-    assert set(summary.statuses) == TASKS and set(summary.statuses.values()) == {"COMPLETE"}, summary.statuses
+    assert set(summary.statuses) == nodes and set(summary.statuses.values()) == {"COMPLETE"}, summary.statuses
     assert _span_read(outputs) == 1 and summary.pushed_to
     metrics = metadata_of(first.tasks["kfp-ui-outputs"], "metrics")
     assert metrics["sparse_categorical_accuracy"] == pytest.approx(summary.metrics[""]["sparse_categorical_accuracy"])

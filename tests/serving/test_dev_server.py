@@ -377,3 +377,20 @@ def test_the_poll_survives_a_failing_listing_and_a_stray_folder(model_base_path,
         assert any("version 2 of cxr AVAILABLE" in record.getMessage() for record in caplog.records)
     finally:
         running.stop()
+
+
+def test_connections_beyond_the_cap_are_answered_503():
+    from cxr.serving.http_server import HttpLimits, HttpServer
+    http = HttpServer(lambda method, path, body: (200, b"{}"), "127.0.0.1", 0,
+                      HttpLimits(max_body_bytes=1024, header_timeout_s=5, max_connections=2)).start()
+    try:
+        host, port = http.server_address
+        held = [socket.create_connection((host, port), timeout=10) for _ in range(2)]
+        time.sleep(0.2)  # both accepted and waiting for their headers
+        with socket.create_connection((host, port), timeout=10) as third:
+            answer = _received(third)
+        assert answer.startswith(b"HTTP/1.1 503 ") and b"server busy: 2 connections open" in answer
+        for sock in held:
+            sock.close()
+    finally:
+        http.stop()

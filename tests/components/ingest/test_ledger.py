@@ -28,7 +28,16 @@ def test_partial_summaries_from_several_workers_merge_into_one():
 
 def test_a_file_without_an_outcome_shows_as_not_balanced():
     totals = {"written": 3, "duplicate": 1, "conflict": 0, "quarantined": 0, "unmapped": 0}
-    assert reconciliation(4, totals)["balanced"]
-    table = reconciliation(5, totals)
+    assert reconciliation(4, totals, [], 0)["balanced"]
+    table = reconciliation(5, totals, [], 0)
     assert not table["balanced"]
     assert "NOT BALANCED" in format_reconciliation(table)
+
+
+def test_counts_that_add_up_over_the_wrong_files_are_not_balanced():
+    """One file with two outcomes and another with none: the counts agree, the files do not."""
+    totals = {"written": 3, "duplicate": 1, "conflict": 0, "quarantined": 0, "unmapped": 0}
+    unaccounted = ["nih:a.png (listed 1x, outcomes ['duplicate', 'written'])", "nih:b.png (listed 1x, outcomes [])"]
+    table = reconciliation(4, totals, unaccounted, 2)
+    assert not table["balanced"]
+    assert "files without exactly one outcome: 2, e.g. nih:a.png" in format_reconciliation(table)

@@ -1,0 +1,194 @@
+"""ServingCheck: the candidate served before it is pushed, in the way TF Serving will serve it.
+
+TFX's InfraValidator does this with Docker or a Kubernetes cluster, neither of which every
+installation has. This component starts the development server (`cxr serve`, TF Serving's REST
+API) in a fresh process on the candidate: it loads the SavedModel and replays its warm-up file as
+TF Serving does. Then it sends the test split's encoded images through `serving_default` over
+REST, and checks that:
+- every request is answered, every probability is finite and each image's sum to 1;
+- the arg-max of those answers scores the accuracy the Evaluator measured on the same split
+  through `serving_examples` (so raw bytes and tf.Examples take the same path through the model);
+- the median latency per image of single-image requests stays within `max_latency_ms`;
+- in every class x source slice with at least `min_slice_examples` test images, the share of that
+  class found is at least `min_slice_recall` (DeGrave et al. 2021: these models learn the source).
+  This rule lives here rather than in the Evaluator's thresholds because TFMA cannot leave out
+  slices by size, and small slices would fail on chance alone; here the per-image answers are at hand.
+Its InfraBlessing is what the Pusher requires besides the Evaluator's blessing: a model that fails
+the check is not pushed, and the artifact says why.
+"""
+import base64
+import dataclasses
+import glob
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Dict, List, Tuple
+
+import numpy as np
+import requests
+import tensorflow as tf
+from tfx import v1 as tfx
+from tfx.utils import path_utils
+
+from cxr.components.vocabulary import LABELS
+from cxr.serving import contract
+
+# The Pusher reads this property of an InfraBlessing (tfx/components/util/model_utils.py, is_infra_validated).
+BLESSED = "blessed"
+VERDICT = "verdict"
+LATENCY_REQUESTS = 30  # single-image requests timed for the median
+BATCH = 16
+START_TIMEOUT_S = 300
+
+
+class ServingCheckFailed(Exception):
+    """Why the candidate must not be pushed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckLimits:
+    max_latency_ms: float
+    min_slice_recall: float
+    min_slice_examples: int
+
+
+def check_candidate(model_dir: str, examples_uri: str, evaluated_accuracy: float, limits: CheckLimits) -> dict:
+    """The check's findings; raises ServingCheckFailed with the reason when the candidate fails."""
+    images, labels, sources = test_images(examples_uri)
+    if not images:
+        raise ServingCheckFailed(f"no test images under {examples_uri}")
+    with _served(model_dir) as url:
+        latencies = [_timed_predict(url, [image])[1] for image in images[:LATENCY_REQUESTS]]
+        probabilities = np.concatenate([_timed_predict(url, images[start:start + BATCH])[0]
+                                        for start in range(0, len(images), BATCH)])
+    _check_distributions(probabilities)
+    served_accuracy = float(np.mean(probabilities.argmax(axis=1) == np.array(labels)))
+    if abs(served_accuracy - evaluated_accuracy) > 1e-6:
+        raise ServingCheckFailed(f"served, the test split scores accuracy {served_accuracy:.6f}; the Evaluator "
+                                 f"measured {evaluated_accuracy:.6f} on the same images")
+    weak = weak_slices(probabilities.argmax(axis=1), labels, sources, limits)
+    if weak:
+        raise ServingCheckFailed("class x source slices under gate.min_slice_recall "
+                                 f"{limits.min_slice_recall:g}: " + "; ".join(weak))
+    p50_ms = float(np.median(latencies)) * 1000
+    if p50_ms > limits.max_latency_ms:
+        raise ServingCheckFailed(f"median latency {p50_ms:.0f} ms per image over REST, over gate.max_latency_ms "
+                                 f"{limits.max_latency_ms:g}")
+    return {"images": len(images), "p50_ms": p50_ms, "accuracy": served_accuracy}
+
+
+def weak_slices(predicted, labels: List[int], sources: List[str], limits: CheckLimits) -> List[str]:
+    """'COVID from curated: 3 of 12 found (0.25)' for each large enough slice under the recall limit."""
+    weak = []
+    for label, source in sorted(set(zip(labels, sources))):
+        members = [i for i, (l, s) in enumerate(zip(labels, sources)) if (l, s) == (label, source)]
+        found = sum(int(predicted[i]) == label for i in members)
+        if len(members) >= limits.min_slice_examples and found / len(members) < limits.min_slice_recall:
+            weak.append(f"{LABELS[label]} from {source}: {found} of {len(members)} found ({found / len(members):.2f})")
+    return weak
+
+
+def test_images(examples_uri: str) -> Tuple[List[bytes], List[int], List[str]]:
+    """The test split's encoded images, class ids and sources."""
+    features = {name: tf.io.FixedLenFeature([], tf.string) for name in ("image", "label", "source")}
+    files = sorted(glob.glob(os.path.join(examples_uri, "Split-test", "*.gz")))
+    images, labels, sources = [], [], []
+    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64).map(
+            lambda serialized: tf.io.parse_example(serialized, features)):
+        images += list(batch["image"].numpy())
+        labels += [LABELS.index(label.decode()) for label in batch["label"].numpy()]
+        sources += [source.decode() for source in batch["source"].numpy()]
+    return images, labels, sources
+
+
+class _served:
+    """`with _served(model_dir) as url:` the development server on a copy laid out as a model base path."""
+
+    def __init__(self, model_dir: str):
+        self._model_dir = model_dir
+
+    def __enter__(self) -> str:
+        self._work = tempfile.mkdtemp(prefix="serving-check-")
+        shutil.copytree(self._model_dir, os.path.join(self._work, "cxr", "1"))
+        self._server = subprocess.Popen(
+            [sys.executable, "-m", "cxr", "serve", "--model_base_path", os.path.join(self._work, "cxr"),
+             "--rest_api_port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first_line = self._server.stdout.readline()
+        found = re.search(r"at (http://\S+)/v1/models/", first_line)
+        if not found:
+            self.__exit__()
+            raise ServingCheckFailed(f"the serving process did not start: {self._server_output(first_line)}")
+        return found.group(1)
+
+    def _server_output(self, first_line: str) -> str:
+        try:
+            _, errors = self._server.communicate(timeout=START_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            return first_line or f"no answer within {START_TIMEOUT_S} s"
+        lines = [line for line in (first_line + errors).splitlines() if line.strip()]
+        return lines[-1] if lines else f"exit code {self._server.returncode}"
+
+    def __exit__(self, *exc) -> None:
+        self._server.terminate()
+        try:
+            self._server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._server.kill()
+        shutil.rmtree(self._work, ignore_errors=True)
+
+
+def _timed_predict(url: str, images: List[bytes]) -> Tuple[np.ndarray, float]:
+    body = {"signature_name": contract.PREDICT_SIGNATURE,
+            "instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
+    started = time.perf_counter()
+    response = requests.post(f"{url}{contract.model_path('cxr')}:predict", json=body, timeout=120)
+    took = (time.perf_counter() - started) / len(images)
+    if response.status_code != 200:
+        raise ServingCheckFailed(f"a test image was answered HTTP {response.status_code}: {response.text[:300]}")
+    predictions = response.json().get("predictions", [])
+    if len(predictions) != len(images):
+        raise ServingCheckFailed(f"{len(predictions)} predictions for {len(images)} images")
+    return np.array([p[contract.PROBABILITIES] for p in predictions], dtype=float), took
+
+
+def _check_distributions(probabilities: np.ndarray) -> None:
+    if not np.all(np.isfinite(probabilities)):
+        raise ServingCheckFailed(f"{int(np.sum(~np.isfinite(probabilities)))} probabilities are not finite")
+    sums = probabilities.sum(axis=1)
+    if np.any(np.abs(sums - 1) > 1e-3):
+        raise ServingCheckFailed(f"probabilities do not sum to 1: {sums[np.abs(sums - 1) > 1e-3][:5]}")
+
+
+def evaluated_accuracy(evaluation_uri: str) -> float:
+    import tensorflow_model_analysis as tfma
+    for slice_key, metrics in tfma.load_eval_result(evaluation_uri).slicing_metrics:
+        if slice_key == ():
+            values: Dict = next(iter(metrics.get("", {}).values()), {})
+            return float(values["sparse_categorical_accuracy"]["doubleValue"])
+    raise ServingCheckFailed(f"no overall accuracy in the Evaluator's result at {evaluation_uri}")
+
+
+@tfx.dsl.components.component
+def ServingCheck(model: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Model],
+                 examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
+                 evaluation: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
+                 blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.InfraBlessing],
+                 max_latency_ms: tfx.dsl.components.Parameter[float],
+                 min_slice_recall: tfx.dsl.components.Parameter[float],
+                 min_slice_examples: tfx.dsl.components.Parameter[int]) -> None:
+    try:
+        found = check_candidate(path_utils.serving_model_path(model.uri), examples.uri,
+                                evaluated_accuracy(evaluation.uri),
+                                CheckLimits(max_latency_ms, min_slice_recall, min_slice_examples))
+        verdict, blessed = (f"{found['images']} test images served through {contract.PREDICT_SIGNATURE} agree with "
+                            f"the Evaluator (accuracy {found['accuracy']:.4f}); median {found['p50_ms']:.0f} ms "
+                            f"per image"), 1
+        blessing.set_float_custom_property("p50_ms", found["p50_ms"])
+    except ServingCheckFailed as failure:
+        verdict, blessed = str(failure), 0
+    blessing.set_int_custom_property(BLESSED, blessed)
+    blessing.set_string_custom_property(VERDICT, verdict)
