@@ -1,7 +1,8 @@
 # Every target that runs code depends on .venv, which scripts/bootstrap.sh builds
 # from requirements.lock, so each command below works from a fresh clone.
 PY := .venv/bin/python
-DEMO_DIR ?= demo
+# The demo preset's folders (pipeline/config.py): cxr run, report and serve find them with no flags.
+DEMO_DIR := demo
 
 .PHONY: setup demo test test-fast test-slow bench lock clean image
 
@@ -18,12 +19,9 @@ demo: setup
 	  --curated $(DEMO_DIR)/raw/curated-cxr \
 	  --nih $(DEMO_DIR)/raw/nih-chest-xrays \
 	  --out $(DEMO_DIR)/tfrecords --span 1 --overwrite
-	.venv/bin/cxr run --preset demo --set data.tfrecords_dir=$(DEMO_DIR)/tfrecords \
-	  --set pipeline_root=$(DEMO_DIR)/pipeline --set metadata_path=$(DEMO_DIR)/metadata.sqlite \
-	  --set serving_dir=$(DEMO_DIR)/serving
+	.venv/bin/cxr run --preset demo
 	scripts/demo_predict.sh $(DEMO_DIR)
-	.venv/bin/cxr report --set metadata_path=$(DEMO_DIR)/metadata.sqlite \
-	  --set data.tfrecords_dir=$(DEMO_DIR)/tfrecords --set pipeline_root=$(DEMO_DIR)/pipeline --out $(DEMO_DIR)/report
+	.venv/bin/cxr report
 
 test: setup
 	$(PY) -m pytest tests

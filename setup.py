@@ -1,6 +1,6 @@
 """Installs the project as one import root, `cxr`.
 
-The repository keeps the layout users asked for (pipeline/, components/,
+The repository keeps the layout users asked for (pipeline/, components/, dataprep/,
 kubeflow/, serving/ at the top), but installed they must not claim generic
 top-level names: `kubeflow` is the namespace of Kubeflow's own SDKs. So each
 folder is mapped under `cxr` (`cxr.pipeline`, `cxr.components`, ...), and code
@@ -10,7 +10,7 @@ import os
 
 from setuptools import setup
 
-FOLDERS_UNDER_CXR = ("pipeline", "components", "kubeflow", "serving")
+FOLDERS_UNDER_CXR = ("pipeline", "components", "dataprep", "kubeflow", "serving")
 
 
 def _packages_in(folder, dotted_root):
@@ -40,7 +40,7 @@ setup(
     packages=sorted(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
     # Data files the code reads at run time; the pipeline image installs the project without -e.
-    package_data={"cxr.components.ingest": ["mappings/*.yaml"], "cxr.pipeline": ["schema/*.pbtxt"]},
+    package_data={"cxr.dataprep": ["mappings/*.yaml"], "cxr.pipeline": ["schema/*.pbtxt"]},
     install_requires=[
         "tfx==1.16.0",
         "tensorflow==2.16.2",

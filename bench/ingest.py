@@ -17,7 +17,7 @@ import tempfile
 
 import psutil
 
-from cxr.demo_data import DemoDataSpec, write_demo_data
+from cxr.dataprep.demo_data import DemoDataSpec, write_demo_data
 from measure import measure, write_section
 
 STUDY_LOADER = """

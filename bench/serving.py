@@ -36,7 +36,7 @@ QUICK_RUNS = {"demo": ((1, 3), (16, 2)), "study": ((1, 2), (16, 1))}  # --quick:
 
 
 def xray_pngs(count: int):
-    from cxr import phantoms
+    from cxr.dataprep import phantoms
     from helpers import encode
     from PIL import Image
     findings = ("bacterial_pneumonia", "covid", "normal", "pneumothorax")
@@ -74,7 +74,7 @@ def timed(call, requests_count: int):
 
 def in_process_rows(preset, base_path, images, runs):
     import tensorflow as tf
-    from cxr.serving import contract
+    from cxr import contract
     loaded = tf.saved_model.load(os.path.join(base_path, "1"))
     rows = []
     for batch, count in runs:

@@ -55,7 +55,7 @@ def png(width: int, height: int, bit_depth: int, color_type: int) -> bytes:
 def measure_case(model_dir: str, case_index: int) -> dict:
     """In this process: load, warm up, then the peak resident memory added by the case's request."""
     import tensorflow as tf
-    from cxr.serving import contract
+    from cxr import contract
     name, count, width, height, bit_depth, color_type = CASES[case_index]
     serve = tf.saved_model.load(model_dir).signatures[contract.PREDICT_SIGNATURE]
     serve(images=tf.constant([png(1024, 1024, 8, 0)]))

@@ -30,7 +30,7 @@ SIZES = {"demo": 64 * 8, "study": 64}  # images written per size: the study mode
 def write_transformed(path, preset, count):
     import numpy as np
     import tensorflow as tf
-    from cxr import phantoms
+    from cxr.dataprep import phantoms
     from cxr.pipeline.config import PRESETS
     size = PRESETS[preset].model.image_size
     rng = np.random.default_rng(0)
@@ -45,10 +45,10 @@ def write_transformed(path, preset, count):
 
 
 def _settings(preset):
-    from cxr.components.trainer import TrainerSettings
+    from cxr.components.settings import TrainerSettings
     from cxr.pipeline.config import PRESETS
-    from cxr.pipeline.pipeline import trainer_settings
-    return TrainerSettings.from_custom_config(trainer_settings(PRESETS[preset]))
+    config = PRESETS[preset]
+    return TrainerSettings(config.model, config.training, config.serving)
 
 
 def _input_pipeline(path, settings):
@@ -56,7 +56,7 @@ def _input_pipeline(path, settings):
     from tfx_bsl.public import tfxio
     import tensorflow as tf
     from cxr.components.trainer import dataset_options, input_pipeline
-    size = settings.image_size
+    size = settings.model.image_size
     schema = tft.DatasetMetadata.from_feature_spec({
         "image": tf.io.FixedLenFeature([size, size, 1], tf.float32),
         "class_id": tf.io.FixedLenFeature([1], tf.int64)}).schema
@@ -65,9 +65,8 @@ def _input_pipeline(path, settings):
 
 
 def _model(settings):
-    from cxr.components.model import build_model
-    return build_model(settings.image_size, settings.filters, settings.dense_units, settings.dropout,
-                       settings.learning_rate, settings.mixed_precision)
+    from cxr.components.trainer import build
+    return build(settings)
 
 
 def task_input(path, preset):
@@ -105,7 +104,7 @@ def task_fit_array(path, preset):
     import numpy as np
     import tensorflow as tf
     settings = _settings(preset)
-    size = settings.image_size
+    size = settings.model.image_size
     spec = {"image": tf.io.FixedLenFeature([size, size, 1], tf.float32),
             "class_id": tf.io.FixedLenFeature([1], tf.int64)}
     parsed = [tf.io.parse_single_example(r, spec) for r in tf.data.TFRecordDataset(path, compression_type="GZIP")]
@@ -113,7 +112,7 @@ def task_fit_array(path, preset):
     labels = np.stack([p["class_id"].numpy() for p in parsed])
     model = _model(settings)
     start = time.monotonic()
-    model.fit(images, labels, batch_size=settings.batch_size, epochs=1, verbose=0)
+    model.fit(images, labels, batch_size=settings.training.batch_size, epochs=1, verbose=0)
     return {"epoch_s": time.monotonic() - start}
 
 

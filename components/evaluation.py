@@ -1,7 +1,9 @@
 """The TFMA configuration: what is measured on the test split, how it is sliced, and the gate."""
 import tensorflow_model_analysis as tfma
 
-from cxr.components.transform import CLASS_ID, CLASS_NAMES
+from cxr import contract
+from cxr.components.settings import GateSettings
+from cxr.contract import CLASS_ID, LABELS
 
 # Per-class precision and recall of the arg-max prediction: top_k 1 at threshold 0.
 ARGMAX = '"top_k": 1, "thresholds": [0.0]'
@@ -17,30 +19,45 @@ def class_metric_name(metric: str, class_name: str) -> str:
     return f"{metric}/{class_name}"
 
 
-def eval_config(min_accuracy: float, min_class_recall: float, max_accuracy_regression: float) -> tfma.EvalConfig:
+def eval_config(gate: GateSettings) -> tfma.EvalConfig:
     accuracy_gate = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_accuracy}),
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_accuracy}),
         change_threshold=tfma.GenericChangeThreshold(direction=tfma.MetricDirection.HIGHER_IS_BETTER,
-                                                     absolute={"value": -max_accuracy_regression}))
+                                                     absolute={"value": -gate.max_accuracy_regression}))
     recall_gate = tfma.MetricThreshold(
-        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": min_class_recall}))
+        value_threshold=tfma.GenericValueThreshold(lower_bound={"value": gate.min_class_recall}))
     metrics = [tfma.MetricConfig(class_name="ExampleCount"),
                tfma.MetricConfig(class_name="SparseCategoricalAccuracy", per_slice_thresholds=[_overall(accuracy_gate)]),
                tfma.MetricConfig(class_name="MultiClassConfusionMatrixPlot")]
-    for class_id, class_name in enumerate(CLASS_NAMES):
+    for class_id, class_name in enumerate(LABELS):
         metrics += [_per_class("Precision", class_id, class_name), _per_class("Recall", class_id, class_name)]
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name="serving_examples",
-                                    preprocessing_function_names=["transform_features"],
-                                    label_key=CLASS_ID, prediction_key="probabilities")],
+        model_specs=[tfma.ModelSpec(signature_name=contract.EXAMPLES_SIGNATURE,
+                                    preprocessing_function_names=[contract.TRANSFORM_SIGNATURE],
+                                    label_key=CLASS_ID, prediction_key=contract.PROBABILITIES)],
         slicing_specs=[tfma.SlicingSpec(feature_keys=keys) for keys in SLICES],
         metrics_specs=[
             tfma.MetricsSpec(metrics=metrics),
-            tfma.MetricsSpec(binarize=tfma.BinarizationOptions(class_ids={"values": list(range(len(CLASS_NAMES)))}),
+            tfma.MetricsSpec(binarize=tfma.BinarizationOptions(class_ids={"values": list(range(contract.NUM_CLASSES))}),
                              metrics=[tfma.MetricConfig(class_name="AUC"),
                                       tfma.MetricConfig(class_name="Recall", config='{"name": "%s"}' % GATE_RECALL,
                                                         per_slice_thresholds=[_overall(recall_gate)])]),
         ])
+
+
+def gate_of(config: tfma.EvalConfig) -> dict:
+    """The thresholds eval_config(gate) put into `config`: min_accuracy, max_accuracy_regression, min_class_recall."""
+    thresholds = {}
+    for spec in config.metrics_specs:
+        for metric in spec.metrics:
+            for per_slice in metric.per_slice_thresholds:
+                threshold = per_slice.threshold
+                if metric.class_name == "SparseCategoricalAccuracy":
+                    thresholds["min_accuracy"] = threshold.value_threshold.lower_bound.value
+                    thresholds["max_accuracy_regression"] = -threshold.change_threshold.absolute.value
+                elif GATE_RECALL in metric.config:
+                    thresholds["min_class_recall"] = threshold.value_threshold.lower_bound.value
+    return thresholds
 
 
 def _per_class(metric: str, class_id: int, class_name: str) -> tfma.MetricConfig:

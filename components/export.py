@@ -1,6 +1,6 @@
 """The SavedModel that TF Serving serves: signatures, in-graph input guards, Grad-CAM and warm-up.
 
-Signatures (names from cxr.serving.contract):
+Signatures (names from cxr/contract.py):
 - serving_default: `images` [-1] tf.string of encoded PNG/JPEG -> probabilities [N, 4],
   class_id [N], class_name [N] (TF Serving's {"b64": ...} JSON maps onto `images`);
 - explain: `images` -> probabilities, class_id, class_name, probability (of the
@@ -23,10 +23,10 @@ import tensorflow_transform as tft
 import tf_keras as keras
 from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 
-from cxr.components.input_limits import InputLimits
-from cxr.components.model import LAST_CONV_NAME, OUTPUT_NAME
-from cxr.components.transform import CLASS_NAMES, IMAGE, LABEL
-from cxr.serving import contract
+from cxr import contract
+from cxr.components.model import LAST_CONV_NAME
+from cxr.components.settings import InputLimits
+from cxr.contract import IMAGE, LABEL, LABELS
 
 # Signature (8) + IHDR length and type (8) + width and height (8) + bit depth (1) + color type (1).
 _PNG_HEADER_BYTES = 26
@@ -46,7 +46,7 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
     model.tft_layer = transform_output.transform_features_layer()
     model.grad_cam_model = _grad_cam_model(model)
     raw_spec = transform_output.raw_feature_spec()
-    class_names = tf.constant(CLASS_NAMES)
+    class_names = tf.constant(LABELS)
 
     def pixels_of(images):
         images = checked_images(images, limits)
@@ -59,14 +59,14 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
                 contract.CLASS_NAME: tf.gather(class_names, class_id)}
 
     def explain_pixels(pixels, class_id=None):
-        probabilities, class_id, heatmap = grad_cam(model.grad_cam_model, model.get_layer(OUTPUT_NAME),
+        probabilities, class_id, heatmap = grad_cam(model.grad_cam_model, model.get_layer(contract.PROBABILITIES),
                                                     pixels, class_id)
         return {contract.PROBABILITIES: probabilities, contract.CLASS_ID: class_id,
                 contract.CLASS_NAME: tf.gather(class_names, class_id),
                 contract.PROBABILITY: tf.gather(probabilities, class_id, batch_dims=1), contract.HEATMAP: heatmap}
 
     images_spec = tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)
-    examples_spec = tf.TensorSpec([None], tf.string, name="examples")
+    examples_spec = tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)
 
     @tf.function(input_signature=[images_spec])
     def serve_images(images):
@@ -78,9 +78,9 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
 
     @tf.function(input_signature=[images_spec, tf.TensorSpec([None], tf.int64, name=contract.CLASS_ID_INPUT)])
     def explain_class(images, class_id):
-        known = tf.logical_and(class_id >= 0, class_id < len(CLASS_NAMES))
+        known = tf.logical_and(class_id >= 0, class_id < contract.NUM_CLASSES)
         check = tf.debugging.Assert(tf.reduce_all(known), [
-            f"class_id must be 0..{len(CLASS_NAMES) - 1}, got", tf.boolean_mask(class_id, tf.logical_not(known))])
+            f"class_id must be 0..{contract.NUM_CLASSES - 1}, got", tf.boolean_mask(class_id, tf.logical_not(known))])
         with tf.control_dependencies([check]):
             return explain_pixels(pixels_of(images), tf.identity(class_id))
 
@@ -98,8 +98,8 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
     return {contract.PREDICT_SIGNATURE: serve_images.get_concrete_function(),
             contract.EXPLAIN_SIGNATURE: explain.get_concrete_function(),
             contract.EXPLAIN_CLASS_SIGNATURE: explain_class.get_concrete_function(),
-            "serving_examples": serve_examples.get_concrete_function(),
-            "transform_features": transform_features.get_concrete_function()}
+            contract.EXAMPLES_SIGNATURE: serve_examples.get_concrete_function(),
+            contract.TRANSFORM_SIGNATURE: transform_features.get_concrete_function()}
 
 
 def checked_images(images: tf.Tensor, limits: InputLimits) -> tf.Tensor:
@@ -154,7 +154,7 @@ def declared_size(image: tf.Tensor) -> tf.Tensor:
 def _grad_cam_model(model: keras.Model) -> keras.Model:
     """The model cut open: last convolution's feature maps and the input of the softmax layer."""
     return keras.Model(model.inputs, [model.get_layer(LAST_CONV_NAME).output,
-                                      model.get_layer(OUTPUT_NAME).input], name="grad_cam")
+                                      model.get_layer(contract.PROBABILITIES).input], name="grad_cam")
 
 
 def grad_cam(grad_cam_model: keras.Model, output_layer: keras.layers.Dense, pixels: tf.Tensor, class_id=None):

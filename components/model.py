@@ -8,17 +8,16 @@ identical channels, which only adds weights to the first convolution).
 """
 import tf_keras as keras
 
-NUM_CLASSES = 4
-INPUT_NAME = "image"
+from cxr.contract import IMAGE, NUM_CLASSES, PROBABILITIES
+
 LAST_CONV_NAME = "last_conv"
-OUTPUT_NAME = "probabilities"
 
 
 def build_model(image_size: int, filters, dense_units, dropout: float, learning_rate: float,
                 mixed_precision: bool = False) -> keras.Model:
     if mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_float16")
-    inputs = keras.Input(shape=(image_size, image_size, 1), name=INPUT_NAME)
+    inputs = keras.Input(shape=(image_size, image_size, 1), name=IMAGE)
     x = keras.layers.BatchNormalization(name="input_norm")(inputs)
     for block, width in enumerate(filters, start=1):
         last_block = block == len(filters)
@@ -31,7 +30,7 @@ def build_model(image_size: int, filters, dense_units, dropout: float, learning_
         x = keras.layers.Dense(units, activation="relu", name=f"dense{index}")(x)
         x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x)
     # Softmax in float32 even under mixed precision, for stable probabilities.
-    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=OUTPUT_NAME)(x)
+    outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=PROBABILITIES)(x)
     model = keras.Model(inputs, outputs, name="cxr_cnn")
     model.compile(optimizer=keras.optimizers.Adam(learning_rate),
                   loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -34,8 +34,8 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.utils import path_utils
 
-from cxr.components.vocabulary import LABELS
-from cxr.serving import contract
+from cxr import contract
+from cxr.contract import LABELS
 
 # The Pusher reads this property of an InfraBlessing (tfx/components/util/model_utils.py, is_infra_validated).
 BLESSED = "blessed"

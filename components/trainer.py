@@ -3,7 +3,6 @@
 import dataclasses
 import json
 import os
-from typing import Dict, List
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -13,59 +12,17 @@ from tfx_bsl.public import tfxio
 
 from cxr.components import model as model_lib
 from cxr.components.export import export_serving_model
-from cxr.components.input_limits import InputLimits
-from cxr.components.transform import CLASS_ID, IMAGE
+from cxr.components.settings import TRAINER_KEY, AugmentationSettings, TrainerSettings, read
+from cxr.contract import CLASS_ID, IMAGE
 
-
-@dataclasses.dataclass(frozen=True)
-class TrainerSettings:
-    """What run_fn needs, passed through the Trainer's custom_config as a plain dict."""
-    image_size: int
-    filters: List[int]
-    dense_units: List[int]
-    dropout: float
-    learning_rate: float
-    batch_size: int
-    epochs: int
-    early_stopping_patience: int
-    mixed_precision: bool
-    seed: int
-    augmentation: Dict[str, float]
-    input_limits: Dict[str, int]  # InputLimits' fields
-
-    @classmethod
-    def from_custom_config(cls, custom_config: dict) -> "TrainerSettings":
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{name: value for name, value in custom_config.items() if name in names})
-
-
-def with_hyperparameters(settings: TrainerSettings, values: Dict[str, object]) -> TrainerSettings:
-    """The settings with the Tuner's choices applied (see components/tuner.py for the names)."""
-    changes = {}
-    if "learning_rate" in values:
-        changes["learning_rate"] = float(values["learning_rate"])
-    if "width_multiplier" in values:
-        changes["filters"] = [max(1, round(width * values["width_multiplier"])) for width in settings.filters]
-    if "dense_multiplier" in values:
-        changes["dense_units"] = [max(1, round(units * values["dense_multiplier"])) for units in settings.dense_units]
-    if "dropout" in values:
-        changes["dropout"] = float(values["dropout"])
-    if "batch_size" in values:
-        changes["batch_size"] = int(values["batch_size"])
-    if "augmentation_strength" in values:
-        changes["augmentation"] = scaled_augmentation(settings.augmentation, float(values["augmentation_strength"]))
-    return dataclasses.replace(settings, **changes)
-
-
-def scaled_augmentation(augmentation: Dict[str, float], strength: float) -> Dict[str, float]:
-    """Every range times `strength`; strength 0 also turns flipping off."""
-    return {name: (bool(value) and strength > 0) if name == "horizontal_flip" else value * strength
-            for name, value in augmentation.items()}
+def settings_from(custom_config: dict) -> TrainerSettings:
+    return read(TrainerSettings, custom_config[TRAINER_KEY], f"custom_config[{TRAINER_KEY!r}]")
 
 
 def build(settings: TrainerSettings) -> keras.Model:
-    return model_lib.build_model(settings.image_size, settings.filters, settings.dense_units,
-                                 settings.dropout, settings.learning_rate, settings.mixed_precision)
+    model, training = settings.model, settings.training
+    return model_lib.build_model(model.image_size, model.filters, model.dense_units, model.dropout,
+                                 training.learning_rate, training.mixed_precision)
 
 
 def datasets(fn_args, transform_output, settings: TrainerSettings):
@@ -75,21 +32,22 @@ def datasets(fn_args, transform_output, settings: TrainerSettings):
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
-    settings = TrainerSettings.from_custom_config(fn_args.custom_config)
+    settings = settings_from(fn_args.custom_config)
     if fn_args.hyperparameters:  # the Tuner ran: its best values win over the configured ones
-        settings = with_hyperparameters(settings, fn_args.hyperparameters["values"])
+        settings = settings.with_hyperparameters(fn_args.hyperparameters["values"])
     _write_settings(settings, fn_args.model_run_dir)
-    keras.utils.set_random_seed(settings.seed)
+    training = settings.training
+    keras.utils.set_random_seed(training.seed)
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     train, evaluation = datasets(fn_args, transform_output, settings)
     with _strategy().scope():
         model = build(settings)
-    model.fit(train, validation_data=evaluation, epochs=settings.epochs, verbose=2, callbacks=[
-        keras.callbacks.EarlyStopping(monitor="val_loss", patience=settings.early_stopping_patience,
+    model.fit(train, validation_data=evaluation, epochs=training.epochs, verbose=2, callbacks=[
+        keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
     ])
-    export_serving_model(model, transform_output, fn_args.serving_model_dir, InputLimits(**settings.input_limits))
+    export_serving_model(model, transform_output, fn_args.serving_model_dir, settings.input_limits)
 
 
 SETTINGS_FILE = "trainer_settings.json"
@@ -115,29 +73,29 @@ def _dataset(files, data_accessor, transform_output, settings: TrainerSettings, 
 
 
 def dataset_options(settings: TrainerSettings, training: bool) -> tfxio.TensorFlowDatasetOptions:
-    return tfxio.TensorFlowDatasetOptions(batch_size=settings.batch_size, label_key=CLASS_ID,
+    return tfxio.TensorFlowDatasetOptions(batch_size=settings.training.batch_size, label_key=CLASS_ID,
                                           num_epochs=1, shuffle=training)
 
 
 def input_pipeline(dataset: tf.data.Dataset, settings: TrainerSettings, training: bool) -> tf.data.Dataset:
     """(features, label) batches from TFXIO -> augmented in training, prefetched."""
     if training:
-        augment = augmentation_layers(settings.augmentation)
+        augment = augmentation_layers(settings.training.augmentation)
         dataset = dataset.map(lambda features, label: (
             {IMAGE: tf.clip_by_value(augment(features[IMAGE], training=True), 0.0, 1.0)}, label),
             num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
-def augmentation_layers(augmentation: Dict[str, float]) -> keras.Sequential:
+def augmentation_layers(augmentation: AugmentationSettings) -> keras.Sequential:
     """Training-time augmentation only; the exported model never sees these layers."""
-    layers = [keras.layers.RandomFlip("horizontal")] if augmentation.get("horizontal_flip") else []
-    if augmentation.get("rotation"):
-        layers.append(keras.layers.RandomRotation(augmentation["rotation"], fill_mode="constant"))
-    if augmentation.get("zoom"):
-        layers.append(keras.layers.RandomZoom(augmentation["zoom"], fill_mode="constant"))
-    if augmentation.get("brightness"):
-        layers.append(keras.layers.RandomBrightness(augmentation["brightness"], value_range=(0.0, 1.0)))
-    if augmentation.get("contrast"):
-        layers.append(keras.layers.RandomContrast(augmentation["contrast"]))
+    layers = [keras.layers.RandomFlip("horizontal")] if augmentation.horizontal_flip else []
+    if augmentation.rotation:
+        layers.append(keras.layers.RandomRotation(augmentation.rotation, fill_mode="constant"))
+    if augmentation.zoom:
+        layers.append(keras.layers.RandomZoom(augmentation.zoom, fill_mode="constant"))
+    if augmentation.brightness:
+        layers.append(keras.layers.RandomBrightness(augmentation.brightness, value_range=(0.0, 1.0)))
+    if augmentation.contrast:
+        layers.append(keras.layers.RandomContrast(augmentation.contrast))
     return keras.Sequential(layers, name="augmentation")

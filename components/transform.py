@@ -6,10 +6,7 @@ preprocessing test images differently from training ones).
 """
 import tensorflow as tf
 
-from cxr.components.vocabulary import LABELS as CLASS_NAMES
-IMAGE = "image"
-LABEL = "label"
-CLASS_ID = "class_id"
+from cxr.contract import CLASS_ID, IMAGE, LABEL, LABELS
 
 
 def preprocessing_fn(inputs, custom_config):
@@ -40,7 +37,7 @@ def decode_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def class_ids(labels: tf.Tensor) -> tf.Tensor:
-    matches = tf.equal(tf.expand_dims(labels, -1), tf.constant(CLASS_NAMES))
+    matches = tf.equal(tf.expand_dims(labels, -1), tf.constant(LABELS))
     found = tf.reduce_any(matches, axis=-1)
     return tf.where(found, tf.argmax(tf.cast(matches, tf.int64), axis=-1), tf.constant(-1, tf.int64))
 

@@ -9,11 +9,9 @@ builds and fits the tf_keras model exactly as the Trainer does. A trial whose
 loss is not finite raises FailedTrialError: KerasTuner records it FAILED and
 the search goes on.
 
-Knobs (names shared with components.trainer.with_hyperparameters):
-learning_rate, width_multiplier (every convolution's filters), dense_multiplier,
-dropout, batch_size, augmentation_strength (scales every augmentation range).
+The knobs, their default choices and what each changes are declared once, in
+components/settings.py (KNOBS).
 """
-import dataclasses
 import math
 import os
 from typing import Callable, Dict, Tuple
@@ -25,31 +23,11 @@ import tf_keras as keras
 from tfx import v1 as tfx
 
 from cxr.components import trainer as trainer_lib
-from cxr.components.trainer import TrainerSettings
+from cxr.components.settings import KNOBS, TUNER_KEY, TrainerSettings, TunerSettings, read
 
 OBJECTIVE = "val_loss"
-KNOBS = ("learning_rate", "width_multiplier", "dense_multiplier", "dropout", "batch_size",
-         "augmentation_strength")
-
-
-@dataclasses.dataclass(frozen=True)
-class TunerSettings:
-    """From the Tuner's custom_config (pipeline config section `tuner`)."""
-    algorithm: str
-    max_trials: int
-    epochs_per_trial: int
-    learning_rate: Tuple[float, ...]
-    width_multiplier: Tuple[float, ...]
-    dense_multiplier: Tuple[float, ...]
-    dropout: Tuple[float, ...]
-    batch_size: Tuple[int, ...]
-    augmentation_strength: Tuple[float, ...]
-
-    @classmethod
-    def from_custom_config(cls, custom_config: dict) -> "TunerSettings":
-        values = custom_config["tuner"]
-        return cls(**{field.name: (tuple(values[field.name]) if isinstance(values[field.name], list)
-                                   else values[field.name]) for field in dataclasses.fields(cls)})
+ORACLES = {"random": keras_tuner.oracles.RandomSearchOracle, "bayesian": keras_tuner.oracles.BayesianOptimizationOracle,
+           "hyperband": keras_tuner.oracles.HyperbandOracle}
 
 
 def search_space(settings: TunerSettings) -> keras_tuner.HyperParameters:
@@ -60,15 +38,11 @@ def search_space(settings: TunerSettings) -> keras_tuner.HyperParameters:
 
 
 def make_oracle(settings: TunerSettings, seed: int) -> keras_tuner.Oracle:
-    common = dict(objective=keras_tuner.Objective(OBJECTIVE, "min"), hyperparameters=search_space(settings),
-                  tune_new_entries=False, seed=seed)
-    if settings.algorithm == "random":
-        return keras_tuner.oracles.RandomSearchOracle(max_trials=settings.max_trials, **common)
-    if settings.algorithm == "bayesian":
-        return keras_tuner.oracles.BayesianOptimizationOracle(max_trials=settings.max_trials, **common)
-    if settings.algorithm == "hyperband":
-        return keras_tuner.oracles.HyperbandOracle(max_epochs=settings.epochs_per_trial, **common)
-    raise ValueError(f"tuner.algorithm must be random, bayesian or hyperband, got {settings.algorithm!r}")
+    budget = ({"max_epochs": settings.epochs_per_trial} if settings.algorithm == "hyperband"
+              else {"max_trials": settings.max_trials})
+    return ORACLES[settings.algorithm](objective=keras_tuner.Objective(OBJECTIVE, "min"),
+                                       hyperparameters=search_space(settings), tune_new_entries=False, seed=seed,
+                                       **budget)
 
 
 Datasets = Callable[[TrainerSettings], Tuple[tf.data.Dataset, tf.data.Dataset]]
@@ -85,8 +59,8 @@ class TfKerasTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
     def run_trial(self, trial, *fit_args, **fit_kwargs) -> Dict[str, float]:
         values = trial.hyperparameters.values
-        settings = trainer_lib.with_hyperparameters(self.settings, values)
-        keras.utils.set_random_seed(settings.seed)
+        settings = self.settings.with_hyperparameters(values)
+        keras.utils.set_random_seed(settings.training.seed)
         train, evaluation = self.datasets(settings)
         model = trainer_lib.build(settings)
         # Hyperband's "tuner/epochs" is the trial's budget. Each trial trains a fresh model for it:
@@ -108,10 +82,10 @@ class TfKerasTuner(keras_tuner.engine.base_tuner.BaseTuner):
 
 
 def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
-    settings = TrainerSettings.from_custom_config(fn_args.custom_config)
-    tuning = TunerSettings.from_custom_config(fn_args.custom_config)
+    settings = trainer_lib.settings_from(fn_args.custom_config)
+    tuning = read(TunerSettings, fn_args.custom_config[TUNER_KEY], f"custom_config[{TUNER_KEY!r}]")
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
-    tuner = TfKerasTuner(make_oracle(tuning, settings.seed), settings,
+    tuner = TfKerasTuner(make_oracle(tuning, settings.training.seed), settings,
                          lambda trial_settings: trainer_lib.datasets(fn_args, transform_output, trial_settings),
                          epochs=tuning.epochs_per_trial, directory=os.path.join(fn_args.working_dir, "search"))
     return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={})

@@ -1,7 +1,7 @@
 """A gate after ExampleValidator: it stops the run before Transform when the data cannot be trained on.
 
 - The span must be complete: its `manifest.json`, which `cxr build-tfrecords` publishes last
-  (components/ingest/span_output.py), must be there; a span still being copied to a bucket is
+  (dataprep/span_output.py), must be there; a span still being copied to a bucket is
   not trained on.
 - Every split must hold examples of every class, or the model cannot be trained or judged on it.
 - ExampleValidator only records anomalies; a run would go on to train on the bad data. The gate
@@ -17,8 +17,8 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
-from cxr.components.ingest.span_output import MANIFEST, span_dir
-from cxr.components.vocabulary import LABELS
+from cxr.contract import MANIFEST, span_dir
+from cxr.contract import LABELS
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 STATISTICS_FILE = "FeatureStats.pb"

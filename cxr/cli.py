@@ -1,17 +1,26 @@
-"""The `cxr` command line: parses flags into typed settings and calls the code that does the work."""
+"""The `cxr` command line: parses flags into typed settings and calls the code that does the work.
+
+Flags and the configuration are checked before TensorFlow, TFX or Beam is imported (each command
+imports them inside its function, after its checks), so a typo is answered at once.
+"""
 import argparse
+import glob
 import os
 import sys
+import warnings
 from typing import List, Optional
 
-from cxr.components.ingest.mapping import PRESET_NAMES
+from cxr.dataprep.mapping import PRESET_NAMES
+from cxr.pipeline.config import PRESETS, load_config
+
+DEFAULT_PRESET = "demo"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    # TensorFlow's C++ start-up chatter; Beam's worker processes inherit it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     parser = _parser()
     args = parser.parse_args(argv)
+    if not args.verbose:
+        quiet()
     try:
         return args.run(args) or 0
     except (ValueError, RuntimeError, OSError) as error:
@@ -19,8 +28,20 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 2
 
 
+def quiet() -> None:
+    """Hides third-party warnings and TensorFlow's C++ start-up lines (CUDA factories, CPU features).
+
+    Set in the environment as well, for the processes the commands start (Beam's workers, the
+    ServingCheck's server). What is left is the pipeline's own output."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    warnings.simplefilter("ignore")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="cxr", description=__doc__)
+    parser = argparse.ArgumentParser(prog="cxr", description=__doc__.split("\n")[0])
+    parser.add_argument("--verbose", action="store_true",
+                        help="also show third-party warnings and TensorFlow's start-up messages")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_demo_data(commands)
     _add_build_tfrecords(commands)
@@ -43,7 +64,7 @@ def _add_demo_data(commands) -> None:
 
 
 def _run_demo_data(args) -> None:
-    from cxr.demo_data import DemoDataSpec, write_demo_data
+    from cxr.dataprep.demo_data import DemoDataSpec, write_demo_data
     layout = write_demo_data(DemoDataSpec(out_dir=args.out, per_class=args.per_class,
                                           size=args.size, seed=args.seed))
     for source, root in layout.items():
@@ -76,10 +97,10 @@ def _add_build_tfrecords(commands) -> None:
 
 
 def _run_build_tfrecords(args) -> int:
-    from cxr.components.ingest.build import build_tfrecords
-    from cxr.components.ingest.config import IngestConfig
-    from cxr.components.ingest.ledger import format_reconciliation
-    from cxr.components.ingest.mapping import ClassMapping
+    from cxr.dataprep.build import build_tfrecords
+    from cxr.dataprep.config import IngestConfig
+    from cxr.dataprep.ledger import format_reconciliation
+    from cxr.dataprep.mapping import ClassMapping
 
     roots = {"covid_radiography": args.covid_radiography, "curated": args.curated, "nih": args.nih}
     mapping = ClassMapping.from_name_or_file(args.mapping)
@@ -104,30 +125,49 @@ def _class_by_source_table(written: dict) -> str:
     return "\n".join(lines)
 
 
-def _add_run(commands) -> None:
-    command = commands.add_parser("run", help="run the TFX pipeline on this machine (LocalDagRunner)")
-    command.add_argument("--preset", default="demo", help="demo | study (default demo)")
+def _add_configuration(command) -> None:
+    """--preset, --config and --set, the same on every command that takes the pipeline's configuration."""
+    command.add_argument("--preset", choices=sorted(PRESETS), default=DEFAULT_PRESET,
+                         help=f"the settings to start from (default {DEFAULT_PRESET}: small and fast, its folders "
+                              f"under demo/; study: the study's 224 px model)")
     command.add_argument("--config", metavar="FILE", help="YAML file overriding the preset's settings")
-    command.add_argument("--span", type=int, help="the TFRecord span to train on (default: the latest)")
     command.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                          help="override one setting, e.g. --set training.epochs=5; repeat for several")
+
+
+def _add_run(commands) -> None:
+    command = commands.add_parser("run", help="run the TFX pipeline on this machine (LocalDagRunner)")
+    _add_configuration(command)
+    command.add_argument("--span", type=int, help="the TFRecord span to train on (default: the latest)")
     command.set_defaults(run=_run_pipeline)
 
 
 def _run_pipeline(args) -> int:
-    from cxr.pipeline.config import load_config
+    overrides = list(args.set) + ([f"data.span={args.span}"] if args.span is not None else [])
+    config = load_config(args.preset, args.config, overrides)
+    _check_spans(config.data.tfrecords_dir, config.data.span)
     from cxr.pipeline.local_runner import run_local
     from cxr.pipeline.summary import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_BLESSED, format_summary
 
-    overrides = list(args.set) + ([f"data.span={args.span}"] if args.span is not None else [])
-    config = load_config(args.preset, args.config, overrides)
-    summary = run_local(config)
+    summary = run_local(config, progress=print)
     print(format_summary(summary))
     if summary.interrupted:
         return EXIT_INTERRUPTED
     if summary.error:
         return EXIT_FAILED
     return 0 if summary.blessed else EXIT_NOT_BLESSED
+
+
+def _check_spans(tfrecords_dir: str, span: Optional[int]) -> None:
+    """A local TFRecords folder without the span to read is named before the pipeline starts."""
+    from cxr import contract
+    if "://" in tfrecords_dir:
+        return  # a bucket: ImportExampleGen lists it
+    wanted = contract.span_dir(tfrecords_dir, span) if span is not None else contract.span_dir(tfrecords_dir, "*")
+    if not glob.glob(os.path.join(wanted, "*" + contract.SHARD_SUFFIX)):
+        which = f"span {span}" if span is not None else "no span"
+        raise ValueError(f"{which} under {os.path.abspath(tfrecords_dir)} (data.tfrecords_dir): expected "
+                         f"span-N/*{contract.SHARD_SUFFIX}, which `cxr build-tfrecords --out {tfrecords_dir}` writes")
 
 
 def _add_predict(commands) -> None:
@@ -150,7 +190,7 @@ def _add_predict(commands) -> None:
 
 
 def _run_predict(args) -> int:
-    from cxr.serving import contract
+    from cxr import contract
     from cxr.serving.client import ServingClient
     from cxr.serving.results import format_table, to_json, write_overlays
 
@@ -174,9 +214,13 @@ def _run_predict(args) -> int:
 def _add_serve(commands) -> None:
     command = commands.add_parser(
         "serve", help="a development server with TF Serving's REST API (production runs TF Serving)",
-        description="A development server with TF Serving's REST API. Its flags keep TF Serving's names "
-                    "(--model_base_path, --rest_api_port, ...), so the same lines work with either.")
-    command.add_argument("--model_base_path", help="the pushed model folder, <serving_dir>/<model_name>")
+        description="A development server with TF Serving's REST API. Unlike the other commands' flags, its "
+                    "flags keep TF Serving's names (--model_base_path, --rest_api_port, ...), a promise that "
+                    "the same lines work with either.")
+    demo_model = os.path.join(PRESETS[DEFAULT_PRESET].serving_dir, PRESETS[DEFAULT_PRESET].model_name)
+    command.add_argument("--model_base_path", default=demo_model,
+                         help=f"the pushed model folder, <serving_dir>/<model_name> (default {demo_model}, "
+                              f"where `make demo` pushes)")
     command.add_argument("--model_name", default="cxr", help="(default cxr)")
     command.add_argument("--model_config_file", help="a ModelServerConfig text proto: name, base path, "
                                                      "version policy and labels (overrides the two above)")
@@ -218,9 +262,7 @@ def _add_kfp(commands) -> None:
     kfp = commands.add_parser("kfp", help="Kubeflow Pipelines: compile, submit, schedule retraining")
     actions = kfp.add_subparsers(dest="kfp_command", required=True)
     compile_ = actions.add_parser("compile", help="compile the pipeline for Kubeflow Pipelines or Vertex AI")
-    compile_.add_argument("--preset", default="study", help="demo | study (default study)")
-    compile_.add_argument("--config", metavar="FILE", help="YAML file: image, pipeline_root, beam_args, resources...")
-    compile_.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
+    _add_configuration(compile_)
     compile_.add_argument("--target", choices=("kfp", "vertex"), default="kfp",
                           help="kfp: open-source Kubeflow Pipelines 2.x, one container task per TFX node; "
                                "vertex: a Vertex AI PipelineJob JSON from KubeflowV2DagRunner (default kfp)")
@@ -279,9 +321,9 @@ def _add_connection(action) -> None:
 
 
 def _run_kfp_compile(args) -> None:
+    config = load_config(args.preset, args.config, args.set)
     from cxr.kubeflow.runner import compile_pipeline
-    from cxr.pipeline.config import load_config
-    path = compile_pipeline(load_config(args.preset, args.config, args.set), args.target, args.out)
+    path = compile_pipeline(config, args.target, args.out)
     print(f"compiled for {args.target}: {path}")
 
 
@@ -346,23 +388,29 @@ def _run_kfp_unschedule(args) -> None:
 
 
 def _add_report(commands) -> None:
-    command = commands.add_parser("report", help="write a static HTML report of a pipeline run")
-    command.add_argument("--preset", default="demo", help="the preset the run used (default demo)")
-    command.add_argument("--config", metavar="FILE", help="the configuration file the run used")
-    command.add_argument("--set", action="append", default=[], metavar="SECTION.FIELD=VALUE")
-    command.add_argument("--pipeline-root", help="the run's pipeline root (default: the configuration's)")
+    command = commands.add_parser("report", help="write a static HTML report of a pipeline run",
+                                  description="Everything else comes from what the run recorded in ML Metadata: "
+                                              "the span it read, the gate it faced, the settings it trained with.")
+    where = command.add_mutually_exclusive_group()
+    where.add_argument("--metadata", default=PRESETS[DEFAULT_PRESET].metadata_path,
+                       help=f"the run's ML Metadata SQLite file (default {PRESETS[DEFAULT_PRESET].metadata_path}, "
+                            f"where `make demo` runs)")
+    where.add_argument("--metadata-grpc", metavar="HOST:PORT",
+                       help="ML Metadata's gRPC service instead, e.g. a port-forward of Kubeflow Pipelines' "
+                            "metadata-grpc-service (kubectl -n kubeflow port-forward svc/metadata-grpc-service 8080)")
     command.add_argument("--run", dest="run_id", default="latest",
                          help="latest or a run id from ML Metadata (default latest)")
-    command.add_argument("--out", default="build/report", help="folder to write index.html into")
+    command.add_argument("--out", default="demo/report", help="folder to write index.html into (default demo/report)")
     command.set_defaults(run=_run_report)
 
 
 def _run_report(args) -> None:
-    from cxr.pipeline.config import load_config
-    from cxr.pipeline.local_runner import sqlite_connection
+    if not args.metadata_grpc and not os.path.isfile(args.metadata):
+        raise ValueError(f"no ML Metadata at {args.metadata}: `cxr run` writes it at the configuration's "
+                         f"metadata_path; give that file with --metadata")
+    from cxr.pipeline.metadata_reader import grpc_connection, sqlite_connection
     from cxr.pipeline.report.collect import collect
     from cxr.pipeline.report.render import write_report
-    overrides = list(args.set) + ([f"pipeline_root={args.pipeline_root}"] if args.pipeline_root else [])
-    config = load_config(args.preset, args.config, overrides)
-    path = write_report(collect(config, sqlite_connection(config), args.run_id), args.out)
+    connection = grpc_connection(args.metadata_grpc) if args.metadata_grpc else sqlite_connection(args.metadata)
+    path = write_report(collect(connection, args.run_id), args.out)
     print(f"report: {os.path.abspath(path)}")

@@ -73,12 +73,10 @@ def pipeline_run_id(run_id: str, environ: Mapping[str, str]) -> str:
 
 def metadata_connection(config: PipelineConfig):
     """ML Metadata as the configuration names it: KFP's gRPC service, or the SQLite file at metadata_path."""
-    from ml_metadata.proto import metadata_store_pb2
-    from tfx.orchestration import metadata
+    from cxr.pipeline.metadata_reader import grpc_connection, sqlite_connection
     if config.kubeflow.metadata_grpc == SQLITE_METADATA:
-        return metadata.sqlite_metadata_connection_config(config.metadata_path)
-    host, _, port = config.kubeflow.metadata_grpc.rpartition(":")
-    return metadata_store_pb2.MetadataStoreClientConfig(host=host, port=int(port))
+        return sqlite_connection(config.metadata_path)
+    return grpc_connection(config.kubeflow.metadata_grpc)
 
 
 def pipeline_ir(config: PipelineConfig, connection=None):

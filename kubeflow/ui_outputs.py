@@ -18,7 +18,7 @@ from google.protobuf import json_format
 from kfp import dsl
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from cxr.components.vocabulary import LABELS
+from cxr.contract import LABELS
 from cxr.pipeline.config import PipelineConfig
 from cxr.pipeline.metadata_reader import RunSummary, read_run
 

@@ -7,92 +7,27 @@ cores in a few minutes). A YAML file may override any field of a preset, and
 """
 import dataclasses
 import json
+import os
 import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
-from cxr.components.input_limits import InputLimits
+from cxr.components.settings import (
+    AugmentationSettings, DriftSettings, GateSettings, InputLimits, ModelSettings, SettingsError, TrainingSettings,
+    TunerSettings, read)
 
-
-class ConfigError(ValueError):
-    """A configuration file or override that does not fit the configuration."""
+# A configuration file or override that does not fit the configuration: one error type for every
+# setting, the pipeline's own and the components' (whose types are the sections below).
+ConfigError = SettingsError
 
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    tfrecords_dir: str = "demo/tfrecords"
+    tfrecords_dir: str = "build/tfrecords"
     span: Optional[int] = None  # None: the latest span
     # Hash buckets of patient_id for train / eval / test: 8 / 1 / 1 = 80 / 10 / 10 %.
     split_buckets: Tuple[int, int, int] = (8, 1, 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    image_size: int = 224
-    filters: Tuple[int, ...] = (64, 128, 256, 512)
-    dense_units: Tuple[int, ...] = (512, 1024)
-    dropout: float = 0.3
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentationConfig:
-    horizontal_flip: bool = True
-    rotation: float = 0.03  # fraction of a full turn, +-
-    zoom: float = 0.1
-    brightness: float = 0.1
-    contrast: float = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingConfig:
-    learning_rate: float = 1e-4
-    batch_size: int = 16
-    epochs: int = 25
-    early_stopping_patience: int = 10
-    mixed_precision: bool = False
-    seed: int = 0  # weights, shuffling and augmentation start from it
-    augmentation: AugmentationConfig = AugmentationConfig()
-
-
-@dataclasses.dataclass(frozen=True)
-class GateConfig:
-    min_accuracy: float = 0.9
-    min_class_recall: float = 0.8
-    # A candidate may not fall below the blessed baseline by more than this.
-    max_accuracy_regression: float = 0.01
-    # ServingCheck: the median latency per image of single-image REST requests to the candidate,
-    # served on the machine that runs the check (a CPU: the study's model took ~110 ms here).
-    max_latency_ms: float = 1000.0
-    # Every class x source slice of the test split with at least min_slice_examples images must
-    # have this share of its class found (DeGrave et al. 2021: these models learn the source).
-    min_slice_recall: float = 0.5
-    min_slice_examples: int = 20
-
-
-@dataclasses.dataclass(frozen=True)
-class TunerConfig:
-    """The Tuner's search (components/tuner.py): off unless enabled; each knob lists its choices."""
-    enabled: bool = False
-    algorithm: str = "random"  # random | bayesian | hyperband
-    max_trials: int = 10  # random and bayesian
-    epochs_per_trial: int = 5  # the most any trial trains (hyperband's max_epochs)
-    learning_rate: Tuple[float, ...] = (3e-5, 1e-4, 3e-4, 1e-3)
-    width_multiplier: Tuple[float, ...] = (0.5, 1.0)  # times every convolution's filters
-    dense_multiplier: Tuple[float, ...] = (0.5, 1.0)
-    dropout: Tuple[float, ...] = (0.2, 0.3, 0.5)
-    batch_size: Tuple[int, ...] = (16, 32)
-    augmentation_strength: Tuple[float, ...] = (0.0, 0.5, 1.0)  # times every augmentation range
-
-
-@dataclasses.dataclass(frozen=True)
-class DriftConfig:
-    # Against the last accepted span's statistics: warn (record it), stop (before training) or off.
-    action: str = "warn"
-    categorical_threshold: float = 0.1  # L-infinity distance, for label, source and format
-    numeric_threshold: float = 0.1  # Jensen-Shannon divergence, for height, width, channels, bit depth
-    # Where the last accepted span's statistics are kept; empty: <pipeline_root>/drift-baseline.
-    baseline_dir: str = ""
 
 
 DEFAULT_IMAGE = "cxr-pipeline:latest"
@@ -142,22 +77,19 @@ class PipelineConfig:
     enable_cache: bool = True
     beam_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",)
     data: DataConfig = DataConfig()
-    model: ModelConfig = ModelConfig()
-    training: TrainingConfig = TrainingConfig()
-    gate: GateConfig = GateConfig()
+    # The components' settings (components/settings.py).
+    model: ModelSettings = ModelSettings()
+    training: TrainingSettings = TrainingSettings()
+    gate: GateSettings = GateSettings()
     serving: InputLimits = InputLimits()  # what the exported model refuses before decoding
-    tuner: TunerConfig = TunerConfig()
-    drift: DriftConfig = DriftConfig()
+    tuner: TunerSettings = TunerSettings()
+    drift: DriftSettings = DriftSettings()
     kubeflow: KubeflowConfig = KubeflowConfig()
 
     def __post_init__(self):
         if final_feature_map_size(self.model.image_size, len(self.model.filters)) < 1:
             raise ConfigError(f"model.image_size {self.model.image_size} is too small for "
                               f"{len(self.model.filters)} blocks of two 3x3 'valid' convolutions and a 2x2 pool")
-        if self.tuner.algorithm not in ("random", "bayesian", "hyperband"):
-            raise ConfigError(f"tuner.algorithm must be random, bayesian or hyperband, got {self.tuner.algorithm!r}")
-        if self.drift.action not in ("warn", "stop", "off"):
-            raise ConfigError(f"drift.action must be warn, stop or off, got {self.drift.action!r}")
         if any(bucket <= 0 for bucket in self.data.split_buckets):
             raise ConfigError(f"data.split_buckets must be positive, got {self.data.split_buckets}")
         for setting, path in self.storage_paths().items():
@@ -174,6 +106,17 @@ class PipelineConfig:
         if self.drift.baseline_dir:
             paths["drift.baseline_dir"] = self.drift.baseline_dir
         return paths
+
+
+def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
+    """Local folders made absolute, so that what ML Metadata records works from any folder."""
+    def absolute(path: str) -> str:
+        return path if "://" in path or not path else os.path.abspath(path)
+    return dataclasses.replace(
+        config, pipeline_root=absolute(config.pipeline_root), metadata_path=absolute(config.metadata_path),
+        serving_dir=absolute(config.serving_dir),
+        data=dataclasses.replace(config.data, tfrecords_dir=absolute(config.data.tfrecords_dir)),
+        drift=dataclasses.replace(config.drift, baseline_dir=absolute(config.drift.baseline_dir)))
 
 
 def _check_kubeflow(settings: KubeflowConfig) -> None:
@@ -208,12 +151,15 @@ def final_feature_map_size(image_size: int, blocks: int) -> int:
 
 PRESETS = {
     "study": PipelineConfig(),
+    # Its folders are where `make demo` writes, so that cxr run / report / serve find them with no flags.
     "demo": PipelineConfig(
-        model=ModelConfig(image_size=96, filters=(32, 64, 128, 128), dense_units=(128, 128), dropout=0.2),
-        training=TrainingConfig(learning_rate=3e-4, batch_size=16, epochs=40, early_stopping_patience=10,
-                                augmentation=AugmentationConfig(rotation=0.02, zoom=0.05, brightness=0.05,
-                                                                contrast=0.05)),
-        gate=GateConfig(min_accuracy=0.6, min_class_recall=0.3, max_accuracy_regression=0.05),
+        pipeline_root="demo/pipeline", metadata_path="demo/metadata.sqlite", serving_dir="demo/serving",
+        data=DataConfig(tfrecords_dir="demo/tfrecords"),
+        model=ModelSettings(image_size=96, filters=(32, 64, 128, 128), dense_units=(128, 128), dropout=0.2),
+        training=TrainingSettings(learning_rate=3e-4, batch_size=16, epochs=40, early_stopping_patience=10,
+                                  augmentation=AugmentationSettings(rotation=0.02, zoom=0.05, brightness=0.05,
+                                                                    contrast=0.05)),
+        gate=GateSettings(min_accuracy=0.6, min_class_recall=0.3, max_accuracy_regression=0.05),
     ),
 }
 
@@ -253,16 +199,8 @@ def from_json(text: str, origin: str) -> PipelineConfig:
     return from_dict(values)
 
 
-def from_dict(values: Dict[str, Any], cls=PipelineConfig):
-    kwargs = {}
-    for field in dataclasses.fields(cls):
-        value = values[field.name]
-        if dataclasses.is_dataclass(field.type):
-            value = from_dict(value, field.type)
-        elif isinstance(value, list):
-            value = tuple(value)
-        kwargs[field.name] = value
-    return cls(**kwargs)
+def from_dict(values: Dict[str, Any]) -> PipelineConfig:
+    return read(PipelineConfig, values, "")
 
 
 def _read_yaml(path: str) -> Dict[str, Any]:
@@ -302,9 +240,20 @@ def _coerced(current, value, where: str):
     if isinstance(current, bool) != isinstance(value, bool):
         raise ConfigError(f"{where} must be true or false, got {value!r}")
     if isinstance(current, (int, float)) and not isinstance(current, bool):
+        value = _number(value)
         if not isinstance(value, (int, float)):
             raise ConfigError(f"{where} must be a number, got {value!r}")
         return type(current)(value) if isinstance(current, float) else value
     if isinstance(current, (tuple, list)) and not isinstance(value, (tuple, list)):
         raise ConfigError(f"{where} must be a list, got {value!r}")
+    return value
+
+
+def _number(value):
+    """YAML 1.1 reads 1e-3 (no dot) as a string; such a string is the number it spells."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
     return value

@@ -5,8 +5,11 @@ fails before ML Metadata records it, the summary says so rather than showing an 
 Ctrl-C ends the run with a summary naming the component it interrupted, whose execution is
 marked CANCELED, not left RUNNING.
 """
+import contextlib
 import datetime
-from typing import List
+import logging
+import time
+from typing import Callable, Iterator, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
 from tfx import v1 as tfx
@@ -14,19 +17,23 @@ from tfx.dsl.compiler import compiler, constants
 from tfx.orchestration import metadata
 from tfx.orchestration.portable import runtime_parameter_utils
 
-from cxr.pipeline.config import PipelineConfig
-from cxr.pipeline.metadata_reader import RunSummary, executions_of_run, read_run
+from cxr.pipeline.config import PipelineConfig, with_absolute_paths
+from cxr.pipeline.metadata_reader import RunSummary, executions_of_run, read_run, sqlite_connection
 from cxr.pipeline.pipeline import create_pipeline
 
 
-def run_local(config: PipelineConfig) -> RunSummary:
-    connection = sqlite_connection(config)
+def run_local(config: PipelineConfig, progress: Optional[Callable[[str], None]] = None) -> RunSummary:
+    """Runs the pipeline; `progress`, when given, gets a line as each component starts and ends."""
+    config = with_absolute_paths(config)
+    connection = sqlite_connection(config.metadata_path)
     run_id = datetime.datetime.now().isoformat()
     error, interrupted = None, False
+    pipeline = create_pipeline(config, connection)
     try:
-        ir = compiler.Compiler().compile(create_pipeline(config, connection))
+        ir = compiler.Compiler().compile(pipeline)
         runtime_parameter_utils.substitute_runtime_parameter(ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
-        tfx.orchestration.LocalDagRunner().run_with_ir(ir)
+        with _component_progress(progress):
+            tfx.orchestration.LocalDagRunner().run_with_ir(ir)
     except KeyboardInterrupt:
         interrupted = True
         cancelled = cancel_unfinished(connection, run_id)
@@ -35,7 +42,44 @@ def run_local(config: PipelineConfig) -> RunSummary:
         error = f"{type(failure).__name__}: {failure}"
     summary = _summary_of(connection, run_id, error)
     summary.interrupted = interrupted
+    summary.components = [component.id for component in pipeline.components]
     return summary
+
+
+@contextlib.contextmanager
+def _component_progress(progress: Optional[Callable[[str], None]]) -> Iterator[None]:
+    if progress is None:
+        yield
+        return
+    handler = _ComponentProgress(progress)
+    runner_log = logging.getLogger("absl")
+    level = runner_log.level
+    runner_log.addHandler(handler)
+    runner_log.setLevel(min(level or logging.WARNING, logging.INFO))
+    try:
+        yield
+    finally:
+        runner_log.removeHandler(handler)
+        runner_log.setLevel(level)
+
+
+class _ComponentProgress(logging.Handler):
+    """A line as each component starts and ends, from the LocalDagRunner's own log records
+    (tfx/orchestration/local/local_dag_runner.py logs 'Component %s is running.' / 'is finished.')."""
+
+    def __init__(self, write: Callable[[str], None]):
+        super().__init__(logging.INFO)
+        self.write, self.started = write, {}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.msg == "Component %s is running.":
+            node = record.args[0]
+            self.started[node] = time.monotonic()
+            self.write(f"{node:<22} started")
+        elif record.msg == "Component %s is finished.":
+            node = record.args[0]
+            took = time.monotonic() - self.started.get(node, time.monotonic())
+            self.write(f"{node:<22} finished in {took:.0f} s")
 
 
 def _summary_of(connection, run_id: str, error) -> RunSummary:
@@ -60,5 +104,3 @@ def cancel_unfinished(connection, run_id: str) -> List[str]:
     return [node for node, _ in executions]
 
 
-def sqlite_connection(config: PipelineConfig):
-    return tfx.orchestration.metadata.sqlite_metadata_connection_config(config.metadata_path)

@@ -2,13 +2,13 @@
 the metrics, the push and the drift check. The same reader serves the local runner's SQLite file
 and Kubeflow Pipelines' ML Metadata gRPC service."""
 import dataclasses
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
-from cxr.components.vocabulary import LABELS
+from cxr.contract import LABELS
 
 
 @dataclasses.dataclass
@@ -25,6 +25,8 @@ class RunSummary:
     interrupted: bool = False  # by Ctrl-C
     serving_check: Optional[str] = None  # ServingCheck's verdict
     serving_check_passed: Optional[bool] = None
+    # The pipeline's nodes in the order create_pipeline wires them, where the reader knows the pipeline.
+    components: List[str] = dataclasses.field(default_factory=list)
 
 
 def read_run(connection_config, run: str = "latest"):
@@ -149,6 +151,28 @@ def _read_serving_check(summary: RunSummary, outputs) -> None:
     if blessing is not None and "verdict" in blessing.custom_properties:
         summary.serving_check = blessing.custom_properties["verdict"].string_value
         summary.serving_check_passed = blessing.custom_properties["blessed"].int_value == 1
+
+
+def sqlite_connection(path: str):
+    """The SQLite file's connection (ML Metadata creates the file when it is missing)."""
+    return metadata.sqlite_metadata_connection_config(path)
+
+
+def grpc_connection(host_port: str):
+    """ML Metadata's gRPC service (Kubeflow Pipelines' metadata-grpc-service), as host:port."""
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"ML Metadata's gRPC address must be host:port, got {host_port!r}")
+    return metadata_store_pb2.MetadataStoreClientConfig(host=host, port=int(port))
+
+
+def execution_properties(connection_config, run: str) -> Dict[str, Dict[str, Any]]:
+    """{node: {property: value}} of the run's executions: what each component was given (input_base,
+    eval_config as JSON, a custom component's parameters...), as ML Metadata recorded it."""
+    with metadata.Metadata(connection_config) as store_handle:
+        return {node: {name: getattr(value, value.WhichOneof("value")) for name, value in
+                       execution.custom_properties.items() if value.WhichOneof("value")}
+                for node, execution in executions_of_run(store_handle.store, run)}
 
 
 def describe(connection_config) -> str:

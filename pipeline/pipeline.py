@@ -4,26 +4,24 @@ Pure: it builds the pipeline object and touches nothing. Runners (local_runner.p
 and the Kubeflow runner in kubeflow/) decide where and how it runs.
 """
 import dataclasses
-import hashlib
 import os
-from typing import List
 
 from tfx import v1 as tfx
 
-import cxr.components as components_package
+from cxr import contract
 from cxr.components import evaluation
 from cxr.components.drift import DriftCheck
 from cxr.components.serving_check import ServingCheck
+from cxr.components.settings import TRAINER_KEY, TUNER_KEY, TrainerSettings
 from cxr.components.validation_gate import ValidationGate
+from cxr.pipeline import fingerprint
 from cxr.pipeline.config import PipelineConfig
-from cxr.serving import contract as serving_contract
 
-COMPONENTS_PACKAGE = "cxr.components"
-PREPROCESSING_FN = f"{COMPONENTS_PACKAGE}.transform.preprocessing_fn"
-RUN_FN = f"{COMPONENTS_PACKAGE}.trainer.run_fn"
-TUNER_FN = f"{COMPONENTS_PACKAGE}.tuner.tuner_fn"
+PREPROCESSING_FN = "cxr.components.transform.preprocessing_fn"
+RUN_FN = "cxr.components.trainer.run_fn"
+TUNER_FN = "cxr.components.tuner.tuner_fn"
+COMPONENT_FUNCTION_MODULES = tuple(path.rpartition(".")[0] for path in (PREPROCESSING_FN, RUN_FN, TUNER_FN))
 CURATED_SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schema")
-SPAN_PATTERN = "span-{SPAN}/*.tfrecord.gz"
 SPLITS = ("train", "eval", "test")
 
 
@@ -57,7 +55,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     tuner = None
     if config.tuner.enabled:
         tuner = tfx.components.Tuner(tuner_fn=TUNER_FN, **training_inputs, custom_config={
-            **trainer_settings(config), "tuner": dataclasses.asdict(config.tuner), **code})
+            **trainer_settings(config), TUNER_KEY: dataclasses.asdict(config.tuner), **code})
     trainer = tfx.components.Trainer(
         run_fn=RUN_FN, **training_inputs, custom_config={**trainer_settings(config), **code},
         hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None)
@@ -69,8 +67,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"], example_splits=["test"],
-        eval_config=evaluation.eval_config(config.gate.min_accuracy, config.gate.min_class_recall,
-                                           config.gate.max_accuracy_regression))
+        eval_config=evaluation.eval_config(config.gate))
     serving_check = ServingCheck(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
         evaluation=evaluator.outputs["evaluation"], max_latency_ms=config.gate.max_latency_ms,
@@ -98,7 +95,7 @@ def _example_gen(config: PipelineConfig) -> tfx.components.ImportExampleGen:
             start_span_number=config.data.span, end_span_number=config.data.span))
     return tfx.components.ImportExampleGen(
         input_base=config.data.tfrecords_dir,
-        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="all", pattern=SPAN_PATTERN)]),
+        input_config=tfx.proto.Input(splits=[tfx.proto.Input.Split(name="all", pattern=contract.SPAN_PATTERN)]),
         # Split by patient: no patient's images straddle train, eval and test.
         output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(
             splits=[tfx.proto.SplitConfig.Split(name=name, hash_buckets=count) for name, count in buckets.items()],
@@ -107,15 +104,9 @@ def _example_gen(config: PipelineConfig) -> tfx.components.ImportExampleGen:
 
 
 def trainer_settings(config: PipelineConfig) -> dict:
-    model, training = config.model, config.training
-    return {
-        "image_size": model.image_size, "filters": list(model.filters), "dense_units": list(model.dense_units),
-        "dropout": model.dropout, "learning_rate": training.learning_rate, "batch_size": training.batch_size,
-        "epochs": training.epochs, "early_stopping_patience": training.early_stopping_patience,
-        "mixed_precision": training.mixed_precision, "seed": training.seed,
-        "augmentation": dataclasses.asdict(training.augmentation),
-        "input_limits": dataclasses.asdict(config.serving),
-    }
+    """The Trainer's (and the Tuner's) settings, as their custom_config carries them."""
+    settings = TrainerSettings(model=config.model, training=config.training, input_limits=config.serving)
+    return {TRAINER_KEY: dataclasses.asdict(settings)}
 
 
 def components_fingerprint() -> str:
@@ -123,22 +114,6 @@ def components_fingerprint() -> str:
 
     TFX's cache key sees only the dotted path of preprocessing_fn and run_fn, not
     the code behind it; putting this digest into their custom_config makes any
-    change to that code (or to the serving contract the export follows) a cache miss.
+    change to that code (or to the contract it follows) a cache miss, and nothing else.
     """
-    digest = hashlib.sha256()
-    for path in sorted(_component_sources()) + [serving_contract.__file__]:
-        digest.update(os.path.relpath(path, os.path.dirname(_components_dir())).encode())
-        with open(path, "rb") as f:
-            digest.update(f.read())
-    return digest.hexdigest()
-
-
-def _components_dir() -> str:
-    return os.path.dirname(components_package.__file__)
-
-
-def _component_sources() -> List[str]:
-    sources = []
-    for directory, _, files in os.walk(_components_dir()):
-        sources += [os.path.join(directory, name) for name in files if name.endswith(".py")]
-    return sources
+    return fingerprint.digest(fingerprint.imported_modules(COMPONENT_FUNCTION_MODULES))

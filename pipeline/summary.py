@@ -1,21 +1,16 @@
 """The end-of-run summary `cxr run` prints: component statuses, the gate's verdict, metrics, push."""
 from cxr.components.evaluation import GATE_RECALL, class_metric_name
-from cxr.components.vocabulary import LABELS
+from cxr.contract import LABELS
 from cxr.pipeline.metadata_reader import RunSummary
 
 EXIT_FAILED = 1
 EXIT_NOT_BLESSED = 3
 EXIT_INTERRUPTED = 130  # as shells report a command ended by Ctrl-C
-COMPONENT_ORDER = ("ImportExampleGen", "StatisticsGen", "SchemaGen", "curated_schema",
-                   "ExampleValidator", "ValidationGate", "DriftCheck", "Transform", "Tuner", "Trainer",
-                   "latest_blessed_model", "Evaluator", "ServingCheck", "Pusher")
 
 
 def format_summary(summary: RunSummary) -> str:
     lines = ["", f"run {summary.run_id}, components:"]
-    for node in COMPONENT_ORDER:
-        if node == "Tuner" and node not in summary.statuses:
-            continue  # off unless tuner.enabled
+    for node in summary.components or list(summary.statuses):
         lines.append(f"  {node:<22} {summary.statuses.get(node, 'NOT RUN')}")
     if summary.error:
         lines += ["", f"FAILED: {summary.error}"]

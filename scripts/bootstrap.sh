@@ -23,11 +23,14 @@ find_python310() {
   uv python find 3.10
 }
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
+# --seed puts pip in the environment: Beam's stager runs `pip` to stage packages for Dataflow.
+# (uv pip sync keeps seeded packages; an environment made without them is made again.)
+if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ] \
+    || ! .venv/bin/python -c 'import sys; assert sys.version_info[:2] == (3, 10)' 2>/dev/null; then
   python=$(find_python310)
   echo "bootstrap: creating .venv with $python" >&2
   rm -rf .venv
-  uv venv --quiet --python "$python" .venv
+  uv venv --quiet --seed --python "$python" .venv
 fi
 
 uv pip sync --quiet --python .venv/bin/python requirements.lock

@@ -13,7 +13,7 @@ from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 import numpy as np
 import requests
 
-from cxr.serving import contract
+from cxr import contract
 
 RETRY_STATUSES = (503,)
 # What each signature's answer must hold for every image (components/export.py).
@@ -49,6 +49,11 @@ class ServingClient:
     timeout_s: float = 30.0
     retries: int = 3
     backoff_s: float = 0.5
+
+    def __post_init__(self):
+        # localhost:8501, as curl lines write it, means http://localhost:8501.
+        if "://" not in self.url:
+            object.__setattr__(self, "url", f"http://{self.url}")
 
     def model_url(self) -> str:
         return self.url.rstrip("/") + contract.model_path(self.model, self.version, self.label)
@@ -161,9 +166,13 @@ def _server_message(response: requests.Response) -> str:
 
 
 def _reason(error: requests.ConnectionError) -> str:
-    text = str(error)
-    return "connection refused" if "refused" in text.lower() else text
+    text = str(error).lower()
+    if "refused" in text:
+        return "connection refused: is the server running (cxr serve, or TF Serving's --rest_api_port)?"
+    if "name or service not known" in text or "nodename nor servname" in text or "name resolution" in text:
+        return "unknown host name: check --url"
+    return str(error)
 
 
 def class_probabilities(outputs: Dict[str, object]) -> Dict[str, float]:
-    return dict(zip(contract.CLASS_NAMES, np.asarray(outputs[contract.PROBABILITIES], dtype=float).tolist()))
+    return dict(zip(contract.LABELS, np.asarray(outputs[contract.PROBABILITIES], dtype=float).tolist()))

@@ -23,7 +23,7 @@ from typing import Optional, Tuple
 
 import tensorflow as tf
 
-from cxr.serving import contract
+from cxr import contract
 from cxr.serving.errors import ServingError
 from cxr.serving.http_server import HttpLimits, HttpServer
 from cxr.serving.model_store import LoadedVersion, ModelSource, ModelStore

@@ -22,7 +22,7 @@ from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
-from cxr.serving import contract
+from cxr import contract
 from cxr.serving.errors import ServingError
 
 MAX_LOAD_ATTEMPTS = 5

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Tuple
 
 import numpy as np
 
-from cxr.serving.contract import PREDICT_SIGNATURE
+from cxr.contract import PREDICT_SIGNATURE
 from cxr.serving.errors import ServingError
 
 Values = Dict[str, list]

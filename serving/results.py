@@ -3,7 +3,7 @@ import json
 import os
 from typing import Dict, Mapping, Sequence
 
-from cxr.serving import contract
+from cxr import contract
 from cxr.serving.client import ImageResult, class_probabilities
 from cxr.serving.overlay import overlay
 
@@ -25,7 +25,7 @@ def unique_names(paths: Sequence[str]) -> Dict[str, str]:
 def format_table(results: Sequence[ImageResult]) -> str:
     names = unique_names([result.path for result in results])
     width = max([len("file")] + [len(name) for name in names.values()])
-    header = [f"{'file':<{width}}", f"{'class':<19}"] + [f"{name:>19}" for name in contract.CLASS_NAMES]
+    header = [f"{'file':<{width}}", f"{'class':<19}"] + [f"{name:>19}" for name in contract.LABELS]
     lines = ["  ".join(header)]
     for result in results:
         name = f"{names[result.path]:<{width}}"
@@ -34,7 +34,7 @@ def format_table(results: Sequence[ImageResult]) -> str:
             continue
         probabilities = class_probabilities(result.outputs)
         lines.append("  ".join([name, f"{result.outputs[contract.CLASS_NAME]:<19}"] +
-                               [f"{probabilities[label]:>19.3f}" for label in contract.CLASS_NAMES]))
+                               [f"{probabilities[label]:>19.3f}" for label in contract.LABELS]))
     return "\n".join(lines)
 
 

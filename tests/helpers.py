@@ -5,7 +5,7 @@ import os
 import numpy as np
 from PIL import Image
 
-from cxr import phantoms
+from cxr.dataprep import phantoms
 
 # The ingestion's DirectRunner in one process: real Beam, without spawning workers
 # for every small test run (the end-to-end test runs the multi-process default).
@@ -40,18 +40,39 @@ def cmyk_jpeg(seed: int) -> bytes:
     return encode(phantom_picture(seed).convert("RGB").convert("CMYK"), "JPEG")
 
 
-def tiny_pipeline_config(base, *overrides):
-    """The demo preset shrunk to run the whole pipeline in a minute or two, on folders under `base`.
+# Phantoms per class folder that the tiny configuration below learns from (about 190 training
+# images): it reached 0.81 to 0.90 test accuracy and class recalls (probability > 0.5) of 0.69 or
+# more over three seeds, well within the demo preset's gate (0.6, 0.3). With 32 per class some
+# seeds left a class at 0.08: too close to the gate for a test.
+TINY_PER_CLASS = 64
 
-    Half the patients train, a quarter each evaluate and test: with 16 phantoms per class folder,
-    the default 8/1/1 leaves classes out of the eval split, which the ValidationGate refuses."""
+# For tests of orchestration (tuning, Kubeflow, Ctrl-C, retraining on drifted data), on fewer
+# phantoms than the model learns from: two epochs, and every model passes the gate.
+# The end-to-end tests (tests/pipeline/test_pipeline_e2e.py) keep the demo preset's gate.
+ORCHESTRATION_ONLY = ("training.epochs=2", "gate.min_accuracy=0.0", "gate.min_class_recall=0.0",
+                      "gate.max_accuracy_regression=1.0")
+
+
+def write_tiny_data(out_dir, per_class: int = TINY_PER_CLASS, seed: int = 3):
+    """Phantom downloads of the three datasets at 64 px: {dataset: root folder}."""
+    from cxr.dataprep.demo_data import DemoDataSpec, write_demo_data
+    return write_demo_data(DemoDataSpec(out_dir=str(out_dir), per_class=per_class, size=64, seed=seed))
+
+
+def tiny_pipeline_config(base, *overrides):
+    """The demo preset shrunk to run the whole pipeline in about four minutes, on folders under `base`.
+
+    The gate is the demo preset's. Three convolution blocks at 64 px, no dropout, a higher
+    learning rate and no rotation or zoom learn the phantoms in about 30 epochs of a second each.
+    Half the patients train, a quarter each evaluate and test: with few phantoms per class
+    folder, the default 8/1/1 leaves classes out of the eval split, which the ValidationGate refuses."""
     from cxr.pipeline.config import load_config
     return load_config("demo", overrides=["data.split_buckets=[2, 1, 1]",
         f"data.tfrecords_dir={base / 'tfrecords'}", f"pipeline_root={base / 'root'}",
         f"metadata_path={base / 'metadata.sqlite'}", f"serving_dir={base / 'serving'}",
-        "model.image_size=76", "model.filters=[4, 8, 8, 8]", "model.dense_units=[16, 16]",
-        "training.epochs=2", "gate.min_accuracy=0.0", "gate.min_class_recall=0.0",
-        "gate.max_accuracy_regression=1.0", *overrides])
+        "model.image_size=64", "model.filters=[16, 32, 32]", "model.dense_units=[32]", "model.dropout=0.0",
+        "training.learning_rate=1e-3", "training.batch_size=8", "training.epochs=30",
+        "training.augmentation.rotation=0.0", "training.augmentation.zoom=0.0", *overrides])
 
 
 def latest_artifact_uris(config, node: str, key: str, output: bool = True):

@@ -9,7 +9,7 @@ def test_a_built_package_holds_every_module_under_cxr_and_the_files_read_at_run_
     subprocess.run([sys.executable, "setup.py", "--quiet", "build_py", "--build-lib", str(tmp_path)],
                    cwd=root, check=True, capture_output=True)
     built = {os.path.relpath(os.path.join(d, f), tmp_path) for d, _, files in os.walk(tmp_path) for f in files}
-    assert {"cxr/pipeline/schema/schema.pbtxt", "cxr/components/ingest/mappings/study.yaml",
+    assert {"cxr/pipeline/schema/schema.pbtxt", "cxr/dataprep/mappings/study.yaml",
             "cxr/components/trainer.py", "cxr/components/drift.py", "cxr/kubeflow/runner.py",
-            "cxr/serving/contract.py", "cxr/cli.py"} <= built
+            "cxr/contract.py", "cxr/dataprep/build.py", "cxr/serving/client.py", "cxr/cli.py"} <= built
     assert not [path for path in built if not path.startswith("cxr/")], "one import root: cxr"

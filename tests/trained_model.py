@@ -16,9 +16,9 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, sche
 
 from cxr.components import model as model_lib
 from cxr.components.export import export_serving_model
-from cxr.components.input_limits import InputLimits
+from cxr.components.settings import InputLimits
 from cxr.components.transform import decode_images, preprocessing_fn
-from cxr.components.vocabulary import LABELS
+from cxr.contract import LABELS
 from helpers import encode, phantom_picture
 
 IMAGE_SIZE = 64

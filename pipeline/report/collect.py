@@ -9,13 +9,16 @@ from typing import Dict, List, Optional, Set
 
 import numpy as np
 import tensorflow as tf
+import tensorflow_model_analysis as tfma
+from google.protobuf import json_format
 from tfx.utils import path_utils
 
+from cxr import contract
 from cxr.components.trainer import SETTINGS_FILE
-from cxr.components.vocabulary import LABELS
-from cxr.pipeline.config import PipelineConfig
-from cxr.pipeline.metadata_reader import RunSummary, read_run
-from cxr.serving import contract
+from cxr.contract import LABELS
+from cxr.components.evaluation import gate_of
+from cxr.components.serving_check import CheckLimits
+from cxr.pipeline.metadata_reader import RunSummary, execution_properties, read_run
 
 SPLITS = ("train", "eval", "test")
 TUNER_RESULTS_FILE = "tuner_results.json"  # as TFX's Tuner executor writes it
@@ -55,7 +58,8 @@ class RunReportData:
     gate: Dict[str, float]  # the configured thresholds
 
 
-def collect(config: PipelineConfig, metadata_connection, run: str = "latest") -> RunReportData:
+def collect(metadata_connection, run: str = "latest") -> RunReportData:
+    """Everything from what the run recorded: its inputs, its components' settings, its artifacts."""
     summary, outputs = read_run(metadata_connection, run)
     if "Trainer" not in outputs or "model" not in outputs["Trainer"]:
         raise ValueError(f"run {summary.run_id or run} has no trained model to report on "
@@ -65,14 +69,26 @@ def collect(config: PipelineConfig, metadata_connection, run: str = "latest") ->
     counts, patients = _split_counts(examples.uri)
     model_dir = path_utils.serving_model_path(outputs["Trainer"]["model"].uri)
     model_run = outputs["Trainer"]["model_run"].uri
+    given = execution_properties(metadata_connection, summary.run_id)
+    tfrecords_dir = given["ImportExampleGen"]["input_base"]
     return RunReportData(
         summary=summary, span=span, counts=counts, patients=patients,
-        manifest=_read_json(os.path.join(config.data.tfrecords_dir, f"span-{span}", "manifest.json")),
+        manifest=_read_json(os.path.join(contract.span_dir(tfrecords_dir, span), contract.MANIFEST)),
         statistics_uri=_uri(outputs, "StatisticsGen", "statistics"),
         settings=_read_json(os.path.join(model_run, SETTINGS_FILE)),
         curves=learning_curves(model_run),
         tuner_trials=_tuner_trials(outputs.get("Tuner", {})),
-        predictions=predict_test_split(model_dir, examples.uri), gate=dataclasses.asdict(config.gate))
+        predictions=predict_test_split(model_dir, examples.uri), gate=_recorded_gate(given))
+
+
+def _recorded_gate(given: Dict[str, dict]) -> Dict[str, float]:
+    """The thresholds the run's Evaluator and ServingCheck were given."""
+    gate = {}
+    if "Evaluator" in given:
+        gate.update(gate_of(json_format.Parse(given["Evaluator"]["eval_config"], tfma.EvalConfig())))
+    if "ServingCheck" in given:
+        gate.update({field.name: given["ServingCheck"][field.name] for field in dataclasses.fields(CheckLimits)})
+    return gate
 
 
 def _uri(outputs, node: str, key: str) -> Optional[str]:

@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 
-from cxr.components.vocabulary import LABELS
+from cxr.contract import LABELS
 from cxr.pipeline.report import metrics
 from cxr.pipeline.report.collect import SPLITS, RunReportData
 from cxr.serving.overlay import overlay
@@ -165,6 +165,17 @@ def _data_section(data: RunReportData, numbers: dict, has_statistics: bool) -> s
     return "".join(parts)
 
 
+def _flat(settings: dict, prefix: str = "") -> dict:
+    """{"training": {"epochs": 3}} -> {"training.epochs": 3}."""
+    flat = {}
+    for key, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
 def _training_section(data: RunReportData, numbers: dict) -> str:
     parts = ["<h2>Training</h2>"]
     for metric in ("loss", "accuracy"):
@@ -173,7 +184,7 @@ def _training_section(data: RunReportData, numbers: dict) -> str:
             parts.append(f"<figure>{_line_chart(series, metric)}<figcaption>{metric} per epoch</figcaption></figure>")
     if data.settings:
         parts.append(_table(["setting", "value"], [[html.escape(k), html.escape(json.dumps(v))]
-                                                   for k, v in sorted(data.settings.items())]))
+                                                   for k, v in sorted(_flat(data.settings).items())]))
     if numbers["tuner_trials"]:
         knobs = sorted({k for trial in numbers["tuner_trials"] for k in trial
                         if k not in ("trial_id", "score") and not k.startswith("tuner/")})
@@ -197,9 +208,9 @@ def _evaluation_section(numbers: dict) -> str:
     confound = numbers["source_confound"]
     gate = ("BLESSED" if numbers["blessed"] else "NOT BLESSED" if numbers["blessed"] is False else "not evaluated")
     thresholds = numbers["gate"]
-    failures = (f"<li>thresholds: accuracy >= {thresholds['min_accuracy']}, every class's recall (probability "
-                f"> 0.5) >= {thresholds['min_class_recall']}, at most {thresholds['max_accuracy_regression']} "
-                "below the blessed baseline</li>"
+    failures = ((f"<li>thresholds: accuracy >= {thresholds['min_accuracy']}, every class's recall (probability "
+                 f"> 0.5) >= {thresholds['min_class_recall']}, at most {thresholds['max_accuracy_regression']} "
+                 "below the blessed baseline</li>" if "min_accuracy" in thresholds else "")
                 + "".join(f"<li class='bad'>failed: {html.escape(f)}</li>" for f in numbers["failed_thresholds"]))
     return (f"<h2>Evaluation on the test split</h2><p>{numbers['test_examples']} examples, accuracy "
             f"<b>{_interval(numbers['accuracy'], numbers['accuracy_ci'])}</b> (TFMA: "

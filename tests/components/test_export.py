@@ -11,11 +11,11 @@ from PIL import Image
 from tensorflow.python.tools import saved_model_utils
 from tensorflow_serving.apis import prediction_log_pb2
 
-from cxr.serving import contract
+from cxr import contract
 from helpers import encode, phantom_picture
 from trained_model import IMAGE_SIZE, LIMITS, MAX_IMAGE_PIXELS, demo_png
 
-CLASSES = len(contract.CLASS_NAMES)
+CLASSES = len(contract.LABELS)
 
 
 def _signature_table(model_dir):
@@ -49,13 +49,13 @@ def test_no_output_alias_claims_to_be_binary(model_base_path):
 
 
 def test_predictions_are_distributions_and_the_class_is_their_arg_max(loaded_model):
-    images = [demo_png(seed, label) for seed, label in enumerate(contract.CLASS_NAMES)]
+    images = [demo_png(seed, label) for seed, label in enumerate(contract.LABELS)]
     outputs = loaded_model.signatures[contract.PREDICT_SIGNATURE](images=tf.constant(images))
     probabilities = outputs[contract.PROBABILITIES].numpy()
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
     assert outputs[contract.CLASS_ID].numpy().tolist() == probabilities.argmax(axis=1).tolist()
     assert [name.decode() for name in outputs[contract.CLASS_NAME].numpy()] == [
-        contract.CLASS_NAMES[i] for i in probabilities.argmax(axis=1)]
+        contract.LABELS[i] for i in probabilities.argmax(axis=1)]
 
 
 def _png_declaring(width: int, height: int) -> bytes:
@@ -155,7 +155,7 @@ def test_every_signature_refuses_a_bomb_before_decoding_it(loaded_model):
 
 
 def test_explain_gives_the_predicted_class_its_probability_and_a_unit_scaled_heatmap(loaded_model):
-    images = tf.constant([demo_png(seed, label) for seed, label in enumerate(contract.CLASS_NAMES)])
+    images = tf.constant([demo_png(seed, label) for seed, label in enumerate(contract.LABELS)])
     predicted = loaded_model.signatures[contract.PREDICT_SIGNATURE](images=images)
     explained = loaded_model.signatures[contract.EXPLAIN_SIGNATURE](images=images)
     class_id = predicted[contract.CLASS_ID].numpy()
@@ -176,7 +176,7 @@ def test_explain_class_explains_the_class_asked_for_and_refuses_unknown_ones(loa
         images=images, class_id=tf.constant([3, 0], tf.int64))
     assert explained[contract.CLASS_ID].numpy().tolist() == [3, 0]
     assert [name.decode() for name in explained[contract.CLASS_NAME].numpy()] == [
-        contract.CLASS_NAMES[3], contract.CLASS_NAMES[0]]
+        contract.LABELS[3], contract.LABELS[0]]
     with pytest.raises(tf.errors.InvalidArgumentError, match="class_id must be 0..3"):
         loaded_model.signatures[contract.EXPLAIN_CLASS_SIGNATURE](images=images, class_id=tf.constant([1, 4], tf.int64))
 
@@ -187,7 +187,7 @@ def _share_on_the_left(heatmaps: np.ndarray) -> np.ndarray:
 
 
 def test_grad_cam_puts_most_of_its_mass_on_the_side_of_a_one_sided_consolidation(loaded_model):
-    bacterial = contract.CLASS_NAMES.index("BACTERIAL_PNEUMONIA")
+    bacterial = contract.LABELS.index("BACTERIAL_PNEUMONIA")
     for lung, side in ((0, "left"), (1, "right")):
         images = tf.constant([demo_png(70_000 + seed, "BACTERIAL_PNEUMONIA", affected_lung=lung) for seed in range(8)])
         heatmaps = loaded_model.signatures[contract.EXPLAIN_CLASS_SIGNATURE](

@@ -4,17 +4,20 @@ import pytest
 import tensorflow as tf
 from keras_tuner.src.engine.trial import TrialStatus
 
-from cxr.components.trainer import TrainerSettings, with_hyperparameters
+from cxr.components.settings import (
+    KNOBS, AugmentationSettings, InputLimits, ModelSettings, SettingsError, TrainerSettings, TrainingSettings,
+    TunerSettings, read)
 from cxr.components.transform import decode_images
-from cxr.components.tuner import KNOBS, TfKerasTuner, TunerSettings, make_oracle, search_space
+from cxr.components.tuner import TfKerasTuner, make_oracle, search_space
 from helpers import encode, phantom_picture
 
 SIZE = 40
 FINDINGS = ("bacterial_pneumonia", "covid", "normal", "pneumothorax")
-SETTINGS = TrainerSettings(image_size=SIZE, filters=[4, 8], dense_units=[8], dropout=0.1, learning_rate=1e-3,
-                           batch_size=8, epochs=1, early_stopping_patience=1, mixed_precision=False, seed=0,
-                           augmentation={"horizontal_flip": True, "rotation": 0.02, "zoom": 0.0,
-                                         "brightness": 0.1, "contrast": 0.0}, input_limits={})
+SETTINGS = TrainerSettings(
+    model=ModelSettings(image_size=SIZE, filters=(4, 8), dense_units=(8,), dropout=0.1),
+    training=TrainingSettings(learning_rate=1e-3, batch_size=8, epochs=1, early_stopping_patience=1,
+                              augmentation=AugmentationSettings(rotation=0.02, zoom=0.0, brightness=0.1, contrast=0.0)),
+    input_limits=InputLimits())
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def _datasets(pixels):
     images, labels = pixels
 
     def make(settings):
-        train = tf.data.Dataset.from_tensor_slices(({"image": images}, labels)).batch(settings.batch_size)
+        train = tf.data.Dataset.from_tensor_slices(({"image": images}, labels)).batch(settings.training.batch_size)
         return train, train
     return make
 
@@ -49,13 +52,36 @@ def test_the_search_space_covers_every_knob_with_the_configured_choices():
 
 
 def test_chosen_values_change_the_trainer_settings():
-    tuned = with_hyperparameters(SETTINGS, {"learning_rate": 3e-4, "width_multiplier": 0.5, "dense_multiplier": 2.0,
-                                            "dropout": 0.5, "batch_size": 32, "augmentation_strength": 0.5})
-    assert (tuned.learning_rate, tuned.filters, tuned.dense_units, tuned.dropout, tuned.batch_size) == (
-        3e-4, [2, 4], [16], 0.5, 32)
-    assert tuned.augmentation == {"horizontal_flip": True, "rotation": 0.01, "zoom": 0.0, "brightness": 0.05,
-                                  "contrast": 0.0}
-    assert with_hyperparameters(SETTINGS, {"augmentation_strength": 0.0}).augmentation["horizontal_flip"] is False
+    tuned = SETTINGS.with_hyperparameters({"learning_rate": 3e-4, "width_multiplier": 0.5, "dense_multiplier": 2.0,
+                                           "dropout": 0.5, "batch_size": 32, "augmentation_strength": 0.5,
+                                           "tuner/epochs": 3})
+    assert (tuned.training.learning_rate, tuned.model.filters, tuned.model.dense_units, tuned.model.dropout,
+            tuned.training.batch_size) == (3e-4, (2, 4), (16,), 0.5, 32)
+    assert tuned.training.augmentation == AugmentationSettings(horizontal_flip=True, rotation=0.01, zoom=0.0,
+                                                               brightness=0.05, contrast=0.0)
+    assert SETTINGS.with_hyperparameters({"augmentation_strength": 0.0}).training.augmentation.horizontal_flip is False
+
+
+def test_every_knob_is_a_tuner_setting_with_its_choices_and_is_searched():
+    defaults = TunerSettings()
+    assert all(getattr(defaults, name) == knob.choices for name, knob in KNOBS.items())
+    assert {hp.name for hp in search_space(defaults).space} == set(KNOBS)
+    for name, knob in KNOBS.items():  # and each one changes what the Trainer trains with
+        assert SETTINGS.with_hyperparameters({name: knob.choices[0]}) != SETTINGS, name
+
+
+def test_the_strict_reader_refuses_an_unknown_or_missing_setting():
+    import dataclasses
+    values = dataclasses.asdict(SETTINGS)
+    assert read(TrainerSettings, values, "trainer") == SETTINGS
+    values["training"]["epoch"] = 3
+    with pytest.raises(SettingsError, match=r"trainer.training: unknown setting epoch; known: .*epochs"):
+        read(TrainerSettings, values, "trainer")
+    del values["training"]["epoch"], values["model"]["dropout"]
+    with pytest.raises(SettingsError, match=r"trainer.model: missing setting dropout"):
+        read(TrainerSettings, values, "trainer")
+    with pytest.raises(SettingsError, match="tuner.algorithm must be one of random, bayesian, hyperband"):
+        _tuning(algorithm="grid")
 
 
 @pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])

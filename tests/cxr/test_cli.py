@@ -3,6 +3,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 import pytest
 
@@ -31,6 +32,52 @@ def test_a_missing_nih_label_file_is_reported(tmp_path, capsys):
 def test_demo_data_refuses_tiny_images(tmp_path, capsys):
     assert cli.main(["demo-data", "--out", str(tmp_path), "--size", "4"]) == 2
     assert "--size must lie in 32..2048" in capsys.readouterr().err
+
+
+HEAVY = ("tensorflow", "tfx", "tensorflow_transform", "tensorflow_model_analysis", "apache_beam", "tf_keras")
+
+
+def _cli_without_heavy_imports(args, cwd):
+    """cxr with TensorFlow, TFX and Beam made unimportable: what it answers before it would need them."""
+    blocker = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {HEAVY!r}:
+                    raise ImportError("imported before the flags were checked: " + name)
+        sys.meta_path.insert(0, Block())
+        from cxr.cli import main
+        sys.exit(main({args!r}))
+    """)
+    return subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--preset", "demoo"], "invalid choice: 'demoo' (choose from 'demo', 'study')"),
+    (["run", "--set", "training.epoch=3"], "unknown setting training.epoch"),
+    (["run", "--set", "tuner.algorithm=grid"], "tuner.algorithm must be one of random, bayesian, hyperband"),
+    (["run", "--set", "data.tfrecords_dir=nowhere"],
+     "no span under {cwd}/nowhere (data.tfrecords_dir): expected span-N/*.tfrecord.gz, which "
+     "`cxr build-tfrecords --out nowhere` writes"),
+    (["kfp", "compile", "--config", "missing.yaml"], "cannot read configuration file missing.yaml"),
+    (["report", "--metadata", "missing.sqlite"], "no ML Metadata at missing.sqlite"),
+])
+def test_flags_and_configuration_are_checked_before_tensorflow_is_imported(tmp_path, args, message):
+    done = _cli_without_heavy_imports(args, cwd=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert message.format(cwd=tmp_path) in done.stderr
+    assert not os.listdir(tmp_path)  # nothing created: no empty metadata file, no folders
+
+
+def test_the_demo_preset_finds_the_folders_make_demo_writes():
+    from cxr.pipeline.config import PRESETS
+    demo = PRESETS["demo"]
+    assert (demo.data.tfrecords_dir, demo.pipeline_root, demo.metadata_path, demo.serving_dir) == (
+        "demo/tfrecords", "demo/pipeline", "demo/metadata.sqlite", "demo/serving")
+    with open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "Makefile")) as f:
+        makefile = f.read()
+    assert "--out $(DEMO_DIR)/tfrecords" in makefile and "DEMO_DIR := demo" in makefile
+    assert "cxr run --preset demo\n" in makefile and "cxr report\n" in makefile
 
 
 @pytest.mark.slow

@@ -5,21 +5,20 @@ import os
 
 import pytest
 
-from cxr.components.ingest.build import build_tfrecords
-from cxr.components.ingest.config import IngestConfig
-from cxr.demo_data import DemoDataSpec, write_demo_data
+from cxr.dataprep.build import build_tfrecords
+from cxr.dataprep.config import IngestConfig
 from cxr.kubeflow.cluster_checks import check_package
 from cxr.kubeflow.runner import compile_pipeline
-from cxr.pipeline.local_runner import sqlite_connection
+from cxr.pipeline.metadata_reader import sqlite_connection
 from cxr.pipeline.metadata_reader import read_run
 from cxr.pipeline.pipeline import create_pipeline
-from helpers import IN_PROCESS_BEAM, latest_artifact_uris, tiny_pipeline_config
+from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, tiny_pipeline_config, write_tiny_data
 from kfp_local import Zygote, file_of, metadata_of, run_package
 
 pytestmark = pytest.mark.slow
 
 def _write_span(volume, span: int, seed: int) -> None:
-    roots = write_demo_data(DemoDataSpec(out_dir=str(volume / f"downloads-{span}"), per_class=16, size=64, seed=seed))
+    roots = write_tiny_data(volume / f"downloads-{span}", per_class=16, seed=seed)
     build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(volume / "tfrecords"), span=span,
                                  beam_args=IN_PROCESS_BEAM))
 
@@ -34,7 +33,7 @@ def cluster(tmp_path_factory):
     volume = tmp_path_factory.mktemp("cxr-volume")
     config = tiny_pipeline_config(
         volume, "kubeflow.image=registry.example.com/cxr-pipeline:test", f'kubeflow.volumes=["cxr-data:{volume}"]',
-        "kubeflow.metadata_grpc=sqlite", "kubeflow.trainer_gpus=0")
+        "kubeflow.metadata_grpc=sqlite", "kubeflow.trainer_gpus=0", *ORCHESTRATION_ONLY)
     package = compile_pipeline(config, "kfp", str(tmp_path_factory.mktemp("compiled")))
     check_package(package)
     with Zygote() as zygote:
@@ -50,7 +49,7 @@ def test_two_runs_of_one_compiled_spec_train_on_the_newest_span_and_push(cluster
     nodes = {component.id for component in create_pipeline(config).components}
     assert set(first.tasks) == {_task_name(node) for node in nodes} | {"kfp-ui-outputs"}
 
-    summary, outputs = read_run(sqlite_connection(config), first.run_id)
+    summary, outputs = read_run(sqlite_connection(config.metadata_path), first.run_id)
     assert summary.run_id == first.run_id  # ML Metadata groups the tasks under KFP's run id
     assert set(summary.statuses) == nodes and set(summary.statuses.values()) == {"COMPLETE"}, summary.statuses
     assert _span_read(outputs) == 1 and summary.pushed_to
@@ -65,7 +64,7 @@ def test_two_runs_of_one_compiled_spec_train_on_the_newest_span_and_push(cluster
     _write_span(volume, span=2, seed=5)
     second = run_package(package, str(tmp_path / "kfp-root"), zygote)
     assert second.succeeded, second.failures()
-    summary_2, outputs_2 = read_run(sqlite_connection(config), second.run_id)
+    summary_2, outputs_2 = read_run(sqlite_connection(config.metadata_path), second.run_id)
     assert _span_read(outputs_2) == 2 and summary_2.pushed_to and summary_2.pushed_to != summary.pushed_to
     # The Resolver found the first run's blessed model, and the Evaluator judged the new one against it.
     assert latest_artifact_uris(config, "Evaluator", "baseline_model", output=False) == [

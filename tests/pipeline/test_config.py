@@ -27,6 +27,11 @@ def test_a_yaml_file_then_set_flags_override_the_preset(tmp_path):
     assert config.training.learning_rate == PRESETS["demo"].training.learning_rate
 
 
+def test_a_number_in_exponent_notation_is_a_number():
+    # YAML 1.1 reads 1e-3 (no dot) as a string.
+    assert load_config("demo", overrides=["training.learning_rate=1e-3"]).training.learning_rate == 0.001
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["training.epoch=3"], "unknown setting training.epoch"),
     (["training.epochs=many"], "training.epochs must be a number"),

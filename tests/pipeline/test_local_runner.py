@@ -5,18 +5,18 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from cxr.components import validation_gate
-from cxr.components.ingest.build import build_tfrecords
-from cxr.components.ingest.config import IngestConfig
-from cxr.demo_data import DemoDataSpec, write_demo_data
-from cxr.pipeline.local_runner import run_local, sqlite_connection
+from cxr.dataprep.build import build_tfrecords
+from cxr.dataprep.config import IngestConfig
+from cxr.pipeline.local_runner import run_local
+from cxr.pipeline.metadata_reader import sqlite_connection
 from cxr.pipeline.metadata_reader import executions_of_run
 from cxr.pipeline.summary import format_summary
-from helpers import IN_PROCESS_BEAM, tiny_pipeline_config
+from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, tiny_pipeline_config, write_tiny_data
 
 
 def _an_earlier_blessed_looking_run(config) -> None:
     """A run recorded in ML Metadata before this one (what the summary once showed instead)."""
-    with metadata.Metadata(sqlite_connection(config)) as handle:
+    with metadata.Metadata(sqlite_connection(config.metadata_path)) as handle:
         store = handle.store
         run_type = store.put_context_type(metadata_store_pb2.ContextType(name="pipeline_run"))
         store.put_contexts([metadata_store_pb2.Context(type_id=run_type, name="2020-01-01T00:00:00")])
@@ -35,9 +35,9 @@ def test_a_run_that_fails_at_once_reports_itself_not_an_earlier_run(tmp_path, ca
 
 @pytest.mark.slow
 def test_ctrl_c_names_the_interrupted_component_cancels_it_and_the_next_run_is_whole(tmp_path, monkeypatch):
-    roots = write_demo_data(DemoDataSpec(out_dir=str(tmp_path / "raw"), per_class=16, size=64, seed=3))
+    roots = write_tiny_data(tmp_path / "raw", per_class=16)
     build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(tmp_path / "tfrecords"), beam_args=IN_PROCESS_BEAM))
-    config = tiny_pipeline_config(tmp_path)
+    config = tiny_pipeline_config(tmp_path, *ORCHESTRATION_ONLY)
 
     def ctrl_c(statistics):
         raise KeyboardInterrupt  # what Python raises in the main thread on SIGINT
@@ -52,7 +52,7 @@ def test_ctrl_c_names_the_interrupted_component_cancels_it_and_the_next_run_is_w
     again = run_local(config)
     assert again.error is None and again.blessed is not None and again.run_id != interrupted.run_id
     assert again.statuses["ValidationGate"] == "COMPLETE" and again.statuses["Trainer"] == "COMPLETE"
-    with metadata.Metadata(sqlite_connection(config)) as handle:
+    with metadata.Metadata(sqlite_connection(config.metadata_path)) as handle:
         states = {node: execution.last_known_state for node, execution in executions_of_run(
             handle.store, interrupted.run_id)}
     assert states["ValidationGate"] == metadata_store_pb2.Execution.CANCELED

@@ -6,22 +6,24 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tf_keras as keras
 
-from cxr.components.ingest.build import build_tfrecords
+from cxr import contract
 from cxr.components.evaluation import class_metric_name
-from cxr.components.ingest.config import IngestConfig
-from cxr.components.vocabulary import LABELS
-from cxr.demo_data import DemoDataSpec, write_demo_data
+from cxr.contract import LABELS
+from cxr.dataprep.build import build_tfrecords
+from cxr.dataprep.config import IngestConfig
 from cxr.pipeline import pipeline as pipeline_module
-from cxr.pipeline.local_runner import run_local, sqlite_connection
+from cxr.pipeline.config import PRESETS
+from cxr.pipeline.local_runner import run_local
+from cxr.pipeline.metadata_reader import sqlite_connection
 from cxr.pipeline.pipeline import create_pipeline
-from cxr.serving import contract
-from helpers import IN_PROCESS_BEAM, tiny_pipeline_config
+from helpers import IN_PROCESS_BEAM, tiny_pipeline_config, write_tiny_data
 
 pytestmark = pytest.mark.slow
 
@@ -31,7 +33,7 @@ UPSTREAM = ("ImportExampleGen", "StatisticsGen", "ExampleValidator", "Validation
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
     base = tmp_path_factory.mktemp("pipeline")
-    roots = write_demo_data(DemoDataSpec(out_dir=str(base / "raw"), per_class=16, size=64, seed=3))
+    roots = write_tiny_data(base / "raw")
     build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(base / "tfrecords"), beam_args=IN_PROCESS_BEAM))
     return base
 
@@ -53,7 +55,8 @@ def test_every_component_runs_and_a_blessed_model_is_pushed(first_run, workspace
     assert first_run.error is None
     assert set(first_run.statuses.values()) == {"COMPLETE"}, first_run.statuses
     assert set(first_run.statuses) == {component.id for component in create_pipeline(_config(workspace)).components}
-    assert first_run.blessed is True
+    assert _config(workspace).gate == PRESETS["demo"].gate  # the gate a user's demo run faces
+    assert first_run.blessed is True, first_run.failed_thresholds
     [version] = _versions(workspace)
     assert version.isdigit()
     assert os.path.isfile(workspace / "serving" / "cxr" / version / "saved_model.pb")
@@ -106,6 +109,26 @@ def test_an_impossible_threshold_blesses_nothing_and_pushes_nothing(first_run, w
     assert all(summary.statuses[node] == "CACHED" for node in UPSTREAM + ("Transform", "Trainer"))
 
 
+def test_a_model_that_never_trained_is_refused_by_the_demo_gate(first_run, workspace):
+    summary = run_local(_config(workspace, "training.epochs=0"))
+    assert summary.statuses["Trainer"] == "COMPLETE" and summary.blessed is False
+    gate = PRESETS["demo"].gate
+    assert any(f.startswith("sparse_categorical_accuracy = ") and f.endswith(f"required >= {gate.min_accuracy}")
+               for f in summary.failed_thresholds), summary.failed_thresholds
+    assert summary.pushed_to is None and len(_versions(workspace)) == 1
+
+
+def test_a_worse_candidate_is_refused_by_the_regression_threshold_alone(first_run, workspace):
+    # Absolute thresholds at 0: only the comparison with the blessed first model can refuse it.
+    summary = run_local(_config(workspace, "training.epochs=0", "gate.min_accuracy=0.0", "gate.min_class_recall=0.0"))
+    assert summary.blessed is False
+    regression = f"no worse than -{PRESETS['demo'].gate.max_accuracy_regression}"
+    assert summary.failed_thresholds and all(
+        "(change against the baseline)" in f and f.endswith(regression) for f in summary.failed_thresholds), \
+        summary.failed_thresholds
+    assert summary.pushed_to is None and len(_versions(workspace)) == 1
+
+
 def test_the_candidate_is_served_before_it_is_pushed(first_run):
     assert first_run.serving_check_passed is True
     assert re.search(r"^\d+ test images served through serving_default agree with the Evaluator \(accuracy "
@@ -152,7 +175,7 @@ def test_the_report_agrees_with_tfma_and_with_a_count_of_its_predictions(first_r
     from cxr.pipeline.report.collect import collect
     from cxr.pipeline.report.render import write_report
     config = _config(workspace)
-    index = write_report(collect(config, sqlite_connection(config), first_run.run_id), str(tmp_path / "report"))
+    index = write_report(collect(sqlite_connection(config.metadata_path), first_run.run_id), str(tmp_path / "report"))
     with open(tmp_path / "report" / "report.json") as f:
         numbers = json.load(f)
     with open(tmp_path / "report" / "predictions.csv", newline="") as f:
@@ -175,10 +198,13 @@ def test_the_report_agrees_with_tfma_and_with_a_count_of_its_predictions(first_r
 
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by .ci/run")
 def test_the_report_renders_in_headless_chromium_with_every_image_loaded(first_run, workspace, tmp_path):
-    from cxr.pipeline.report.collect import collect
-    from cxr.pipeline.report.render import write_report
-    config = _config(workspace)
-    index = write_report(collect(config, sqlite_connection(config), first_run.run_id), str(tmp_path / "report"))
+    # `cxr report` from another folder, given only the metadata file and the run: the rest is read from the run.
+    cxr = os.path.join(os.path.dirname(sys.executable), "cxr")
+    done = subprocess.run([cxr, "report", "--metadata", _config(workspace).metadata_path, "--run", first_run.run_id,
+                           "--out", "report"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    index = str(tmp_path / "report" / "index.html")
+    assert done.stdout.strip() == f"report: {index}"
     dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
                           "--dump-dom", f"file://{index}"], capture_output=True, text=True, timeout=120).stdout
     assert 'data-ready="yes"' in dom

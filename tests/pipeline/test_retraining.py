@@ -4,22 +4,22 @@ import glob
 import os
 
 import pytest
-from cxr.components.ingest.build import build_tfrecords
-from cxr.components.ingest.config import IngestConfig
-from cxr.demo_data import DemoDataSpec, write_demo_data
+from cxr.dataprep.build import build_tfrecords
+from cxr.dataprep.config import IngestConfig
 from cxr.pipeline.local_runner import run_local
-from helpers import IN_PROCESS_BEAM, latest_artifact_uris, tiny_pipeline_config
+from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, tiny_pipeline_config, write_tiny_data
 
 pytestmark = pytest.mark.slow
 
 # The phantoms are all 64 px but for a few resized near-copies, which differ by seed: on so
 # degenerate a histogram TFDV's approximate Jensen-Shannon divergence of two healthy spans
 # reached 0.35, hence the loose numeric threshold here.
-DRIFT = ("drift.action=stop", "drift.categorical_threshold=0.15", "drift.numeric_threshold=0.5")
+DRIFT = ("drift.action=stop", "drift.categorical_threshold=0.15", "drift.numeric_threshold=0.5",
+         *ORCHESTRATION_ONLY)
 
 
 def _write_span(base, name, span, seed, drop_covid=False):
-    roots = write_demo_data(DemoDataSpec(out_dir=str(base / name), per_class=16, size=64, seed=seed))
+    roots = write_tiny_data(base / name, per_class=16, seed=seed)
     if drop_covid:  # a site stopped sending COVID-19 cases
         for folder in (os.path.join(roots["covid_radiography"], "COVID-19_Radiography_Dataset", "COVID", "images"),
                        os.path.join(roots["curated"], "Curated X-Ray Dataset", "COVID-19")):

@@ -1,16 +1,16 @@
 """The Tuner in the local pipeline: a few trials on tiny data, and the best values reach the Trainer."""
+import dataclasses
 import json
 import os
 
 import pytest
 
-from cxr.components.ingest.build import build_tfrecords
-from cxr.components.ingest.config import IngestConfig
-from cxr.components.trainer import SETTINGS_FILE, TrainerSettings, with_hyperparameters
-from cxr.demo_data import DemoDataSpec, write_demo_data
+from cxr.components.settings import TrainerSettings
+from cxr.components.trainer import SETTINGS_FILE
+from cxr.dataprep.build import build_tfrecords
+from cxr.dataprep.config import IngestConfig
 from cxr.pipeline.local_runner import run_local
-from cxr.pipeline.pipeline import trainer_settings
-from helpers import IN_PROCESS_BEAM, latest_artifact_uris, tiny_pipeline_config
+from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, tiny_pipeline_config, write_tiny_data
 
 pytestmark = pytest.mark.slow
 
@@ -20,9 +20,9 @@ TUNING = ("tuner.enabled=true", "tuner.max_trials=2", "tuner.epochs_per_trial=1"
 
 
 def test_the_best_hyperparameters_of_the_search_are_what_the_trainer_trains_with(tmp_path):
-    roots = write_demo_data(DemoDataSpec(out_dir=str(tmp_path / "raw"), per_class=16, size=64, seed=3))
+    roots = write_tiny_data(tmp_path / "raw", per_class=16)
     build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(tmp_path / "tfrecords"), beam_args=IN_PROCESS_BEAM))
-    config = tiny_pipeline_config(tmp_path, *TUNING)
+    config = tiny_pipeline_config(tmp_path, *ORCHESTRATION_ONLY, *TUNING)
     summary = run_local(config)
     assert summary.error is None, summary.error
     assert summary.statuses["Tuner"] == "COMPLETE" and summary.statuses["Trainer"] == "COMPLETE"
@@ -34,7 +34,5 @@ def test_the_best_hyperparameters_of_the_search_are_what_the_trainer_trains_with
     [model_run] = latest_artifact_uris(config, "Trainer", "model_run")
     with open(os.path.join(model_run, SETTINGS_FILE)) as f:
         used = json.load(f)
-    configured = TrainerSettings.from_custom_config(trainer_settings(config))
-    expected = with_hyperparameters(configured, best)
-    assert used["learning_rate"] == expected.learning_rate and used["filters"] == expected.filters
-    assert used["batch_size"] == expected.batch_size and used["augmentation"] == expected.augmentation
+    expected = TrainerSettings(config.model, config.training, config.serving).with_hyperparameters(best)
+    assert used == json.loads(json.dumps(dataclasses.asdict(expected)))

@@ -12,8 +12,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from PIL import Image
 
+from cxr import contract
 from cxr.cli import main
-from cxr.serving import contract
 from cxr.serving.client import ServingClient, ServingRequestError
 from cxr.serving.dev_server import ServerSettings, start
 from helpers import encode, write
@@ -30,20 +30,20 @@ def server(model_base_path):
 @pytest.fixture
 def xrays(tmp_path):
     return [write(str(tmp_path / "in" / f"{label.lower()}.png"), demo_png(seed, label))
-            for seed, label in enumerate(contract.CLASS_NAMES)]
+            for seed, label in enumerate(contract.LABELS)]
 
 
 def test_predict_prints_a_row_per_file_with_the_class_and_every_probability(server, xrays, capsys):
     assert main(["predict", *xrays, "--url", server.url, "--batch-size", "3"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].split() == ["file", "class", *contract.CLASS_NAMES]
+    assert lines[0].split() == ["file", "class", *contract.LABELS]
     rows = [line.split() for line in lines[1:]]
     assert [row[0] for row in rows] == [os.path.basename(path) for path in xrays]
     for row in rows:
-        assert row[1] in contract.CLASS_NAMES
+        assert row[1] in contract.LABELS
         probabilities = [float(value) for value in row[2:]]
         assert sum(probabilities) == pytest.approx(1.0, abs=0.01)
-        assert probabilities[contract.CLASS_NAMES.index(row[1])] == max(probabilities)
+        assert probabilities[contract.LABELS.index(row[1])] == max(probabilities)
 
 
 def test_json_output_and_explain_write_an_overlay_the_size_of_each_xray(server, xrays, tmp_path, capsys):
@@ -54,7 +54,7 @@ def test_json_output_and_explain_write_an_overlay_the_size_of_each_xray(server, 
     documents = json.loads(capsys.readouterr().out)
     assert [d["file"] for d in documents] == [*xrays, wide]
     for document in documents:
-        assert document["class_name"] == contract.CLASS_NAMES[document["class_id"]]
+        assert document["class_name"] == contract.LABELS[document["class_id"]]
         overlay = Image.open(document["gradcam_png"])
         assert overlay.mode == "RGB" and overlay.size == Image.open(document["file"]).size
 
@@ -65,8 +65,8 @@ def test_a_file_the_server_refuses_gets_the_servers_message_and_the_others_their
     assert main(["predict", xrays[0], broken, xrays[1], "--url", server.url]) == 1
     lines = {line.split()[0]: line for line in capsys.readouterr().out.strip().splitlines()[1:]}
     assert "HTTP 400" in lines["broken.png"] and "not a PNG or JPEG file" in lines["broken.png"]
-    assert lines[os.path.basename(xrays[0])].split()[1] in contract.CLASS_NAMES
-    assert lines[os.path.basename(xrays[1])].split()[1] in contract.CLASS_NAMES
+    assert lines[os.path.basename(xrays[0])].split()[1] in contract.LABELS
+    assert lines[os.path.basename(xrays[1])].split()[1] in contract.LABELS
 
 
 def test_a_missing_file_is_named_before_anything_is_sent(capsys):
@@ -89,7 +89,7 @@ def test_the_client_retries_while_the_server_refuses_connections(model_base_path
     try:
         client = ServingClient(url=f"http://127.0.0.1:{port}", retries=8, backoff_s=0.5)
         predictions = client.predict([demo_png(1)])
-        assert predictions[0][contract.CLASS_NAME] in contract.CLASS_NAMES
+        assert predictions[0][contract.CLASS_NAME] in contract.LABELS
     finally:
         starter.join()
         for running in started:

@@ -16,7 +16,8 @@ import pytest
 import requests
 import tensorflow as tf
 
-from cxr.serving import contract, dev_server
+from cxr import contract
+from cxr.serving import dev_server
 from cxr.serving.dev_server import ServerSettings, start
 from helpers import encode
 from trained_model import IMAGE_SIZE, demo_png
@@ -42,7 +43,7 @@ def _post(server, body, path="/v1/models/cxr:predict"):
 
 
 def _images():
-    return [demo_png(seed, label) for seed, label in enumerate(contract.CLASS_NAMES)]
+    return [demo_png(seed, label) for seed, label in enumerate(contract.LABELS)]
 
 
 def _direct(loaded_model, images, signature=contract.PREDICT_SIGNATURE):
@@ -81,7 +82,7 @@ def test_explain_returns_a_heatmap_per_image_and_explain_class_takes_the_class(s
     assert heatmap.shape == (IMAGE_SIZE, IMAGE_SIZE) and heatmap.min() >= 0 and heatmap.max() == pytest.approx(1)
     asked = _post(server, {"signature_name": "explain_class", "instances": [
         {"images": {"b64": _b64(images[0])}, "class_id": 3}]}).json()["predictions"]
-    assert asked[0]["class_name"] == contract.CLASS_NAMES[3]
+    assert asked[0]["class_name"] == contract.LABELS[3]
 
 
 def test_model_status_has_tf_servings_shape(server):

@@ -1,6 +1,6 @@
-from cxr.components.ingest.dedup import Candidate, bucket_keys, duplicate_pairs, resolve_groups
-from cxr.components.ingest.layouts import SeenFile
-from cxr.components.ingest.probe import ImageFacts
+from cxr.dataprep.dedup import Candidate, bucket_keys, duplicate_pairs, resolve_groups
+from cxr.dataprep.layouts import SeenFile
+from cxr.dataprep.probe import ImageFacts
 
 
 def _candidate(name, label, sha="a", phash=0, phash256=0, side=100, source="curated"):

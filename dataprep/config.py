@@ -2,9 +2,8 @@
 import dataclasses
 from typing import Dict, Optional, Tuple
 
-from cxr.components.ingest.mapping import ClassMapping
-from cxr.components.ingest.span_output import span_dir
-from cxr.components.vocabulary import SOURCES
+from cxr.contract import SOURCES, span_dir
+from cxr.dataprep.mapping import ClassMapping
 
 # Beam's DirectRunner in multi-process mode, one worker per core, unless the
 # user's --beam-arg flags say otherwise (later flags win in Beam's parser).

@@ -7,9 +7,9 @@ import shutil
 import pytest
 import tensorflow as tf
 
-from cxr.components.ingest.build import IngestError, build_tfrecords
-from cxr.components.ingest.config import IngestConfig
-from cxr.components.ingest.mapping import ClassMapping
+from cxr.dataprep.build import IngestError, build_tfrecords
+from cxr.dataprep.config import IngestConfig
+from cxr.dataprep.mapping import ClassMapping
 from helpers import IN_PROCESS_BEAM, encode, phantom_picture, write
 
 

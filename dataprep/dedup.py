@@ -10,9 +10,9 @@ from typing import Dict, Iterable, Iterator, List, NamedTuple, Tuple
 
 import apache_beam as beam
 
-from cxr.components.ingest.layouts import SeenFile
-from cxr.components.ingest.ledger import CONFLICT, DUPLICATE, Outcome
-from cxr.components.ingest.probe import ImageFacts, hamming, hash_bands
+from cxr.dataprep.layouts import SeenFile
+from cxr.dataprep.ledger import CONFLICT, DUPLICATE, Outcome
+from cxr.dataprep.probe import ImageFacts, hamming, hash_bands
 
 
 class Candidate(NamedTuple):

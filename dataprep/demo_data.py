@@ -16,7 +16,7 @@ from typing import Dict, List, Tuple
 import numpy as np
 from PIL import Image
 
-from cxr import phantoms
+from cxr.dataprep import phantoms
 
 RADIOGRAPHY_DIR = "covid19-radiography-database"
 CURATED_DIR = "curated-cxr"

@@ -1,4 +1,4 @@
-from cxr.components.ingest import layouts
+from cxr.dataprep import layouts
 
 
 def test_class_is_the_folder_above_images_or_the_parent():

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cxr.demo_data import NIH_COLUMNS, DemoDataSpec, write_demo_data
+from cxr.dataprep.demo_data import NIH_COLUMNS, DemoDataSpec, write_demo_data
 
 
 @pytest.fixture(scope="module")

@@ -22,21 +22,20 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from cxr.components.ingest import layouts, nih, records
-from cxr.components.ingest.config import IngestConfig
-from cxr.components.ingest.dedup import Candidate, FindDuplicates
-from cxr.components.ingest.ledger import (
+from cxr.contract import MANIFEST, NIH, SHARD_SUFFIX, SOURCES
+from cxr.dataprep import layouts, nih, records
+from cxr.dataprep.config import IngestConfig
+from cxr.dataprep.dedup import Candidate, FindDuplicates
+from cxr.dataprep.ledger import (
     MISSING_EXAMPLES, QUARANTINED, UNMAPPED, WRITTEN, Ignored, LedgerCombineFn, MissingNihFile, Outcome,
     format_reconciliation, reconciliation)
-from cxr.components.ingest.listing import ListedFile, is_local, list_files
-from cxr.components.ingest.mapping import ClassMapping
-from cxr.components.ingest.probe import ImageFacts, probe
-from cxr.components.ingest.span_output import (
-    MANIFEST, discard, publish, restore_interrupted_publish, span_lock, staging_dir)
-from cxr.components.vocabulary import NIH, SOURCES
+from cxr.dataprep.listing import ListedFile, is_local, list_files
+from cxr.dataprep.mapping import ClassMapping
+from cxr.dataprep.probe import ImageFacts, probe
+from cxr.dataprep.span_output import (
+    discard, publish, restore_interrupted_publish, span_lock, staging_dir)
 
 SHARD_PREFIX = "data"
-SHARD_SUFFIX = ".tfrecord.gz"
 _METRICS = "cxr_ingest"
 _OUTCOMES = "outcomes"
 _IGNORED = "ignored"

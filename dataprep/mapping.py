@@ -12,7 +12,7 @@ from typing import Dict, Mapping, Optional
 
 import yaml
 
-from cxr.components.vocabulary import LABELS, NIH, SOURCES
+from cxr.contract import LABELS, NIH, SOURCES
 
 PRESETS_DIR = os.path.join(os.path.dirname(__file__), "mappings")
 PRESET_NAMES = ("study", "multi-source")

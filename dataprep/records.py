@@ -8,7 +8,7 @@ are the same; the tests parse them with TensorFlow's own tf.train.Example.
 """
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from cxr.components.ingest.dedup import Candidate
+from cxr.dataprep.dedup import Candidate
 
 STRING_FEATURES = ("label", "source", "patient_id", "image_id", "sha256", "phash", "format", "file")
 INT_FEATURES = ("height", "width", "channels", "bit_depth")

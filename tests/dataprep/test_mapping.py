@@ -1,6 +1,6 @@
 import pytest
 
-from cxr.components.ingest.mapping import ClassMapping, MappingError
+from cxr.dataprep.mapping import ClassMapping, MappingError
 
 
 def test_study_takes_each_class_from_one_source():

@@ -1,4 +1,4 @@
-from cxr.components.ingest.ledger import (
+from cxr.dataprep.ledger import (
     Ignored, LedgerCombineFn, MissingNihFile, Outcome, format_reconciliation, reconciliation)
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from cxr.components.ingest import nih
+from cxr.dataprep import nih
 
 HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
           "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n")

@@ -11,10 +11,10 @@ import time
 
 import pytest
 
-from cxr.components.ingest.build import IngestError, build_tfrecords
-from cxr.components.ingest.config import IngestConfig
-from cxr.components.ingest.span_output import SpanOutputError, publish, span_lock
-from cxr.demo_data import DemoDataSpec, write_demo_data
+from cxr.dataprep.build import IngestError, build_tfrecords
+from cxr.dataprep.config import IngestConfig
+from cxr.dataprep.demo_data import DemoDataSpec, write_demo_data
+from cxr.dataprep.span_output import SpanOutputError, publish, span_lock
 from helpers import IN_PROCESS_BEAM, encode, phantom_picture, write
 
 

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from cxr.components.ingest.probe import ImageFacts, hamming, hash_bands, probe
+from cxr.dataprep.probe import ImageFacts, hamming, hash_bands, probe
 from helpers import cmyk_jpeg, encode, phantom_picture, sixteen_bit_png
 
 CAP = 50_000_000

@@ -24,14 +24,8 @@ from typing import Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
-from cxr.components.ingest.listing import is_local
-
-MANIFEST = "manifest.json"
-
-
-def span_dir(out_dir: str, span: int) -> str:
-    """Where span N lives: the layout ImportExampleGen reads as span-{SPAN}/*."""
-    return f"{out_dir.rstrip('/')}/span-{span}"
+from cxr.contract import MANIFEST
+from cxr.dataprep.listing import is_local
 
 
 class SpanOutputError(RuntimeError):

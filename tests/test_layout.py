@@ -1,0 +1,42 @@
+"""The architecture the folders promise: who may import whom (read from the import statements)."""
+import ast
+import glob
+import os
+
+import pytest
+
+from cxr.pipeline import fingerprint
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Folder -> project packages its modules must not import.
+FORBIDDEN = {
+    "components": ("cxr.serving", "cxr.dataprep", "cxr.pipeline", "cxr.kubeflow", "cxr.cli"),
+    "serving": ("cxr.components", "cxr.dataprep", "cxr.pipeline", "cxr.kubeflow", "cxr.cli"),
+    "dataprep": ("cxr.components", "cxr.serving", "cxr.pipeline", "cxr.kubeflow", "cxr.cli"),
+    "pipeline": ("cxr.kubeflow", "cxr.cli", "cxr.dataprep"),
+}
+
+
+def _imports(path):
+    with open(path, encoding="utf-8") as f:
+        return set(fingerprint._project_imports(ast.parse(f.read(), path)))
+
+
+@pytest.mark.parametrize("folder", sorted(FORBIDDEN))
+def test_each_folder_imports_only_what_its_place_allows(folder):
+    offending = {}
+    for path in glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True):
+        bad = sorted(m for m in _imports(path) if m.startswith(FORBIDDEN[folder]))
+        if bad:
+            offending[os.path.relpath(path, ROOT)] = bad
+    assert not offending
+
+
+def test_the_contract_is_a_leaf():
+    with open(os.path.join(ROOT, "cxr", "contract.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"typing"}, imported
