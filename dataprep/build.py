@@ -205,6 +205,7 @@ class ProbeFile(beam.DoFn):
 
     def setup(self):
         self._done, self._last_report = 0, time.monotonic()
+        self._started = self._last_report
         self._counters = {status: Metrics.counter(_METRICS, status) for status in (QUARANTINED, UNMAPPED)}
         self._probed = Metrics.counter(_METRICS, "probed")
 
@@ -237,7 +238,8 @@ class ProbeFile(beam.DoFn):
         self._done += 1
         now = time.monotonic()
         if now - self._last_report >= self.PROGRESS_EVERY_S:
-            print(f"build-tfrecords: worker {os.getpid()} has looked at {self._done:,} files",
+            rate = self._done / max(now - self._started, 1e-9)
+            print(f"build-tfrecords: worker {os.getpid()} has looked at {self._done:,} files ({rate:,.0f} per s)",
                   file=sys.stderr, flush=True)
             self._last_report = now
 

@@ -94,7 +94,8 @@ def test_the_pushed_model_explains_guards_and_warms_up_as_tf_serving_expects(fir
     raw = [open(p, "rb").read() for p in sorted(glob.glob(str(workspace / "raw" / "**" / "*.png"),
                                                             recursive=True))[:2]]
     explained = loaded.signatures[contract.EXPLAIN_SIGNATURE](images=tf.constant(raw))
-    assert explained[contract.HEATMAP].shape == (2, 76, 76)
+    size = _config(workspace).model.image_size
+    assert explained[contract.HEATMAP].shape == (2, size, size)
     with pytest.raises(tf.errors.InvalidArgumentError, match="not a PNG or JPEG"):
         loaded.signatures[contract.PREDICT_SIGNATURE](images=tf.constant([b"not an image"]))
 
