@@ -5,6 +5,7 @@ imports them inside its function, after its checks), so a typo is answered at on
 """
 import argparse
 import glob
+import logging
 import os
 import sys
 import warnings
@@ -14,6 +15,9 @@ from cxr.dataprep.mapping import PRESET_NAMES
 from cxr.pipeline.config import PRESETS, load_config
 
 DEFAULT_PRESET = "demo"
+# Python loggers of the libraries underneath (absl is TFX's): errors only, unless --verbose.
+THIRD_PARTY_LOGGERS = ("absl", "tensorflow", "apache_beam", "tensorflow_transform", "tensorflow_model_analysis",
+                       "tensorflow_data_validation", "tfx_bsl", "ml_metadata", "keras_tuner", "kfp", "urllib3")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -36,6 +40,8 @@ def quiet() -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     warnings.simplefilter("ignore")
+    for library in THIRD_PARTY_LOGGERS:
+        logging.getLogger(library).setLevel(logging.ERROR)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -149,7 +155,7 @@ def _run_pipeline(args) -> int:
     from cxr.pipeline.local_runner import run_local
     from cxr.pipeline.summary import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_BLESSED, format_summary
 
-    summary = run_local(config, progress=print)
+    summary = run_local(config, progress=lambda line: print(line, flush=True))
     print(format_summary(summary))
     if summary.interrupted:
         return EXIT_INTERRUPTED

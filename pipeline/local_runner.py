@@ -51,27 +51,29 @@ def _component_progress(progress: Optional[Callable[[str], None]]) -> Iterator[N
     if progress is None:
         yield
         return
-    handler = _ComponentProgress(progress)
     runner_log = logging.getLogger("absl")
-    level = runner_log.level
-    runner_log.addHandler(handler)
-    runner_log.setLevel(min(level or logging.WARNING, logging.INFO))
+    level, progress_filter = runner_log.level, _ComponentProgress(progress, runner_log.getEffectiveLevel())
+    runner_log.setLevel(logging.INFO)
+    runner_log.addFilter(progress_filter)
     try:
         yield
     finally:
-        runner_log.removeHandler(handler)
+        runner_log.removeFilter(progress_filter)
         runner_log.setLevel(level)
 
 
-class _ComponentProgress(logging.Handler):
+class _ComponentProgress(logging.Filter):
     """A line as each component starts and ends, from the LocalDagRunner's own log records
-    (tfx/orchestration/local/local_dag_runner.py logs 'Component %s is running.' / 'is finished.')."""
+    (tfx/orchestration/local/local_dag_runner.py logs 'Component %s is running.' / 'is finished.').
 
-    def __init__(self, write: Callable[[str], None]):
-        super().__init__(logging.INFO)
-        self.write, self.started = write, {}
+    A filter on TFX's logger: it writes those two records as progress lines and lets through only
+    what the logger let through before it was lowered to INFO to see them, so nothing floods."""
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def __init__(self, write: Callable[[str], None], passes_from_level: int):
+        super().__init__()
+        self.write, self.passes_from_level, self.started = write, passes_from_level, {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
         if record.msg == "Component %s is running.":
             node = record.args[0]
             self.started[node] = time.monotonic()
@@ -80,6 +82,7 @@ class _ComponentProgress(logging.Handler):
             node = record.args[0]
             took = time.monotonic() - self.started.get(node, time.monotonic())
             self.write(f"{node:<22} finished in {took:.0f} s")
+        return record.levelno >= self.passes_from_level
 
 
 def _summary_of(connection, run_id: str, error) -> RunSummary:

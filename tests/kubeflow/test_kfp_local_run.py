@@ -9,8 +9,7 @@ from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
 from cxr.kubeflow.cluster_checks import check_package
 from cxr.kubeflow.runner import compile_pipeline
-from cxr.pipeline.metadata_reader import sqlite_connection
-from cxr.pipeline.metadata_reader import read_run
+from cxr.pipeline.metadata_reader import read_run, sqlite_connection
 from cxr.pipeline.pipeline import create_pipeline
 from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, tiny_pipeline_config, write_tiny_data
 from kfp_local import Zygote, file_of, metadata_of, run_package

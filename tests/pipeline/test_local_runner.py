@@ -1,5 +1,7 @@
 """`cxr run`'s summary is of the run it started: a run that fails before ML Metadata records it says so,
 and a Ctrl-C names the component it interrupted, cancels it, and does not confuse the next run."""
+import re
+
 import pytest
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
@@ -8,8 +10,7 @@ from cxr.components import validation_gate
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
 from cxr.pipeline.local_runner import run_local
-from cxr.pipeline.metadata_reader import sqlite_connection
-from cxr.pipeline.metadata_reader import executions_of_run
+from cxr.pipeline.metadata_reader import executions_of_run, sqlite_connection
 from cxr.pipeline.summary import format_summary
 from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, tiny_pipeline_config, write_tiny_data
 
@@ -49,8 +50,13 @@ def test_ctrl_c_names_the_interrupted_component_cancels_it_and_the_next_run_is_w
     assert interrupted.statuses["ValidationGate"] == "CANCELED" and "Transform" not in interrupted.statuses
     assert interrupted.pushed_to is None
 
-    again = run_local(config)
+    progress = []
+    again = run_local(config, progress=progress.append)
     assert again.error is None and again.blessed is not None and again.run_id != interrupted.run_id
+    # A line as each component starts and ends, in the order create_pipeline wires them.
+    started = [line.split()[0] for line in progress if line.endswith(" started")]
+    assert started == again.components, progress
+    assert all(re.fullmatch(r"\S+ +finished in \d+ s", line) for line in progress if "finished" in line), progress
     assert again.statuses["ValidationGate"] == "COMPLETE" and again.statuses["Trainer"] == "COMPLETE"
     with metadata.Metadata(sqlite_connection(config.metadata_path)) as handle:
         states = {node: execution.last_known_state for node, execution in executions_of_run(
