@@ -3,20 +3,15 @@ import tensorflow_model_analysis as tfma
 
 from cxr import contract
 from cxr.components.settings import GateSettings
-from cxr.contract import CLASS_ID, LABELS
+from cxr.contract import CLASS_ID, GATE_RECALL, LABELS, class_metric_name
 
 # Per-class precision and recall of the arg-max prediction: top_k 1 at threshold 0.
 ARGMAX = '"top_k": 1, "thresholds": [0.0]'
-# The gate's per-class recall counts a case as found when its class gets a
+# The gate's per-class recall (contract.GATE_RECALL) counts a case as found when its class gets a
 # probability above 0.5, which implies the arg-max, so it is never above the
 # arg-max recall. TFMA 0.47 cannot attach thresholds to the top_k metrics (their
 # sub keys carry top_k, the thresholds' do not), so the gate uses this one.
-GATE_RECALL = "gate_recall"
 SLICES = ([], ["source"], ["label"])
-
-
-def class_metric_name(metric: str, class_name: str) -> str:
-    return f"{metric}/{class_name}"
 
 
 def eval_config(gate: GateSettings) -> tfma.EvalConfig:

@@ -11,6 +11,7 @@ import sys
 import warnings
 from typing import List, Optional
 
+from cxr import output
 from cxr.dataprep.mapping import PRESET_NAMES
 from cxr.pipeline.config import PRESETS, load_config
 
@@ -105,7 +106,6 @@ def _add_build_tfrecords(commands) -> None:
 def _run_build_tfrecords(args) -> int:
     from cxr.dataprep.build import build_tfrecords
     from cxr.dataprep.config import IngestConfig
-    from cxr.dataprep.ledger import format_reconciliation
     from cxr.dataprep.mapping import ClassMapping
 
     roots = {"covid_radiography": args.covid_radiography, "curated": args.curated, "nih": args.nih}
@@ -118,17 +118,9 @@ def _run_build_tfrecords(args) -> int:
         overwrite=args.overwrite, beam_args=tuple(args.beam_arg))
     manifest = build_tfrecords(config)
     print(f"\nspan {config.span} written to {config.span_dir}")
-    print(format_reconciliation(manifest["reconciliation"]))
-    print(_class_by_source_table(manifest["written"]))
+    print(output.reconciliation_table(manifest["reconciliation"]))
+    print(output.class_by_source_table(manifest["written"]))
     return 0
-
-
-def _class_by_source_table(written: dict) -> str:
-    sources = sorted({source for by_source in written.values() for source in by_source})
-    lines = ["\nwritten, by label and source:", "  ".join([f"{'label':<20}"] + [f"{s:>17}" for s in sources])]
-    for label in sorted(written):
-        lines.append("  ".join([f"{label:<20}"] + [f"{written[label].get(s, 0):>17,}" for s in sources]))
-    return "\n".join(lines)
 
 
 def _add_configuration(command) -> None:
@@ -153,15 +145,14 @@ def _run_pipeline(args) -> int:
     config = load_config(args.preset, args.config, overrides)
     _check_spans(config.data.tfrecords_dir, config.data.span)
     from cxr.pipeline.local_runner import run_local
-    from cxr.pipeline.summary import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_NOT_BLESSED, format_summary
 
     summary = run_local(config, progress=lambda line: print(line, flush=True))
-    print(format_summary(summary))
+    print(output.run_summary(summary))
     if summary.interrupted:
-        return EXIT_INTERRUPTED
+        return output.EXIT_INTERRUPTED
     if summary.error:
-        return EXIT_FAILED
-    return 0 if summary.blessed else EXIT_NOT_BLESSED
+        return output.EXIT_FAILED
+    return 0 if summary.blessed else output.EXIT_NOT_BLESSED
 
 
 def _check_spans(tfrecords_dir: str, span: Optional[int]) -> None:
@@ -198,7 +189,7 @@ def _add_predict(commands) -> None:
 def _run_predict(args) -> int:
     from cxr import contract
     from cxr.serving.client import ServingClient
-    from cxr.serving.results import format_table, to_json, write_overlays
+    from cxr.serving.results import write_overlays
 
     for path in args.images:
         if not os.path.isfile(path):
@@ -211,7 +202,7 @@ def _run_predict(args) -> int:
     signature = contract.EXPLAIN_SIGNATURE if args.explain else contract.PREDICT_SIGNATURE
     results = list(client.predict_files(args.images, signature, batch_size=args.batch_size))
     overlays = write_overlays(results, args.explain) if args.explain else {}
-    print(to_json(results, overlays) if args.json else format_table(results))
+    print(output.predictions_json(results, overlays) if args.json else output.prediction_table(results))
     if overlays and not args.json:
         print(f"\nGrad-CAM overlays: {len(overlays)} written to {args.explain}")
     return 1 if any(result.error for result in results) else 0
@@ -381,9 +372,9 @@ def _run_kfp_schedule(args) -> None:
 
 
 def _run_kfp_schedules(args) -> None:
-    from cxr.kubeflow.client import api_errors, format_schedules, list_schedules
+    from cxr.kubeflow.client import api_errors, list_schedules
     with api_errors(args.host):
-        print(format_schedules(list_schedules(_client(args), args.experiment)))
+        print(output.schedules_table(list_schedules(_client(args), args.experiment)))
 
 
 def _run_kfp_unschedule(args) -> None:

@@ -5,7 +5,7 @@ The TFRecord builder writes these features, Transform and the Trainer read them,
 the export names its signatures with them, and `cxr serve` / `cxr predict` call
 those signatures by the same names, so none of them can drift apart.
 """
-from typing import Optional
+from typing import Any, Dict, Optional
 
 # The study's class order: class ids 0..3 are the positions in this tuple, and
 # `probabilities` lists the classes in this order.
@@ -32,6 +32,24 @@ MANIFEST = "manifest.json"
 
 def span_dir(tfrecords_dir: str, span: int) -> str:
     return f"{tfrecords_dir.rstrip('/')}/span-{span}"
+
+
+# Every file the builder sees ends in exactly one of these outcomes; the manifest counts them.
+WRITTEN, DUPLICATE, CONFLICT, QUARANTINED, UNMAPPED = "written", "duplicate", "conflict", "quarantined", "unmapped"
+OUTCOMES = (WRITTEN, DUPLICATE, CONFLICT, QUARANTINED, UNMAPPED)
+
+# The Evaluator's metric names that its readers (summary, report, Kubeflow's UI) look up.
+# The gate's per-class recall counts a case as found when its class gets a probability above 0.5.
+GATE_RECALL = "gate_recall"
+
+
+def class_metric_name(metric: str, class_name: str) -> str:
+    return f"{metric}/{class_name}"
+
+
+def class_probabilities(outputs: Dict[str, Any]) -> Dict[str, float]:
+    """{label: probability} from a prediction's outputs."""
+    return dict(zip(LABELS, (float(p) for p in outputs[PROBABILITIES])))
 
 
 # The served model (TF Serving's REST API).

@@ -26,9 +26,10 @@ from cxr.contract import MANIFEST, NIH, SHARD_SUFFIX, SOURCES
 from cxr.dataprep import layouts, nih, records
 from cxr.dataprep.config import IngestConfig
 from cxr.dataprep.dedup import Candidate, FindDuplicates
+from cxr.output import reconciliation_table
 from cxr.dataprep.ledger import (
     MISSING_EXAMPLES, QUARANTINED, UNMAPPED, WRITTEN, Ignored, LedgerCombineFn, MissingNihFile, Outcome,
-    format_reconciliation, reconciliation)
+    reconciliation)
 from cxr.dataprep.listing import ListedFile, is_local, list_files
 from cxr.dataprep.mapping import ClassMapping
 from cxr.dataprep.probe import ImageFacts, probe
@@ -80,7 +81,7 @@ def _check_staged(config: IngestConfig, staging: str, manifest: dict) -> None:
     table = manifest["reconciliation"]
     if not table["balanced"]:
         raise _KeepStaging(f"nothing published: the outcomes do not account for every file seen "
-                           f"({format_reconciliation(table)}); the run is kept in {staging}")
+                           f"({reconciliation_table(table)}); the run is kept in {staging}")
     if table[WRITTEN] == 0:
         discard(staging)
         by_source = config.mapping.by_source

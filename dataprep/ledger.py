@@ -9,12 +9,7 @@ from typing import Dict, List, NamedTuple, Optional
 
 import apache_beam as beam
 
-WRITTEN = "written"
-DUPLICATE = "duplicate"
-CONFLICT = "conflict"
-QUARANTINED = "quarantined"
-UNMAPPED = "unmapped"
-STATUSES = (WRITTEN, DUPLICATE, CONFLICT, QUARANTINED, UNMAPPED)
+from cxr.contract import CONFLICT, DUPLICATE, OUTCOMES, QUARANTINED, UNMAPPED, WRITTEN
 _LISTED = (DUPLICATE, CONFLICT, QUARANTINED)
 MISSING_EXAMPLES = 50
 
@@ -83,7 +78,7 @@ class LedgerCombineFn(beam.CombineFn):
 def summarise(accumulator) -> dict:
     counts = accumulator["counts"]
     summary = {
-        "totals": {status: counts[(status,)] for status in STATUSES},
+        "totals": {status: counts[(status,)] for status in OUTCOMES},
         "written": _nested(counts, WRITTEN),
         "unmapped": _nested(counts, UNMAPPED),
         "ignored": _nested(counts, "ignored"),
@@ -98,22 +93,10 @@ def summarise(accumulator) -> dict:
 
 def reconciliation(files_seen: int, totals: Dict[str, int], unaccounted: List[str], unaccounted_count: int) -> dict:
     """The counts, and the files themselves: every file seen must have exactly one outcome."""
-    accounted = sum(totals[status] for status in STATUSES)
-    return {"seen": files_seen, **{status: totals[status] for status in STATUSES},
+    accounted = sum(totals[status] for status in OUTCOMES)
+    return {"seen": files_seen, **{status: totals[status] for status in OUTCOMES},
             "files_without_exactly_one_outcome": unaccounted_count, "examples": sorted(unaccounted),
             "balanced": accounted == files_seen and unaccounted_count == 0}
-
-
-def format_reconciliation(table: dict) -> str:
-    rows = [("files seen", table["seen"])] + [(status, table[status]) for status in STATUSES]
-    width = max(len(name) for name, _ in rows)
-    lines = [f"{name:<{width}}  {count:>9,}" for name, count in rows]
-    verdict = "seen = written + duplicate + conflict + quarantined + unmapped, one outcome per file"
-    lines.append(f"{'':<{width}}  {'balanced' if table['balanced'] else 'NOT BALANCED'}: {verdict}")
-    if table.get("files_without_exactly_one_outcome"):
-        lines.append(f"files without exactly one outcome: {table['files_without_exactly_one_outcome']:,}, e.g. "
-                     + ", ".join(table["examples"][:5]))
-    return "\n".join(lines)
 
 
 def _listed(outcome: Outcome) -> dict:

@@ -22,7 +22,7 @@ import hashlib
 import json
 import urllib.error
 import urllib.request
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import kfp
 import urllib3
@@ -298,13 +298,3 @@ def unschedule(client: kfp.Client, name_or_id: str) -> Schedule:
         raise ValueError(f"{len(matches)} schedules are named {name_or_id!r} (ids {ids}); pass the id instead.")
     client.delete_recurring_run(matches[0].id)
     return matches[0]
-
-
-def format_schedules(schedules: Sequence[Schedule]) -> str:
-    if not schedules:
-        return "No schedules."
-    header = ("NAME", "CRON", "STATUS", "MAX CONCURRENCY", "ID", "PIPELINE VERSION")
-    rows = [header] + [(s.name, s.cron, s.status, str(s.max_concurrency), s.id, s.pipeline_version_id)
-                       for s in schedules]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)

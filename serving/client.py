@@ -10,7 +10,6 @@ import dataclasses
 import time
 from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
-import numpy as np
 import requests
 
 from cxr import contract
@@ -172,7 +171,3 @@ def _reason(error: requests.ConnectionError) -> str:
     if "name or service not known" in text or "nodename nor servname" in text or "name resolution" in text:
         return "unknown host name: check --url"
     return str(error)
-
-
-def class_probabilities(outputs: Dict[str, object]) -> Dict[str, float]:
-    return dict(zip(contract.LABELS, np.asarray(outputs[contract.PROBABILITIES], dtype=float).tolist()))

@@ -40,3 +40,14 @@ def test_the_contract_is_a_leaf():
                 for alias in node.names}
     imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
     assert imported <= {"typing"}, imported
+
+
+def test_the_output_module_needs_only_the_contract():
+    # cxr predict formats its answers without TensorFlow; every command's printing lives there.
+    with open(os.path.join(ROOT, "cxr", "output.py"), encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    assert _imports(os.path.join(ROOT, "cxr", "output.py")) <= {"cxr", "cxr.contract"}
+    third_party = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                   for alias in node.names}
+    assert third_party <= {"json", "os"}, third_party
+

@@ -14,10 +14,10 @@ from google.protobuf import json_format
 from tfx.utils import path_utils
 
 from cxr import contract
-from cxr.components.trainer import SETTINGS_FILE
-from cxr.contract import LABELS
 from cxr.components.evaluation import gate_of
 from cxr.components.serving_check import CheckLimits
+from cxr.components.trainer import SETTINGS_FILE
+from cxr.contract import LABELS
 from cxr.pipeline.metadata_reader import RunSummary, execution_properties, read_run
 
 SPLITS = ("train", "eval", "test")

@@ -1,5 +1,6 @@
 from cxr.dataprep.ledger import (
-    Ignored, LedgerCombineFn, MissingNihFile, Outcome, format_reconciliation, reconciliation)
+    Ignored, LedgerCombineFn, MissingNihFile, Outcome, reconciliation)
+from cxr.output import reconciliation_table
 
 
 def _fold(combine, entries):
@@ -31,7 +32,7 @@ def test_a_file_without_an_outcome_shows_as_not_balanced():
     assert reconciliation(4, totals, [], 0)["balanced"]
     table = reconciliation(5, totals, [], 0)
     assert not table["balanced"]
-    assert "NOT BALANCED" in format_reconciliation(table)
+    assert "NOT BALANCED" in reconciliation_table(table)
 
 
 def test_counts_that_add_up_over_the_wrong_files_are_not_balanced():
@@ -40,4 +41,4 @@ def test_counts_that_add_up_over_the_wrong_files_are_not_balanced():
     unaccounted = ["nih:a.png (listed 1x, outcomes ['duplicate', 'written'])", "nih:b.png (listed 1x, outcomes [])"]
     table = reconciliation(4, totals, unaccounted, 2)
     assert not table["balanced"]
-    assert "files without exactly one outcome: 2, e.g. nih:a.png" in format_reconciliation(table)
+    assert "files without exactly one outcome: 2, e.g. nih:a.png" in reconciliation_table(table)

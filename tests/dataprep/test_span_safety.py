@@ -2,7 +2,6 @@
 concurrent runs, a run killed mid-way, an interrupted publish, links, empty and mistaken folders."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

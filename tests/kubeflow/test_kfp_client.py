@@ -11,6 +11,7 @@ from kfp import compiler, dsl
 
 from cxr.kubeflow import client as kfp_client
 from cxr.kubeflow.client import Connection, connect, list_schedules, schedule, submit, unschedule, validate_cron
+from cxr.output import schedules_table
 from fake_kfp_server import FakeKfpServer
 
 PARAMS = {"epochs": 3, "data_root": "gs://bucket/cxr"}
@@ -181,10 +182,10 @@ def test_list_schedules_returns_what_was_created_across_pages(kfp_server, client
     assert [(r.method, r.path, r.query["page_token"], r.query["page_size"]) for r in pages] == [
         ("GET", "/apis/v2beta1/recurringruns", token, "2") for token in ("", "offset-2", "offset-4")]
 
-    table = kfp_client.format_schedules(schedules).splitlines()
+    table = schedules_table(schedules).splitlines()
     assert table[0].split()[:2] == ["NAME", "CRON"] and len(table) == 6
     assert table[3].split()[:7] == ["s2", "0", "2", "3", "*", "*", "*"]
-    assert kfp_client.format_schedules([]) == "No schedules."
+    assert schedules_table([]) == "No schedules."
 
 
 def test_list_schedules_of_one_experiment_asks_by_experiment_id(kfp_server, client, package):

@@ -9,9 +9,9 @@ from tfx.orchestration import metadata
 from cxr.components import validation_gate
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
+from cxr.output import run_summary
 from cxr.pipeline.local_runner import run_local
 from cxr.pipeline.metadata_reader import executions_of_run, sqlite_connection
-from cxr.pipeline.summary import format_summary
 from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, tiny_pipeline_config, write_tiny_data
 
 
@@ -30,7 +30,7 @@ def test_a_run_that_fails_at_once_reports_itself_not_an_earlier_run(tmp_path, ca
     summary = run_local(config)
     assert summary.run_id != "2020-01-01T00:00:00" and not summary.blessed and summary.pushed_to is None
     assert "Cannot find matching for split all" in summary.error
-    text = format_summary(summary)
+    text = run_summary(summary)
     assert f"run {summary.run_id}, components:" in text and "drift:" not in text
 
 

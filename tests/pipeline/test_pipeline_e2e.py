@@ -14,7 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from cxr import contract
-from cxr.components.evaluation import class_metric_name
+from cxr.contract import class_metric_name
 from cxr.contract import LABELS
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig

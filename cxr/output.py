@@ -1,0 +1,145 @@
+"""Everything the commands print: each command's tables and summaries, formatted here and only here.
+
+Plain Python over plain data (summaries, results, manifests): no TensorFlow, no TFX.
+"""
+import json
+import os
+from typing import Dict, Mapping, Sequence
+
+from cxr import contract
+from cxr.contract import GATE_RECALL, LABELS, OUTCOMES, class_metric_name, class_probabilities
+
+EXIT_FAILED = 1
+EXIT_NOT_BLESSED = 3
+EXIT_INTERRUPTED = 130  # as shells report a command ended by Ctrl-C
+
+
+def run_summary(summary) -> str:
+    """`cxr run`'s end: each component's status, drift, the test metrics, the gate, the serving check, the push."""
+    lines = ["", f"run {summary.run_id}, components:"]
+    for node in summary.components or list(summary.statuses):
+        lines.append(f"  {node:<22} {summary.statuses.get(node, 'NOT RUN')}")
+    if summary.error:
+        lines += ["", f"FAILED: {summary.error}"]
+    if "DriftCheck" in summary.statuses:
+        lines += ["", *_drift_lines(summary)]
+    if summary.metrics:
+        lines += ["", *_metric_table(summary.metrics)]
+    lines.append("")
+    if summary.blessed:
+        lines.append("BLESSED: the model passed every threshold of the gate")
+    elif summary.blessed is False:
+        lines.append("NOT BLESSED: the model failed the gate and was not pushed:")
+        lines += [f"  - {failure}" for failure in summary.failed_thresholds]
+    if summary.serving_check:
+        verdict = "passed" if summary.serving_check_passed else "FAILED, so nothing is pushed"
+        lines.append(f"serving check {verdict}: {summary.serving_check}")
+    lines.append(f"pushed to: {summary.pushed_to}" if summary.pushed_to else "pushed: nothing")
+    return "\n".join(lines)
+
+
+def _metric_table(metrics) -> list:
+    overall = metrics.get("", {})
+    lines = [f"test split: {int(overall.get('example_count', 0))} examples, "
+             f"accuracy {_number(overall.get('sparse_categorical_accuracy'))}",
+             f"  {'class':<20} {'precision':>9} {'recall':>7} {'AUC':>6} {'gate recall':>11}"]
+    for class_id, name in enumerate(LABELS):
+        argmax = metrics.get(f"classId:{class_id} topK:1", {})
+        binarized = metrics.get(f"classId:{class_id}", {})
+        lines.append(f"  {name:<20} {_number(argmax.get(class_metric_name('precision', name))):>9} "
+                     f"{_number(argmax.get(class_metric_name('recall', name))):>7} "
+                     f"{_number(binarized.get('auc')):>6} {_number(binarized.get(GATE_RECALL)):>11}")
+    return lines
+
+
+def _number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else "n/a"
+
+
+def _drift_lines(summary) -> list:
+    if summary.drift_baseline_span is None:
+        return ["drift: no earlier statistics to compare with"]
+    if not summary.drift:
+        return [f"drift against span {summary.drift_baseline_span}: within the thresholds"]
+    return [f"DRIFT against span {summary.drift_baseline_span}:", *[f"  - {line}" for line in summary.drift]]
+
+
+def class_by_source_table(written: dict) -> str:
+    """`cxr build-tfrecords`: the images written, by label and source."""
+    sources = sorted({source for by_source in written.values() for source in by_source})
+    lines = ["\nwritten, by label and source:", "  ".join([f"{'label':<20}"] + [f"{s:>17}" for s in sources])]
+    for label in sorted(written):
+        lines.append("  ".join([f"{label:<20}"] + [f"{written[label].get(s, 0):>17,}" for s in sources]))
+    return "\n".join(lines)
+
+
+def reconciliation_table(table: dict) -> str:
+    """`cxr build-tfrecords`: every file seen and its one outcome."""
+    rows = [("files seen", table["seen"])] + [(status, table[status]) for status in OUTCOMES]
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{name:<{width}}  {count:>9,}" for name, count in rows]
+    verdict = "seen = written + duplicate + conflict + quarantined + unmapped, one outcome per file"
+    lines.append(f"{'':<{width}}  {'balanced' if table['balanced'] else 'NOT BALANCED'}: {verdict}")
+    if table.get("files_without_exactly_one_outcome"):
+        lines.append(f"files without exactly one outcome: {table['files_without_exactly_one_outcome']:,}, e.g. "
+                     + ", ".join(table["examples"][:5]))
+    return "\n".join(lines)
+
+
+def unique_names(paths: Sequence[str]) -> Dict[str, str]:
+    """{path: the shortest end of it that no other path shares}: the file name, or with as many of
+    its folders as it takes (files of the same name from different folders keep apart)."""
+    parts = {path: os.path.normpath(os.path.abspath(path)).split(os.sep) for path in paths}
+    names = {}
+    for path, own in parts.items():
+        depth = 1
+        while depth < len(own) and any(other[-depth:] == own[-depth:] for key, other in parts.items()
+                                       if os.path.abspath(key) != os.path.abspath(path)):
+            depth += 1
+        names[path] = "/".join(own[-depth:])
+    return names
+
+
+def prediction_table(results) -> str:
+    """`cxr predict`: a row per file, its class and every class's probability (or its error)."""
+    names = unique_names([result.path for result in results])
+    width = max([len("file")] + [len(name) for name in names.values()])
+    header = [f"{'file':<{width}}", f"{'class':<19}"] + [f"{name:>19}" for name in contract.LABELS]
+    lines = ["  ".join(header)]
+    for result in results:
+        name = f"{names[result.path]:<{width}}"
+        if result.error:
+            lines.append(f"{name}  error: {result.error}")
+            continue
+        probabilities = class_probabilities(result.outputs)
+        lines.append("  ".join([name, f"{result.outputs[contract.CLASS_NAME]:<19}"] +
+                               [f"{probabilities[label]:>19.3f}" for label in contract.LABELS]))
+    return "\n".join(lines)
+
+
+def predictions_json(results, overlays: Mapping[str, str]) -> str:
+    """One object per file; `overlays` maps an image's path to its Grad-CAM overlay's."""
+    documents = []
+    for result in results:
+        document = {"file": result.path}
+        if result.error:
+            document["error"] = result.error
+        else:
+            document.update(class_name=result.outputs[contract.CLASS_NAME],
+                            class_id=result.outputs[contract.CLASS_ID],
+                            probabilities=class_probabilities(result.outputs))
+            if result.path in overlays:
+                document["gradcam_png"] = overlays[result.path]
+        documents.append(document)
+    return json.dumps(documents, indent=2)
+
+
+def schedules_table(schedules) -> str:
+    """`cxr kfp schedules`: one row per recurring run."""
+    if not schedules:
+        return "No schedules."
+    header = ("NAME", "CRON", "STATUS", "MAX CONCURRENCY", "ID", "PIPELINE VERSION")
+    rows = [header] + [(s.name, s.cron, s.status, str(s.max_concurrency), s.id, s.pipeline_version_id)
+                       for s in schedules]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
