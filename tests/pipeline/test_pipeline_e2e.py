@@ -100,18 +100,9 @@ def test_the_pushed_model_explains_guards_and_warms_up_as_tf_serving_expects(fir
         loaded.signatures[contract.PREDICT_SIGNATURE](images=tf.constant([b"not an image"]))
 
 
-def test_an_impossible_threshold_blesses_nothing_and_pushes_nothing(first_run, workspace):
-    summary = run_local(_config(workspace, "gate.min_accuracy=1.01"))
-    assert summary.blessed is False
-    assert any(f.startswith("sparse_categorical_accuracy = ") and ">= 1.01" in f
-               for f in summary.failed_thresholds), summary.failed_thresholds
-    assert summary.pushed_to is None
-    assert len(_versions(workspace)) == 1
-    assert all(summary.statuses[node] == "CACHED" for node in UPSTREAM + ("Transform", "Trainer"))
-
-
 def test_a_model_that_never_trained_is_refused_by_the_demo_gate(first_run, workspace):
     summary = run_local(_config(workspace, "training.epochs=0"))
+    assert all(summary.statuses[node] == "CACHED" for node in UPSTREAM + ("Transform",))
     assert summary.statuses["Trainer"] == "COMPLETE" and summary.blessed is False
     gate = PRESETS["demo"].gate
     assert any(f.startswith("sparse_categorical_accuracy = ") and f.endswith(f"required >= {gate.min_accuracy}")
