@@ -50,3 +50,13 @@ def test_unknown_preset_and_missing_file_are_named(tmp_path):
         load_config("fast")
     with pytest.raises(ConfigError, match="cannot read configuration file .*nope.yaml"):
         load_config("demo", str(tmp_path / "nope.yaml"))
+
+
+def test_local_folders_become_absolute_for_a_local_run_and_bucket_paths_stay(tmp_path, monkeypatch):
+    from cxr.pipeline.config import with_absolute_paths
+    monkeypatch.chdir(tmp_path)
+    config = with_absolute_paths(load_config("demo", overrides=["serving_dir=gs://bucket/serving"]))
+    assert config.pipeline_root == str(tmp_path / "demo" / "pipeline")
+    assert config.metadata_path == str(tmp_path / "demo" / "metadata.sqlite")
+    assert config.data.tfrecords_dir == str(tmp_path / "demo" / "tfrecords")
+    assert config.serving_dir == "gs://bucket/serving" and config.drift.baseline_dir == ""
