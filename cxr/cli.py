@@ -42,7 +42,10 @@ def quiet() -> None:
     os.environ.setdefault("PYTHONWARNINGS", "ignore")
     warnings.simplefilter("ignore")
     for library in THIRD_PARTY_LOGGERS:
-        logging.getLogger(library).setLevel(logging.ERROR)
+        library_log = logging.getLogger(library)
+        library_log.setLevel(logging.ERROR)  # and so its child loggers
+        # A filter as well: TFX's Transform sets absl's verbosity again during the run.
+        library_log.addFilter(lambda record: record.levelno >= logging.ERROR)
 
 
 def _parser() -> argparse.ArgumentParser:

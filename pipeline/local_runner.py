@@ -1,21 +1,20 @@
-"""Runs the pipeline on this machine (LocalDagRunner, SQLite ML Metadata, Beam DirectRunner).
+"""Runs the pipeline on this machine: each node through TFX's portable Launcher as LocalDagRunner does,
+ML Metadata in SQLite, Beam's DirectRunner.
 
 The run gets its id here, before it starts, so that the summary is of this run: when a run
 fails before ML Metadata records it, the summary says so rather than showing an earlier run. A
 Ctrl-C ends the run with a summary naming the component it interrupted, whose execution is
 marked CANCELED, not left RUNNING.
 """
-import contextlib
 import datetime
-import logging
 import time
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
-from tfx import v1 as tfx
 from tfx.dsl.compiler import compiler, constants
 from tfx.orchestration import metadata
-from tfx.orchestration.portable import runtime_parameter_utils
+from tfx.orchestration.local import runner_utils
+from tfx.orchestration.portable import launcher, runtime_parameter_utils
 
 from cxr.pipeline.config import PipelineConfig, with_absolute_paths
 from cxr.pipeline.metadata_reader import RunSummary, executions_of_run, read_run, sqlite_connection
@@ -32,8 +31,7 @@ def run_local(config: PipelineConfig, progress: Optional[Callable[[str], None]] 
     try:
         ir = compiler.Compiler().compile(pipeline)
         runtime_parameter_utils.substitute_runtime_parameter(ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
-        with _component_progress(progress):
-            tfx.orchestration.LocalDagRunner().run_with_ir(ir)
+        _run_nodes(ir, progress or (lambda line: None))
     except KeyboardInterrupt:
         interrupted = True
         cancelled = cancel_unfinished(connection, run_id)
@@ -46,43 +44,25 @@ def run_local(config: PipelineConfig, progress: Optional[Callable[[str], None]] 
     return summary
 
 
-@contextlib.contextmanager
-def _component_progress(progress: Optional[Callable[[str], None]]) -> Iterator[None]:
-    if progress is None:
-        yield
-        return
-    runner_log = logging.getLogger("absl")
-    level, progress_filter = runner_log.level, _ComponentProgress(progress, runner_log.getEffectiveLevel())
-    runner_log.setLevel(logging.INFO)
-    runner_log.addFilter(progress_filter)
-    try:
-        yield
-    finally:
-        runner_log.removeFilter(progress_filter)
-        runner_log.setLevel(level)
-
-
-class _ComponentProgress(logging.Filter):
-    """A line as each component starts and ends, from the LocalDagRunner's own log records
-    (tfx/orchestration/local/local_dag_runner.py logs 'Component %s is running.' / 'is finished.').
-
-    A filter on TFX's logger: it writes those two records as progress lines and lets through only
-    what the logger let through before it was lowered to INFO to see them, so nothing floods."""
-
-    def __init__(self, write: Callable[[str], None], passes_from_level: int):
-        super().__init__()
-        self.write, self.passes_from_level, self.started = write, passes_from_level, {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg == "Component %s is running.":
-            node = record.args[0]
-            self.started[node] = time.monotonic()
-            self.write(f"{node:<22} started")
-        elif record.msg == "Component %s is finished.":
-            node = record.args[0]
-            took = time.monotonic() - self.started.get(node, time.monotonic())
-            self.write(f"{node:<22} finished in {took:.0f} s")
-        return record.levelno >= self.passes_from_level
+def _run_nodes(ir, progress: Callable[[str], None]) -> None:
+    """What TFX's LocalDagRunner.run_with_ir does (tfx/orchestration/local/local_dag_runner.py): each node
+    of the IR, in its topological order, through TFX's portable Launcher against ML Metadata; here with
+    a progress line as each starts and ends."""
+    deployment = runner_utils.extract_local_deployment_config(ir)
+    connection = deployment.metadata_connection_config
+    connection = getattr(connection, connection.WhichOneof("connection_config"))
+    for node in ir.nodes:
+        pipeline_node = node.pipeline_node
+        node_id = pipeline_node.node_info.id
+        node_launcher = launcher.Launcher(
+            pipeline_node=pipeline_node, mlmd_connection=metadata.Metadata(connection),
+            pipeline_info=ir.pipeline_info, pipeline_runtime_spec=ir.runtime_spec,
+            executor_spec=runner_utils.extract_executor_spec(deployment, node_id),
+            custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment, node_id))
+        progress(f"{node_id:<22} started")
+        started = time.monotonic()
+        node_launcher.launch()
+        progress(f"{node_id:<22} finished in {time.monotonic() - started:.0f} s")
 
 
 def _summary_of(connection, run_id: str, error) -> RunSummary:
