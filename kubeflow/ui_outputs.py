@@ -36,7 +36,7 @@ def write_ui_outputs(config: PipelineConfig, metadata_connection, run_id: str, e
     if evaluation is not None:
         confusion.log_confusion_matrix(list(LABELS), confusion_matrix(evaluation.uri))
     report = _artifact(dsl.HTML, executor_input, REPORT)
-    _write_report(config, metadata_connection, run_id, report.path)
+    _write_report(metadata_connection, run_id, report.path)
     _write_executor_output(executor_input.outputs.output_file,
                            {METRICS: metrics, CONFUSION_MATRIX: confusion}, files={REPORT: report})
 
@@ -85,11 +85,11 @@ def confusion_matrix(evaluation_uri: str) -> List[List[int]]:
     return matrix
 
 
-def _write_report(config: PipelineConfig, metadata_connection, run_id: str, path: str) -> None:
+def _write_report(metadata_connection, run_id: str, path: str) -> None:
     from cxr.pipeline.report.collect import collect
     from cxr.pipeline.report.render import write_report
     with tempfile.TemporaryDirectory() as folder:
-        index = write_report(collect(config, metadata_connection, run_id), folder)
+        index = write_report(collect(metadata_connection, run_id), folder)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         shutil.copyfile(index, path)
 
