@@ -43,6 +43,7 @@ VERDICT = "verdict"
 LATENCY_REQUESTS = 30  # single-image requests timed for the median
 BATCH = 16
 START_TIMEOUT_S = 300
+SERVED_NAME = "cxr"  # the candidate is served as version 1 of this model
 
 
 class ServingCheckFailed(Exception):
@@ -94,14 +95,14 @@ def weak_slices(predicted, labels: List[int], sources: List[str], limits: CheckL
 
 def test_images(examples_uri: str) -> Tuple[List[bytes], List[int], List[str]]:
     """The test split's encoded images, class ids and sources."""
-    features = {name: tf.io.FixedLenFeature([], tf.string) for name in ("image", "label", "source")}
+    features = {name: tf.io.FixedLenFeature([], tf.string) for name in (contract.IMAGE, contract.LABEL, contract.SOURCE)}
     files = sorted(glob.glob(os.path.join(examples_uri, "Split-test", "*.gz")))
     images, labels, sources = [], [], []
     for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64).map(
             lambda serialized: tf.io.parse_example(serialized, features)):
-        images += list(batch["image"].numpy())
-        labels += [LABELS.index(label.decode()) for label in batch["label"].numpy()]
-        sources += [source.decode() for source in batch["source"].numpy()]
+        images += list(batch[contract.IMAGE].numpy())
+        labels += [LABELS.index(label.decode()) for label in batch[contract.LABEL].numpy()]
+        sources += [source.decode() for source in batch[contract.SOURCE].numpy()]
     return images, labels, sources
 
 
@@ -113,9 +114,9 @@ class _served:
 
     def __enter__(self) -> str:
         self._work = tempfile.mkdtemp(prefix="serving-check-")
-        shutil.copytree(self._model_dir, os.path.join(self._work, "cxr", "1"))
+        shutil.copytree(self._model_dir, os.path.join(self._work, SERVED_NAME, "1"))
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "cxr", "serve", "--model_base_path", os.path.join(self._work, "cxr"),
+            [sys.executable, "-m", "cxr", "serve", "--model_base_path", os.path.join(self._work, SERVED_NAME), "--model_name", SERVED_NAME,
              "--rest_api_port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first_line = self._server.stdout.readline()
         found = re.search(r"at (http://\S+)/v1/models/", first_line)
@@ -145,7 +146,7 @@ def _timed_predict(url: str, images: List[bytes]) -> Tuple[np.ndarray, float]:
     body = {"signature_name": contract.PREDICT_SIGNATURE,
             "instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
     started = time.perf_counter()
-    response = requests.post(f"{url}{contract.model_path('cxr')}:predict", json=body, timeout=120)
+    response = requests.post(f"{url}{contract.model_path(SERVED_NAME)}:predict", json=body, timeout=120)
     took = (time.perf_counter() - started) / len(images)
     if response.status_code != 200:
         raise ServingCheckFailed(f"a test image was answered HTTP {response.status_code}: {response.text[:300]}")

@@ -83,7 +83,6 @@ class Knob:
     """One of the Tuner's knobs: the choices searched by default, and what a chosen value changes."""
     choices: Tuple[Any, ...]
     apply: Callable[[TrainerSettings, Any], TrainerSettings]
-    meaning: str
 
 
 def _model(settings: TrainerSettings, **changes) -> TrainerSettings:
@@ -107,17 +106,15 @@ def scaled_augmentation(augmentation: AugmentationSettings, strength: float) -> 
 
 # The one declaration of each knob: the tuner's settings, its search space and the Trainer follow from it.
 KNOBS: Dict[str, Knob] = {
-    "learning_rate": Knob((3e-5, 1e-4, 3e-4, 1e-3), lambda s, v: _training(s, learning_rate=float(v)),
-                          "Adam's learning rate"),
-    "width_multiplier": Knob((0.5, 1.0), lambda s, v: _model(s, filters=_scaled(s.model.filters, v)),
-                             "times every convolution's filters"),
-    "dense_multiplier": Knob((0.5, 1.0), lambda s, v: _model(s, dense_units=_scaled(s.model.dense_units, v)),
-                             "times every dense layer's units"),
-    "dropout": Knob((0.2, 0.3, 0.5), lambda s, v: _model(s, dropout=float(v)), "after each dense layer"),
-    "batch_size": Knob((16, 32), lambda s, v: _training(s, batch_size=int(v)), "images per step"),
+    "learning_rate": Knob((3e-5, 1e-4, 3e-4, 1e-3), lambda s, v: _training(s, learning_rate=float(v))),
+    # times every convolution's filters, every dense layer's units
+    "width_multiplier": Knob((0.5, 1.0), lambda s, v: _model(s, filters=_scaled(s.model.filters, v))),
+    "dense_multiplier": Knob((0.5, 1.0), lambda s, v: _model(s, dense_units=_scaled(s.model.dense_units, v))),
+    "dropout": Knob((0.2, 0.3, 0.5), lambda s, v: _model(s, dropout=float(v))),
+    "batch_size": Knob((16, 32), lambda s, v: _training(s, batch_size=int(v))),
+    # times every augmentation range
     "augmentation_strength": Knob(
-        (0.0, 0.5, 1.0), lambda s, v: _training(s, augmentation=scaled_augmentation(s.training.augmentation, v)),
-        "times every augmentation range"),
+        (0.0, 0.5, 1.0), lambda s, v: _training(s, augmentation=scaled_augmentation(s.training.augmentation, v))),
 }
 
 TUNER_ALGORITHMS = ("random", "bayesian", "hyperband")

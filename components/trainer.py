@@ -15,6 +15,7 @@ from cxr.components.export import export_serving_model
 from cxr.components.settings import TRAINER_KEY, AugmentationSettings, TrainerSettings, read
 from cxr.contract import CLASS_ID, IMAGE
 
+
 def settings_from(custom_config: dict) -> TrainerSettings:
     return read(TrainerSettings, custom_config[TRAINER_KEY], f"custom_config[{TRAINER_KEY!r}]")
 

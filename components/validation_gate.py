@@ -17,12 +17,10 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
-from cxr.contract import MANIFEST, span_dir
-from cxr.contract import LABELS
+from cxr.contract import LABEL, LABELS, MANIFEST, span_dir
 
 ANOMALIES_FILE = "SchemaDiff.pb"
 STATISTICS_FILE = "FeatureStats.pb"
-LABEL_FEATURE = "label"
 
 
 class DataAnomaliesError(RuntimeError):
@@ -48,7 +46,7 @@ def missing_classes(statistics) -> List[str]:
     for split in artifact_utils.decode_split_names(statistics.split_names):
         stats = tfdv.load_stats_binary(os.path.join(statistics.uri, f"Split-{split}", STATISTICS_FILE))
         counts = {bucket.label: bucket.sample_count for feature in stats.datasets[0].features
-                  if feature.path.step == [LABEL_FEATURE] for bucket in feature.string_stats.rank_histogram.buckets}
+                  if feature.path.step == [LABEL] for bucket in feature.string_stats.rank_histogram.buckets}
         problems += [f"split {split} has no example of {label}" for label in LABELS if not counts.get(label)]
     return problems
 

@@ -11,7 +11,7 @@ import sys
 import warnings
 from typing import List, Optional
 
-from cxr import output
+from cxr import contract, output
 from cxr.dataprep.mapping import PRESET_NAMES
 from cxr.pipeline.config import PRESETS, load_config
 
@@ -45,7 +45,11 @@ def quiet() -> None:
         library_log = logging.getLogger(library)
         library_log.setLevel(logging.ERROR)  # and so its child loggers
         # A filter as well: TFX's Transform sets absl's verbosity again during the run.
-        library_log.addFilter(lambda record: record.levelno >= logging.ERROR)
+        library_log.addFilter(_errors_only)
+
+
+def _errors_only(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -137,7 +141,7 @@ def _add_configuration(command) -> None:
 
 
 def _add_run(commands) -> None:
-    command = commands.add_parser("run", help="run the TFX pipeline on this machine (LocalDagRunner)")
+    command = commands.add_parser("run", help="run the TFX pipeline on this machine (ML Metadata in SQLite, Beam's DirectRunner)")
     _add_configuration(command)
     command.add_argument("--span", type=int, help="the TFRecord span to train on (default: the latest)")
     command.set_defaults(run=_run_pipeline)
@@ -160,11 +164,10 @@ def _run_pipeline(args) -> int:
 
 def _check_spans(tfrecords_dir: str, span: Optional[int]) -> None:
     """A local TFRecords folder without the span to read is named before the pipeline starts."""
-    from cxr import contract
     if "://" in tfrecords_dir:
         return  # a bucket: ImportExampleGen lists it
-    wanted = contract.span_dir(tfrecords_dir, span) if span is not None else contract.span_dir(tfrecords_dir, "*")
-    if not glob.glob(os.path.join(wanted, "*" + contract.SHARD_SUFFIX)):
+    pattern = contract.SPAN_PATTERN.replace("{SPAN}", "*" if span is None else str(span))  # as ExampleGen reads
+    if not glob.glob(os.path.join(tfrecords_dir, pattern)):
         which = f"span {span}" if span is not None else "no span"
         raise ValueError(f"{which} under {os.path.abspath(tfrecords_dir)} (data.tfrecords_dir): expected "
                          f"span-N/*{contract.SHARD_SUFFIX}, which `cxr build-tfrecords --out {tfrecords_dir}` writes")
@@ -190,7 +193,6 @@ def _add_predict(commands) -> None:
 
 
 def _run_predict(args) -> int:
-    from cxr import contract
     from cxr.serving.client import ServingClient
     from cxr.serving.results import write_overlays
 

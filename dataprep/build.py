@@ -26,7 +26,6 @@ from cxr.contract import MANIFEST, NIH, SHARD_SUFFIX, SOURCES
 from cxr.dataprep import layouts, nih, records
 from cxr.dataprep.config import IngestConfig
 from cxr.dataprep.dedup import Candidate, FindDuplicates
-from cxr.output import reconciliation_table
 from cxr.dataprep.ledger import (
     MISSING_EXAMPLES, QUARANTINED, UNMAPPED, WRITTEN, Ignored, LedgerCombineFn, MissingNihFile, Outcome,
     reconciliation)
@@ -35,6 +34,7 @@ from cxr.dataprep.mapping import ClassMapping
 from cxr.dataprep.probe import ImageFacts, probe
 from cxr.dataprep.span_output import (
     discard, publish, restore_interrupted_publish, span_lock, staging_dir)
+from cxr.output import reconciliation_table
 
 SHARD_PREFIX = "data"
 _METRICS = "cxr_ingest"

@@ -109,14 +109,16 @@ class PipelineConfig:
 
 
 def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
-    """Local folders made absolute, so that what ML Metadata records works from any folder."""
-    def absolute(path: str) -> str:
-        return path if "://" in path or not path else os.path.abspath(path)
-    return dataclasses.replace(
-        config, pipeline_root=absolute(config.pipeline_root), metadata_path=absolute(config.metadata_path),
-        serving_dir=absolute(config.serving_dir),
-        data=dataclasses.replace(config.data, tfrecords_dir=absolute(config.data.tfrecords_dir)),
-        drift=dataclasses.replace(config.drift, baseline_dir=absolute(config.drift.baseline_dir)))
+    """Local folders (storage_paths) made absolute, so that what ML Metadata records works from any folder."""
+    values = to_dict(config)
+    for setting, path in config.storage_paths().items():
+        if "://" not in path:
+            *sections, field = setting.split(".")
+            section = values
+            for name in sections:
+                section = section[name]
+            section[field] = os.path.abspath(path)
+    return from_dict(values)
 
 
 def _check_kubeflow(settings: KubeflowConfig) -> None:

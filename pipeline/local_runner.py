@@ -31,7 +31,7 @@ def run_local(config: PipelineConfig, progress: Optional[Callable[[str], None]] 
     try:
         ir = compiler.Compiler().compile(pipeline)
         runtime_parameter_utils.substitute_runtime_parameter(ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
-        _run_nodes(ir, progress or (lambda line: None))
+        _run_nodes(ir, connection, progress or (lambda line: None))
     except KeyboardInterrupt:
         interrupted = True
         cancelled = cancel_unfinished(connection, run_id)
@@ -44,13 +44,11 @@ def run_local(config: PipelineConfig, progress: Optional[Callable[[str], None]] 
     return summary
 
 
-def _run_nodes(ir, progress: Callable[[str], None]) -> None:
+def _run_nodes(ir, connection, progress: Callable[[str], None]) -> None:
     """What TFX's LocalDagRunner.run_with_ir does (tfx/orchestration/local/local_dag_runner.py): each node
     of the IR, in its topological order, through TFX's portable Launcher against ML Metadata; here with
     a progress line as each starts and ends."""
     deployment = runner_utils.extract_local_deployment_config(ir)
-    connection = deployment.metadata_connection_config
-    connection = getattr(connection, connection.WhichOneof("connection_config"))
     for node in ir.nodes:
         pipeline_node = node.pipeline_node
         node_id = pipeline_node.node_info.id
@@ -85,5 +83,3 @@ def cancel_unfinished(connection, run_id: str) -> List[str]:
             execution.last_known_state = metadata_store_pb2.Execution.CANCELED
         handle.store.put_executions([execution for _, execution in executions])
     return [node for node, _ in executions]
-
-

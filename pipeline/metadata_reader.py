@@ -8,6 +8,7 @@ import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
+from cxr.components import serving_check
 from cxr.contract import LABELS
 
 
@@ -43,7 +44,7 @@ def read_run(connection_config, run: str = "latest"):
         if context is None:
             return RunSummary(statuses={}), {}
         summary, outputs = RunSummary(statuses={}, run_id=context.name), {}
-        for node, execution in executions_of_run(store, context.name):
+        for node, execution in _executions_in(store, context):
             summary.statuses[node] = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
             outputs[node] = _output_artifacts(store, execution)
             if node == "Evaluator":
@@ -67,8 +68,10 @@ def _run_context(store, run: str):
 def executions_of_run(store, run: str) -> List[Tuple[str, metadata_store_pb2.Execution]]:
     """[(node id, execution)] of the run with this id ('latest': the newest run)."""
     context = _run_context(store, run)
-    if context is None:
-        return []
+    return _executions_in(store, context) if context is not None else []
+
+
+def _executions_in(store, context) -> List[Tuple[str, metadata_store_pb2.Execution]]:
     return [(_node_id(store, execution), execution) for execution in store.get_executions_by_context(context.id)]
 
 
@@ -148,9 +151,9 @@ def _read_drift(summary: RunSummary, outputs) -> None:
 
 def _read_serving_check(summary: RunSummary, outputs) -> None:
     blessing = outputs.get("blessing")
-    if blessing is not None and "verdict" in blessing.custom_properties:
-        summary.serving_check = blessing.custom_properties["verdict"].string_value
-        summary.serving_check_passed = blessing.custom_properties["blessed"].int_value == 1
+    if blessing is not None and serving_check.VERDICT in blessing.custom_properties:
+        summary.serving_check = blessing.custom_properties[serving_check.VERDICT].string_value
+        summary.serving_check_passed = blessing.custom_properties[serving_check.BLESSED].int_value == 1
 
 
 def sqlite_connection(path: str):

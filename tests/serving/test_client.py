@@ -69,6 +69,12 @@ def test_a_file_the_server_refuses_gets_the_servers_message_and_the_others_their
     assert lines[os.path.basename(xrays[1])].split()[1] in contract.LABELS
 
 
+def test_a_url_without_its_scheme_is_taken_as_http(server, xrays, capsys):
+    # As curl lines write it: localhost:8501.
+    assert main(["predict", xrays[0], "--url", server.url.split("://", 1)[1]]) == 0
+    assert os.path.basename(xrays[0]) in capsys.readouterr().out
+
+
 def test_a_missing_file_is_named_before_anything_is_sent(capsys):
     assert main(["predict", "/no/such/xray.png", "--url", "http://127.0.0.1:9"]) == 2
     assert "/no/such/xray.png: no such image file" in capsys.readouterr().err
