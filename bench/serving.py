@@ -55,8 +55,7 @@ def export_model(preset: str, work: str) -> str:
     out = os.path.join(work, preset)
     transform_output = write_transform_graph(os.path.join(out, "transform"), os.path.join(out, "tmp"),
                                              config.model.image_size)
-    model = model_lib.build_model(config.model.image_size, config.model.filters, config.model.dense_units,
-                                  config.model.dropout, config.training.learning_rate)
+    model = model_lib.build_model(config.model, config.training)
     base_path = os.path.join(out, "cxr")
     export_serving_model(model, transform_output, os.path.join(base_path, "1"), config.serving)
     return base_path

@@ -92,8 +92,7 @@ def export_model(work: str) -> str:
     config = PRESETS["demo"]
     transform_output = write_transform_graph(os.path.join(work, "transform"), os.path.join(work, "tmp"),
                                              config.model.image_size)
-    model = model_lib.build_model(config.model.image_size, config.model.filters, config.model.dense_units,
-                                  config.model.dropout, config.training.learning_rate)
+    model = model_lib.build_model(config.model, config.training)
     model_dir = os.path.join(work, "cxr", "1")
     export_serving_model(model, transform_output, model_dir, config.serving)
     return model_dir

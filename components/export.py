@@ -26,6 +26,7 @@ from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2
 from cxr import contract
 from cxr.components.model import LAST_CONV_NAME
 from cxr.components.settings import InputLimits
+from cxr.components.transform import decode_pixels
 from cxr.contract import IMAGE, LABEL, LABELS
 
 # Signature (8) + IHDR length and type (8) + width and height (8) + bit depth (1) + color type (1).
@@ -48,9 +49,11 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
     raw_spec = transform_output.raw_feature_spec()
     class_names = tf.constant(LABELS)
 
+    image_size = model.input_shape[1]
+
     def pixels_of(images):
         images = checked_images(images, limits)
-        return model.tft_layer({IMAGE: tf.reshape(images, [-1, 1])})[IMAGE]
+        return decode_pixels(model.tft_layer({IMAGE: tf.reshape(images, [-1, 1])})[IMAGE], image_size)
 
     def predict(pixels):
         probabilities = model(pixels, training=False)
@@ -165,7 +168,7 @@ def grad_cam(grad_cam_model: keras.Model, output_layer: keras.layers.Dense, pixe
     """
     with tf.GradientTape() as tape:
         feature_maps, hidden = grad_cam_model(pixels, training=False)
-        logits = tf.cast(tf.matmul(hidden, output_layer.kernel) + output_layer.bias, tf.float32)
+        logits = tf.matmul(tf.cast(hidden, tf.float32), output_layer.kernel) + output_layer.bias  # float32 layer
         probabilities = tf.nn.softmax(logits)
         if class_id is None:
             class_id = tf.argmax(probabilities, axis=-1)

@@ -1,37 +1,57 @@
 """The study's CNN, layer for layer; widths and input size come from the configuration.
 
-Input -> BatchNormalization -> [Conv 3x3 relu, Conv 3x3 relu, MaxPool 2] per width
+Input (8-bit gray, as Transform stores it) -> scale to [0, 1] -> augmentation (training only)
+-> BatchNormalization -> [Conv 3x3 relu, Conv 3x3 relu, MaxPool 2] per width
 -> Flatten -> [Dense relu, Dropout] per dense width -> Dense(4, softmax).
 Convolutions use 'valid' padding as in the study. The input has one channel:
 Transform turns every X-ray into grayscale (the study fed gray X-rays as three
 identical channels, which only adds weights to the first convolution).
+
+Scaling and augmentation are layers, so they run on the accelerator with the rest: the CPU
+only reads bytes. Under `training.mixed_precision` every layer computes in float16 with
+float32 weights, except the softmax, which stays float32 (so do the loss and every exported
+output), and the optimizer scales the loss so that float16 gradients do not underflow.
 """
+import dataclasses
+
 import tf_keras as keras
 
+from cxr.components.augmentation import Augmentation
+from cxr.components.settings import ModelSettings, TrainingSettings
 from cxr.contract import IMAGE, NUM_CLASSES, PROBABILITIES
 
 LAST_CONV_NAME = "last_conv"
 
 
-def build_model(image_size: int, filters, dense_units, dropout: float, learning_rate: float,
-                mixed_precision: bool = False) -> keras.Model:
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16")
-    inputs = keras.Input(shape=(image_size, image_size, 1), name=IMAGE)
-    x = keras.layers.BatchNormalization(name="input_norm")(inputs)
-    for block, width in enumerate(filters, start=1):
-        last_block = block == len(filters)
-        x = keras.layers.Conv2D(width, 3, activation="relu", name=f"block{block}_conv1")(x)
-        x = keras.layers.Conv2D(width, 3, activation="relu",
+def build_model(model: ModelSettings, training: TrainingSettings, replicas: int = 1) -> keras.Model:
+    """The compiled model; `replicas` (the strategy's replica count) scales the learning rate."""
+    policy = keras.mixed_precision.Policy("mixed_float16" if training.mixed_precision else "float32")
+    size = model.image_size
+    inputs = keras.Input(shape=(size, size, 1), dtype="uint8", name=IMAGE)
+    x = keras.layers.Rescaling(1 / 255, name="scale", dtype=policy)(inputs)
+    x = Augmentation(**dataclasses.asdict(training.augmentation), name="augmentation", dtype=policy)(x)
+    x = keras.layers.BatchNormalization(name="input_norm", dtype=policy)(x)
+    for block, width in enumerate(model.filters, start=1):
+        last_block = block == len(model.filters)
+        x = keras.layers.Conv2D(width, 3, activation="relu", name=f"block{block}_conv1", dtype=policy)(x)
+        x = keras.layers.Conv2D(width, 3, activation="relu", dtype=policy,
                                 name=LAST_CONV_NAME if last_block else f"block{block}_conv2")(x)
-        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
-    x = keras.layers.Flatten(name="flatten")(x)
-    for index, units in enumerate(dense_units, start=1):
-        x = keras.layers.Dense(units, activation="relu", name=f"dense{index}")(x)
-        x = keras.layers.Dropout(dropout, name=f"dropout{index}")(x)
-    # Softmax in float32 even under mixed precision, for stable probabilities.
+        x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool", dtype=policy)(x)
+    x = keras.layers.Flatten(name="flatten", dtype=policy)(x)
+    for index, units in enumerate(model.dense_units, start=1):
+        x = keras.layers.Dense(units, activation="relu", name=f"dense{index}", dtype=policy)(x)
+        x = keras.layers.Dropout(model.dropout, name=f"dropout{index}", dtype=policy)(x)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=PROBABILITIES)(x)
-    model = keras.Model(inputs, outputs, name="cxr_cnn")
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
-    return model
+    network = keras.Model(inputs, outputs, name="cxr_cnn")
+    network.compile(optimizer=optimizer(training, replicas), loss="sparse_categorical_crossentropy",
+                    metrics=["accuracy"], jit_compile=training.jit_compile)
+    return network
+
+
+def optimizer(training: TrainingSettings, replicas: int) -> keras.optimizers.Optimizer:
+    """Adam at `learning_rate` x replicas: each replica takes `batch_size` images a step, so the
+    global batch grows with the replicas and the rate follows it (the linear scaling rule)."""
+    adam = keras.optimizers.Adam(training.learning_rate * replicas)
+    # Keras adds loss scaling by itself only under a global mixed policy; this model sets it per layer.
+    return keras.mixed_precision.LossScaleOptimizer(adam) if training.mixed_precision else adam
+

@@ -38,11 +38,17 @@ class AugmentationSettings:
 
 @dataclasses.dataclass(frozen=True)
 class TrainingSettings:
+    # Per replica: with N GPUs a step takes N x batch_size images and the rate is N x learning_rate.
     learning_rate: float = 1e-4
     batch_size: int = 16
     epochs: int = 25
     early_stopping_patience: int = 10
+    # float16 compute (float32 weights, softmax and loss, scaled loss): for GPUs with tensor cores.
     mixed_precision: bool = False
+    jit_compile: bool = False  # XLA compiles each training step, augmentation included
+    # A split of Transform's examples stays in memory between epochs when it takes at most this
+    # much (8-bit pixels: 6,000 images at 224 px are about 300 MiB); 0 reads it from disk each epoch.
+    max_cache_mib: int = 2048
     seed: int = 0  # weights, shuffling and augmentation start from it
     augmentation: AugmentationSettings = AugmentationSettings()
 

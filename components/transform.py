@@ -3,6 +3,11 @@
 The same graph is exported inside the served model, so serving decodes, resizes
 and scales exactly as training did (the study's 74 % vs 97.8 % gap came from
 preprocessing test images differently from training ones).
+
+Transform's output stores each image as its size x size 8-bit pixels in one bytes value
+(`encode_pixels`): a quarter of float32's size, parsed by a copy, small enough to keep a
+training split in memory. `decode_pixels` reads them back; the model scales them to [0, 1]
+as its first layer, in training and in every served signature alike.
 """
 import tensorflow as tf
 
@@ -10,9 +15,9 @@ from cxr.contract import CLASS_ID, IMAGE, LABEL, LABELS
 
 
 def preprocessing_fn(inputs, custom_config):
-    """image: any PNG/JPEG -> [size, size, 1] float32 in [0, 1]; label -> class id 0..3 (-1 unknown)."""
+    """image: any PNG/JPEG -> its min-max scaled gray pixels, size x size bytes; label -> class id 0..3 (-1 unknown)."""
     size = int(custom_config["image_size"])
-    outputs = {IMAGE: decode_images(_flat(inputs[IMAGE]), size)}
+    outputs = {IMAGE: encode_pixels(decode_images(_flat(inputs[IMAGE]), size))}
     if LABEL in inputs:
         outputs[CLASS_ID] = class_ids(_flat(inputs[LABEL]))
     return outputs
@@ -34,6 +39,18 @@ def decode_image(encoded: tf.Tensor, size: int) -> tf.Tensor:
     resized = tf.image.resize(gray, [size, size], method="bilinear", antialias=True)
     low, high = tf.reduce_min(resized), tf.reduce_max(resized)
     return tf.math.divide_no_nan(resized - low, high - low)
+
+
+def encode_pixels(pixels: tf.Tensor) -> tf.Tensor:
+    """[N, size, size, 1] in [0, 1] -> [N] strings of size x size bytes, each pixel rounded to 0..255."""
+    levels = tf.cast(tf.round(tf.clip_by_value(pixels, 0.0, 1.0) * 255.0), tf.int32)
+    byte_of = tf.constant([bytes([level]) for level in range(256)])
+    return tf.strings.reduce_join(tf.gather(byte_of, tf.reshape(levels, [tf.shape(levels)[0], -1])), axis=-1)
+
+
+def decode_pixels(encoded: tf.Tensor, size: int) -> tf.Tensor:
+    """[N] strings from encode_pixels -> [N, size, size, 1] uint8 (fails unless each has size x size bytes)."""
+    return tf.reshape(tf.io.decode_raw(encoded, tf.uint8), [-1, size, size, 1])
 
 
 def class_ids(labels: tf.Tensor) -> tf.Tensor:

@@ -45,24 +45,27 @@ def make_oracle(settings: TunerSettings, seed: int) -> keras_tuner.Oracle:
                                        **budget)
 
 
-Datasets = Callable[[TrainerSettings], Tuple[tf.data.Dataset, tf.data.Dataset]]
+# (trial settings, replicas) -> (train, eval) global batches
+Datasets = Callable[[TrainerSettings, int], Tuple[tf.data.Dataset, tf.data.Dataset]]
 
 
 class TfKerasTuner(keras_tuner.engine.base_tuner.BaseTuner):
-    """KerasTuner's search loop; each trial trains the study's tf_keras CNN."""
+    """KerasTuner's search loop; each trial trains the study's tf_keras CNN as the Trainer does
+    (same strategy, precision, XLA setting and augmentation layer)."""
 
     def __init__(self, oracle, settings: TrainerSettings, datasets: Datasets, epochs: int, directory: str):
         super().__init__(oracle, directory=directory, project_name="cxr", overwrite=True)
         self.settings = settings
         self.datasets = datasets
         self.epochs = epochs
+        self.strategy = trainer_lib.distribution_strategy()
 
     def run_trial(self, trial, *fit_args, **fit_kwargs) -> Dict[str, float]:
         values = trial.hyperparameters.values
         settings = self.settings.with_hyperparameters(values)
         keras.utils.set_random_seed(settings.training.seed)
-        train, evaluation = self.datasets(settings)
-        model = trainer_lib.build(settings)
+        train, evaluation = self.datasets(settings, self.strategy.num_replicas_in_sync)
+        model = trainer_lib.build(settings, self.strategy)
         # Hyperband's "tuner/epochs" is the trial's budget. Each trial trains a fresh model for it:
         # models are not kept between trials, so "tuner/initial_epoch" has nothing to resume.
         history = model.fit(train, validation_data=evaluation, verbose=2,
@@ -86,6 +89,7 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     tuning = read(TunerSettings, fn_args.custom_config[TUNER_KEY], f"custom_config[{TUNER_KEY!r}]")
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     tuner = TfKerasTuner(make_oracle(tuning, settings.training.seed), settings,
-                         lambda trial_settings: trainer_lib.datasets(fn_args, transform_output, trial_settings),
+                         lambda trial_settings, replicas: trainer_lib.datasets(fn_args, transform_output,
+                                                                               trial_settings, replicas),
                          epochs=tuning.epochs_per_trial, directory=os.path.join(fn_args.working_dir, "search"))
     return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={})

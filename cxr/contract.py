@@ -18,7 +18,7 @@ NIH = "nih"
 SOURCES = (COVID_RADIOGRAPHY, CURATED, NIH)
 
 # Features of the records the builder writes (raw) and of Transform's output (transformed).
-IMAGE = "image"  # raw: the original PNG or JPEG bytes; transformed: [size, size, 1] float32 in [0, 1]
+IMAGE = "image"  # raw: the original PNG or JPEG bytes; transformed: size x size 8-bit gray pixels in one bytes value
 LABEL = "label"  # one of LABELS
 SOURCE = "source"  # one of SOURCES
 CLASS_ID = "class_id"  # transformed: the label's position in LABELS (-1 unknown)

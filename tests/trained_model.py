@@ -16,8 +16,8 @@ from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io, sche
 
 from cxr.components import model as model_lib
 from cxr.components.export import export_serving_model
-from cxr.components.settings import InputLimits
-from cxr.components.transform import decode_images, preprocessing_fn
+from cxr.components.settings import AugmentationSettings, InputLimits, ModelSettings, TrainingSettings
+from cxr.components.transform import decode_images, decode_pixels, encode_pixels, preprocessing_fn
 from cxr.contract import LABELS
 from helpers import encode, phantom_picture
 
@@ -57,14 +57,23 @@ def write_transform_graph(out_dir: str, temp_dir: str, image_size: int = IMAGE_S
     return tft.TFTransformOutput(out_dir)
 
 
+SMALL_MODEL = ModelSettings(image_size=IMAGE_SIZE, filters=(16, 32, 32), dense_units=(64,), dropout=0.1)
+SMALL_TRAINING = TrainingSettings(learning_rate=2e-3, augmentation=AugmentationSettings(
+    horizontal_flip=False, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0))
+
+
+def transformed_pixels(images) -> np.ndarray:
+    """Encoded images as Transform stores them and the model takes them: [N, size, size, 1] uint8."""
+    return decode_pixels(encode_pixels(decode_images(tf.constant(images), IMAGE_SIZE)), IMAGE_SIZE).numpy()
+
+
 def train_small_model():
     tf.keras.utils.set_random_seed(0)
     images, labels = _training_set()
-    pixels = decode_images(tf.constant(images), IMAGE_SIZE).numpy()
+    pixels = transformed_pixels(images)
     # Mirrored copies, as the pipeline's augmentation does: findings occur on either side.
     pixels, labels = np.concatenate([pixels, pixels[:, :, ::-1]]), np.concatenate([labels, labels])
-    model = model_lib.build_model(IMAGE_SIZE, filters=(16, 32, 32), dense_units=(64,), dropout=0.1,
-                                  learning_rate=2e-3)
+    model = model_lib.build_model(SMALL_MODEL, SMALL_TRAINING)
     model.fit(pixels, labels, epochs=12, batch_size=16, shuffle=True, verbose=0)
     return model
 

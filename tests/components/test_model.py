@@ -1,17 +1,19 @@
+import dataclasses
+
 from cxr.components.model import build_model
 from cxr.pipeline.config import PRESETS
 
-STUDY = PRESETS["study"].model
+STUDY = PRESETS["study"]
 
 
 def _study_model(image_size):
-    return build_model(image_size, STUDY.filters, STUDY.dense_units, STUDY.dropout, learning_rate=1e-4)
+    return build_model(dataclasses.replace(STUDY.model, image_size=image_size), STUDY.training)
 
 
 def test_the_layers_are_the_studys_in_order():
     model = _study_model(224)
     kinds = [type(layer).__name__ for layer in model.layers]
-    assert kinds == (["InputLayer", "BatchNormalization"] + ["Conv2D", "Conv2D", "MaxPooling2D"] * 4
+    assert kinds == (["InputLayer", "Rescaling", "Augmentation", "BatchNormalization"] + ["Conv2D", "Conv2D", "MaxPooling2D"] * 4
                      + ["Flatten", "Dense", "Dropout", "Dense", "Dropout", "Dense"])
     convs = [layer for layer in model.layers if type(layer).__name__ == "Conv2D"]
     assert [c.filters for c in convs] == [64, 64, 128, 128, 256, 256, 512, 512]

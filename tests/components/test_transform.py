@@ -3,7 +3,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from cxr.components.transform import class_ids, decode_image, decode_images, preprocessing_fn
+from cxr.components.transform import (
+    class_ids, decode_image, decode_images, decode_pixels, encode_pixels, preprocessing_fn)
 from helpers import cmyk_jpeg, encode, phantom_picture, sixteen_bit_png
 
 SIZE = 48
@@ -46,7 +47,9 @@ def test_preprocessing_fn_takes_dense_batches_and_drops_the_label_when_serving()
     batch = tf.constant([[encode(phantom_picture(1), "PNG")], [encode(phantom_picture(2), "JPEG")]])
     outputs = preprocessing_fn({"image": batch, "label": tf.constant([["COVID"], ["NORMAL"]])},
                                {"image_size": SIZE})
-    assert outputs["image"].shape == (2, SIZE, SIZE, 1)
+    assert outputs["image"].shape == (2,) and outputs["image"].dtype == tf.string
+    pixels = decode_pixels(outputs["image"], SIZE)
+    assert pixels.shape == (2, SIZE, SIZE, 1) and pixels.dtype == tf.uint8
     assert outputs["class_id"].numpy().tolist() == [1, 2]
     assert set(preprocessing_fn({"image": batch}, {"image_size": SIZE})) == {"image"}
 
@@ -54,3 +57,18 @@ def test_preprocessing_fn_takes_dense_batches_and_drops_the_label_when_serving()
 def test_an_undecodable_payload_fails_loudly():
     with pytest.raises(tf.errors.InvalidArgumentError):
         decode_images(tf.constant([b"not an image"]), SIZE)
+
+
+def test_stored_pixels_are_the_scaled_image_rounded_to_eight_bits():
+    scaled = decode_images(tf.constant([encode(phantom_picture(3), "PNG"), sixteen_bit_png(2)]), SIZE)
+    encoded = encode_pixels(scaled)
+    assert [len(value) for value in encoded.numpy()] == [SIZE * SIZE] * 2
+    stored = decode_pixels(encoded, SIZE).numpy()
+    np.testing.assert_array_equal(stored, np.round(scaled.numpy() * 255).astype(np.uint8))
+    assert stored.min() == 0 and stored.max() == 255
+
+
+def test_stored_pixels_of_another_size_are_refused():
+    encoded = encode_pixels(decode_images(tf.constant([encode(phantom_picture(3), "PNG")]), SIZE))
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        decode_pixels(encoded, SIZE + 1)

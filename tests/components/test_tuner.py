@@ -7,7 +7,7 @@ from keras_tuner.src.engine.trial import TrialStatus
 from cxr.components.settings import (
     KNOBS, AugmentationSettings, InputLimits, ModelSettings, SettingsError, TrainerSettings, TrainingSettings,
     TunerSettings, read)
-from cxr.components.transform import decode_images
+from cxr.components.transform import decode_images, decode_pixels, encode_pixels
 from cxr.components.tuner import TfKerasTuner, make_oracle, search_space
 from helpers import encode, phantom_picture
 
@@ -23,7 +23,7 @@ SETTINGS = TrainerSettings(
 @pytest.fixture(scope="module")
 def pixels():
     images = [encode(phantom_picture(seed, size=64, finding=FINDINGS[seed % 4]), "PNG") for seed in range(32)]
-    return decode_images(tf.constant(images), SIZE).numpy(), np.arange(32) % 4
+    return decode_pixels(encode_pixels(decode_images(tf.constant(images), SIZE)), SIZE).numpy(), np.arange(32) % 4
 
 
 def _tuning(**choices):
@@ -38,8 +38,9 @@ def _datasets(pixels):
     """(train, eval) batched as the trial's settings say, like the Trainer's input."""
     images, labels = pixels
 
-    def make(settings):
-        train = tf.data.Dataset.from_tensor_slices(({"image": images}, labels)).batch(settings.training.batch_size)
+    def make(settings, replicas):
+        batch = settings.training.batch_size * replicas
+        train = tf.data.Dataset.from_tensor_slices(({"image": images}, labels)).batch(batch)
         return train, train
     return make
 

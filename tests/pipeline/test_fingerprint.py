@@ -12,7 +12,7 @@ def _covered():
 def test_it_covers_exactly_the_modules_the_component_functions_import():
     covered = set(_covered())
     assert {"cxr.components.transform", "cxr.components.trainer", "cxr.components.tuner",
-            "cxr.components.export", "cxr.components.model", "cxr.components.settings",
+            "cxr.components.export", "cxr.components.model", "cxr.components.augmentation", "cxr.components.settings",
             "cxr.contract"} <= covered
     # Data preparation, serving, the pipeline's own modules and the other components are not the
     # functions' code: editing them must not re-run Transform or the Trainer.

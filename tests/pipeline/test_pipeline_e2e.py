@@ -14,6 +14,7 @@ import tensorflow as tf
 import tf_keras as keras
 
 from cxr import contract
+from cxr.components.transform import decode_pixels
 from cxr.contract import class_metric_name
 from cxr.contract import LABELS
 from cxr.dataprep.build import build_tfrecords
@@ -82,7 +83,7 @@ def test_served_signature_on_raw_bytes_matches_the_model_on_transform_output(fir
         for data in raw]
     transformed = loaded.signatures["transform_features"](examples=tf.constant(examples))
     model = keras.models.load_model(path)
-    direct = model(transformed["image"], training=False)
+    direct = model(decode_pixels(transformed["image"], _config(workspace).model.image_size), training=False)
     np.testing.assert_allclose(served["probabilities"].numpy(), direct.numpy(), atol=1e-5)
 
 
