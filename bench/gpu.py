@@ -1,0 +1,181 @@
+"""GPU benchmark: does the study model at 224 px keep every visible GPU busy, and does the
+input pipeline keep up with it?
+
+One command of a few minutes, on a GPU node:
+
+    .venv/bin/python bench/gpu.py --write bench/RESULTS.md
+
+It writes synthetic transformed examples (phantom X-rays stored as Transform stores them),
+builds the Trainer's model under the Trainer's strategy (MirroredStrategy over every
+visible GPU; mixed precision and XLA on unless told otherwise) and measures:
+- training alone: training steps on one global batch already on the devices;
+- input alone: the Trainer's input pipeline on this node's CPU cores, from disk and from
+  its in-memory cache;
+- end to end: `fit` on the input pipeline, as the Trainer runs it;
+and the fraction of the cards' dense fp16/bf16 peak that training alone reaches, from the
+model's FLOP count (3 x the forward pass's multiply-adds x 2, from its layer list).
+Targets on an H100-class card: end to end within 1.2x of training alone, and at least 35 %
+of the peak. `--smoke` runs the same code at 80 px for a few steps (on a CPU too: the
+test suite does, so the script cannot rot between GPU sessions).
+"""
+import argparse
+import dataclasses
+import os
+import tempfile
+import time
+
+from measure import write_section
+from train import write_transformed
+
+# Dense (not sparse) fp16/bf16 tensor-core peak per card, TFLOP/s, from the vendor's data sheets.
+PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
+               "H100": 756.0, "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "T4": 65.0,
+               "V100": 125.0}
+TARGET_PEAK_FRACTION, TARGET_END_TO_END_RATIO = 0.35, 1.2
+
+
+def forward_flops(model) -> int:
+    """FLOPs of one image's forward pass: 2 per multiply-add of every convolution and dense layer."""
+    import tf_keras as keras
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, channels_out = layer.output_shape
+            kernel_h, kernel_w = layer.kernel_size
+            total += 2 * height * width * kernel_h * kernel_w * layer.input_shape[-1] * channels_out
+        elif isinstance(layer, keras.layers.Dense):
+            total += 2 * layer.input_shape[-1] * layer.units
+    return total
+
+
+def peak_tflops(device_name: str):
+    """The card's peak from PEAK_TFLOPS, the longest matching name first; None if unknown."""
+    for name in sorted(PEAK_TFLOPS, key=len, reverse=True):
+        if name in device_name:
+            return PEAK_TFLOPS[name]
+    return None
+
+
+def settings_for(args):
+    from cxr.components.settings import TrainerSettings
+    from cxr.pipeline.config import PRESETS
+    study = PRESETS["study"]
+    model = dataclasses.replace(study.model, image_size=args.image_size)
+    training = dataclasses.replace(study.training, batch_size=args.batch_size, mixed_precision=args.mixed_precision,
+                                   jit_compile=args.jit_compile)
+    return TrainerSettings(model, training, study.serving)
+
+
+def input_dataset(path, settings, replicas):
+    import tensorflow as tf
+    from cxr.components.trainer import input_pipeline
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "class_id": tf.io.FixedLenFeature([], tf.int64)}
+    return input_pipeline([path], spec, settings, replicas, training=True)
+
+
+def time_training_alone(model, strategy, batch, steps: int) -> float:
+    """Seconds per step on one global batch placed on the devices once (as Keras's fit steps, XLA included)."""
+    import tensorflow as tf
+    data = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))))
+    step = tf.function(model.train_step, jit_compile=bool(model._jit_compile))
+
+    @tf.function
+    def run(count):
+        loss = tf.constant(0.0)
+        for _ in tf.range(count):
+            loss = strategy.reduce("MEAN", strategy.run(step, args=(data,))["loss"], axis=None)
+        return loss
+
+    float(run(tf.constant(3)))  # trace, compile, warm
+    start = time.monotonic()
+    float(run(tf.constant(steps)))  # reading the loss waits for the devices
+    return (time.monotonic() - start) / steps
+
+
+def time_input(dataset, batches: int) -> float:
+    """Images/s of `batches` batches, after the first."""
+    iterator = iter(dataset)
+    next(iterator)
+    images, start = 0, time.monotonic()
+    for _ in range(batches):
+        images += int(next(iterator)[0]["image"].shape[0])
+    return images / (time.monotonic() - start)
+
+
+def time_end_to_end(model, dataset, steps: int) -> float:
+    """Images/s of `fit` over the input pipeline, after a warm-up epoch."""
+    endless = dataset.repeat()
+    model.fit(endless, steps_per_epoch=3, epochs=1, verbose=0)
+    start = time.monotonic()
+    model.fit(endless, steps_per_epoch=steps, epochs=1, verbose=0)
+    return steps / (time.monotonic() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--batch-size", type=int, default=128, help="per replica (GPU)")
+    parser.add_argument("--examples", type=int, default=4096, help="synthetic transformed examples written")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false")
+    parser.add_argument("--no-xla", dest="jit_compile", action="store_false")
+    parser.add_argument("--peak-tflops", type=float, help="the card's dense fp16/bf16 peak, if not in the table")
+    parser.add_argument("--smoke", action="store_true", help="80 px (the least four blocks take), 4 per replica, 64 examples, 2 steps")
+    parser.add_argument("--write", help="Markdown file whose section of these results to replace")
+    args = parser.parse_args()
+    if args.smoke:
+        args.image_size, args.batch_size, args.examples, args.steps = 80, 4, 64, 2
+    print(report(measure_all(args, settings_for(args))))
+
+
+def measure_all(args, settings) -> dict:
+    import tensorflow as tf
+    from cxr.components.trainer import build, distribution_strategy
+    gpus = tf.config.list_physical_devices("GPU")
+    names = [tf.config.experimental.get_device_details(gpu).get("device_name", "GPU") for gpu in gpus] or ["CPU"]
+    strategy = distribution_strategy()
+    replicas = strategy.num_replicas_in_sync
+    global_batch = settings.training.batch_size * replicas
+    with tempfile.TemporaryDirectory() as work:
+        path = os.path.join(work, "transformed.tfrecord.gz")
+        write_transformed(path, settings.model.image_size, args.examples, distinct=256)
+        dataset = input_dataset(path, settings, replicas)
+        model = build(settings, strategy)
+        batch = next(iter(dataset))
+        step_s = time_training_alone(model, strategy, batch, args.steps)
+        batches = max(2, args.examples // global_batch - 1)
+        input_disk = time_input(input_dataset(path, dataclasses.replace(settings, training=dataclasses.replace(
+            settings.training, max_cache_mib=0)), replicas), batches)
+        time_input(dataset, batches)  # fills the cache
+        input_cached = time_input(dataset, batches)
+        end_to_end = time_end_to_end(model, dataset, args.steps) * global_batch
+    peak = args.peak_tflops or peak_tflops(names[0])
+    return dict(devices=names, replicas=replicas, settings=settings, global_batch=global_batch, step_s=step_s,
+                training=global_batch / step_s, input_disk=input_disk, input_cached=input_cached,
+                end_to_end=end_to_end, flops=3 * forward_flops(model), peak=peak and peak * len(gpus),
+                cores=len(os.sched_getaffinity(0)), write=args.write)
+
+
+def report(m: dict) -> str:
+    training = m["settings"].training
+    achieved = m["training"] * m["flops"] / 1e12
+    fraction = f"{achieved / m['peak']:.0%} of {m['peak']:.0f} peak" if m["peak"] else "peak unknown (--peak-tflops)"
+    lines = [
+        f"devices: {m['replicas']} replica(s) on {', '.join(m['devices'])}; {m['cores']} CPU cores",
+        f"model: study CNN at {m['settings'].model.image_size} px, {m['flops'] / 1e9:.1f} GFLOP per training image; "
+        f"mixed precision {'on' if training.mixed_precision else 'off'}, XLA {'on' if training.jit_compile else 'off'}",
+        f"global batch: {m['global_batch']} ({training.batch_size} per replica)",
+        f"training alone: {m['training']:,.0f} images/s, step {m['step_s'] * 1000:.1f} ms, "
+        f"{achieved:,.1f} TFLOP/s = {fraction} (target >= {TARGET_PEAK_FRACTION:.0%})",
+        f"input alone: {m['input_disk']:,.0f} images/s from disk, {m['input_cached']:,.0f} from the cache",
+        f"end to end: {m['end_to_end']:,.0f} images/s; training alone / end to end = "
+        f"{m['training'] / m['end_to_end']:.2f} (target <= {TARGET_END_TO_END_RATIO})",
+    ]
+    text = "\n".join(lines)
+    if m["write"]:
+        write_section(m["write"], f"# GPU benchmark (`bench/gpu.py`)\n\n" + "\n".join(f"- {line}" for line in lines))
+    return text
+
+
+if __name__ == "__main__":
+    main()
