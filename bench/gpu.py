@@ -73,11 +73,11 @@ def input_dataset(path, settings, replicas):
     return input_pipeline([path], spec, settings, replicas, training=True)
 
 
-def time_training_alone(model, strategy, batch, steps: int) -> float:
+def time_training_alone(model, strategy, batch, steps: int, jit_compile: bool) -> float:
     """Seconds per step on one global batch placed on the devices once (as Keras's fit steps, XLA included)."""
     import tensorflow as tf
     data = next(iter(strategy.experimental_distribute_dataset(tf.data.Dataset.from_tensors(batch))))
-    step = tf.function(model.train_step, jit_compile=bool(model._jit_compile))
+    step = tf.function(model.train_step, jit_compile=jit_compile)
 
     @tf.function
     def run(count):
@@ -142,7 +142,7 @@ def measure_all(args, settings) -> dict:
         dataset = input_dataset(path, settings, replicas)
         model = build(settings, strategy)
         batch = next(iter(dataset))
-        step_s = time_training_alone(model, strategy, batch, args.steps)
+        step_s = time_training_alone(model, strategy, batch, args.steps, settings.training.jit_compile)
         batches = max(2, args.examples // global_batch - 1)
         input_disk = time_input(input_dataset(path, dataclasses.replace(settings, training=dataclasses.replace(
             settings.training, max_cache_mib=0)), replicas), batches)

@@ -48,7 +48,6 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
     model.grad_cam_model = _grad_cam_model(model)
     raw_spec = transform_output.raw_feature_spec()
     class_names = tf.constant(LABELS)
-
     image_size = model.input_shape[1]
 
     def pixels_of(images):
