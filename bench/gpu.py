@@ -19,13 +19,12 @@ of the peak. `--smoke` runs the same code at 80 px for a few steps (on a CPU too
 test suite does, so the script cannot rot between GPU sessions).
 """
 import argparse
-import dataclasses
 import os
 import tempfile
 import time
 
 from measure import write_section
-from train import write_transformed
+from train import images_per_s, input_dataset, write_transformed
 
 # Dense (not sparse) fp16/bf16 tensor-core peak per card, TFLOP/s, from the vendor's data sheets.
 PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 80GB HBM3": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0,
@@ -57,20 +56,11 @@ def peak_tflops(device_name: str):
 
 
 def settings_for(args):
-    from cxr.components.settings import TrainerSettings
+    from cxr.components.settings import replace_model, replace_training
     from cxr.pipeline.config import PRESETS
-    study = PRESETS["study"]
-    model = dataclasses.replace(study.model, image_size=args.image_size)
-    training = dataclasses.replace(study.training, batch_size=args.batch_size, mixed_precision=args.mixed_precision,
-                                   jit_compile=args.jit_compile)
-    return TrainerSettings(model, training, study.serving)
-
-
-def input_dataset(path, settings, replicas):
-    import tensorflow as tf
-    from cxr.components.trainer import input_pipeline
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "class_id": tf.io.FixedLenFeature([], tf.int64)}
-    return input_pipeline([path], spec, settings, replicas, training=True)
+    study = PRESETS["study"].trainer_settings()
+    return replace_training(replace_model(study, image_size=args.image_size), batch_size=args.batch_size,
+                            mixed_precision=args.mixed_precision, jit_compile=args.jit_compile)
 
 
 def time_training_alone(model, strategy, batch, steps: int, jit_compile: bool) -> float:
@@ -92,16 +82,6 @@ def time_training_alone(model, strategy, batch, steps: int, jit_compile: bool) -
     return (time.monotonic() - start) / steps
 
 
-def time_input(dataset, batches: int) -> float:
-    """Images/s of `batches` batches, after the first."""
-    iterator = iter(dataset)
-    next(iterator)
-    images, start = 0, time.monotonic()
-    for _ in range(batches):
-        images += int(next(iterator)[0]["image"].shape[0])
-    return images / (time.monotonic() - start)
-
-
 def time_end_to_end(model, dataset, steps: int) -> float:
     """Images/s of `fit` over the input pipeline, after a warm-up epoch."""
     endless = dataset.repeat()
@@ -120,12 +100,16 @@ def main():
     parser.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false")
     parser.add_argument("--no-xla", dest="jit_compile", action="store_false")
     parser.add_argument("--peak-tflops", type=float, help="the card's dense fp16/bf16 peak, if not in the table")
-    parser.add_argument("--smoke", action="store_true", help="80 px (the least four blocks take), 4 per replica, 64 examples, 2 steps")
+    parser.add_argument("--smoke", action="store_true",
+                        help="80 px (the least four blocks take), 4 per replica, 64 examples, 2 steps")
     parser.add_argument("--write", help="Markdown file whose section of these results to replace")
     args = parser.parse_args()
     if args.smoke:
         args.image_size, args.batch_size, args.examples, args.steps = 80, 4, 64, 2
-    print(report(measure_all(args, settings_for(args))))
+    lines = report(measure_all(args, settings_for(args)))
+    print("\n".join(lines))
+    if args.write:
+        write_section(args.write, "# GPU benchmark (`bench/gpu.py`)\n\n" + "\n".join(f"- {line}" for line in lines))
 
 
 def measure_all(args, settings) -> dict:
@@ -140,27 +124,23 @@ def measure_all(args, settings) -> dict:
         path = os.path.join(work, "transformed.tfrecord.gz")
         write_transformed(path, settings.model.image_size, args.examples, distinct=256)
         dataset = input_dataset(path, settings, replicas)
+        input_disk = images_per_s(dataset)  # the first pass fills the cache
+        input_cached = images_per_s(dataset)
         model = build(settings, strategy)
-        batch = next(iter(dataset))
-        step_s = time_training_alone(model, strategy, batch, args.steps, settings.training.jit_compile)
-        batches = max(2, args.examples // global_batch - 1)
-        input_disk = time_input(input_dataset(path, dataclasses.replace(settings, training=dataclasses.replace(
-            settings.training, max_cache_mib=0)), replicas), batches)
-        time_input(dataset, batches)  # fills the cache
-        input_cached = time_input(dataset, batches)
+        step_s = time_training_alone(model, strategy, next(iter(dataset)), args.steps, settings.training.jit_compile)
         end_to_end = time_end_to_end(model, dataset, args.steps) * global_batch
     peak = args.peak_tflops or peak_tflops(names[0])
     return dict(devices=names, replicas=replicas, settings=settings, global_batch=global_batch, step_s=step_s,
                 training=global_batch / step_s, input_disk=input_disk, input_cached=input_cached,
                 end_to_end=end_to_end, flops=3 * forward_flops(model), peak=peak and peak * len(gpus),
-                cores=len(os.sched_getaffinity(0)), write=args.write)
+                cores=len(os.sched_getaffinity(0)))
 
 
-def report(m: dict) -> str:
+def report(m: dict) -> list:
     training = m["settings"].training
     achieved = m["training"] * m["flops"] / 1e12
     fraction = f"{achieved / m['peak']:.0%} of {m['peak']:.0f} peak" if m["peak"] else "peak unknown (--peak-tflops)"
-    lines = [
+    return [
         f"devices: {m['replicas']} replica(s) on {', '.join(m['devices'])}; {m['cores']} CPU cores",
         f"model: study CNN at {m['settings'].model.image_size} px, {m['flops'] / 1e9:.1f} GFLOP per training image; "
         f"mixed precision {'on' if training.mixed_precision else 'off'}, XLA {'on' if training.jit_compile else 'off'}",
@@ -171,10 +151,6 @@ def report(m: dict) -> str:
         f"end to end: {m['end_to_end']:,.0f} images/s; training alone / end to end = "
         f"{m['training'] / m['end_to_end']:.2f} (target <= {TARGET_END_TO_END_RATIO})",
     ]
-    text = "\n".join(lines)
-    if m["write"]:
-        write_section(m["write"], f"# GPU benchmark (`bench/gpu.py`)\n\n" + "\n".join(f"- {line}" for line in lines))
-    return text
 
 
 if __name__ == "__main__":

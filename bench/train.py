@@ -52,22 +52,20 @@ def write_transformed(path, size, count, distinct=None):
                 "class_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 4]))})).SerializeToString())
 
 
-def _settings(preset, **training_changes):
-    import dataclasses
-    from cxr.components.settings import TrainerSettings
+def _settings(preset):
     from cxr.pipeline.config import PRESETS
-    config = PRESETS[preset]
-    return TrainerSettings(config.model, dataclasses.replace(config.training, **training_changes), config.serving)
+    return PRESETS[preset].trainer_settings()
 
 
-def _input_pipeline(path, settings, training=True):
+def input_dataset(path, settings, replicas=1):
+    """The Trainer's training input over the examples at `path`."""
     import tensorflow as tf
-    from cxr.components.trainer import input_pipeline
+    from cxr.components.trainer import input_pipeline, read_split
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "class_id": tf.io.FixedLenFeature([], tf.int64)}
-    return input_pipeline([path], spec, settings, training=training)
+    return input_pipeline(read_split([path]), spec, settings, replicas, training=True)
 
 
-def _images_per_s(dataset):
+def images_per_s(dataset):
     """Images/s over one pass, the first batch (tracing, thread start) left out."""
     images, start = 0, None
     for features, _ in dataset:
@@ -83,16 +81,16 @@ def task_input(path, preset):
     os.sched_setaffinity(0, {core})  # before TensorFlow starts its thread pools: they size to one core
     import cxr.components.trainer  # noqa: F401 (imported before the clock starts)
     start = time.monotonic()
-    dataset = _input_pipeline(path, _settings(preset))
+    dataset = input_dataset(path, _settings(preset))
     setup = time.monotonic() - start  # counting the split's records and bytes, once per training
-    from_disk = _images_per_s(dataset)
-    from_cache = _images_per_s(dataset)
-    return {"images_per_s": from_disk, "cached_images_per_s": from_cache, "setup_s": setup, "cores": 1}
+    from_disk = images_per_s(dataset)  # and fills the cache
+    from_cache = images_per_s(dataset)
+    return {"images_per_s": from_disk, "cached_images_per_s": from_cache, "setup_s": setup}
 
 
 def task_model(path, preset):
     settings = _settings(preset)
-    features, labels = next(iter(_input_pipeline(path, settings)))
+    features, labels = next(iter(input_dataset(path, settings)))
     from cxr.components.model import build_model
     model = build_model(settings.model, settings.training)
     model.train_on_batch(features, labels)
@@ -105,7 +103,7 @@ def task_model(path, preset):
 
 def task_fit(path, preset):
     settings = _settings(preset)
-    dataset = _input_pipeline(path, settings).take(MODEL_IMAGES[preset] // settings.training.batch_size)
+    dataset = input_dataset(path, settings).take(MODEL_IMAGES[preset] // settings.training.batch_size)
     from cxr.components.model import build_model
     model = build_model(settings.model, settings.training)
     start = time.monotonic()

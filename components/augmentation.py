@@ -21,7 +21,7 @@ class Augmentation(keras.layers.Layer):
     outside the picture), a brightness shift and a contrast change, then clipped to [0, 1].
     Expects pixels in [0, 1]."""
 
-    def __init__(self, horizontal_flip=True, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0, **kwargs):
+    def __init__(self, horizontal_flip, rotation, zoom, brightness, contrast, **kwargs):
         super().__init__(**kwargs)
         self.settings = AugmentationSettings(horizontal_flip=horizontal_flip, rotation=rotation, zoom=zoom,
                                              brightness=brightness, contrast=contrast)

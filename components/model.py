@@ -54,4 +54,3 @@ def optimizer(training: TrainingSettings, replicas: int) -> keras.optimizers.Opt
     adam = keras.optimizers.Adam(training.learning_rate * replicas)
     # Keras adds loss scaling by itself only under a global mixed policy; this model sets it per layer.
     return keras.mixed_precision.LossScaleOptimizer(adam) if training.mixed_precision else adam
-

@@ -95,7 +95,8 @@ def weak_slices(predicted, labels: List[int], sources: List[str], limits: CheckL
 
 def test_images(examples_uri: str) -> Tuple[List[bytes], List[int], List[str]]:
     """The test split's encoded images, class ids and sources."""
-    features = {name: tf.io.FixedLenFeature([], tf.string) for name in (contract.IMAGE, contract.LABEL, contract.SOURCE)}
+    features = {name: tf.io.FixedLenFeature([], tf.string)
+                for name in (contract.IMAGE, contract.LABEL, contract.SOURCE)}
     files = sorted(glob.glob(os.path.join(examples_uri, "Split-test", "*.gz")))
     images, labels, sources = [], [], []
     for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64).map(
@@ -116,8 +117,8 @@ class _served:
         self._work = tempfile.mkdtemp(prefix="serving-check-")
         shutil.copytree(self._model_dir, os.path.join(self._work, SERVED_NAME, "1"))
         self._server = subprocess.Popen(
-            [sys.executable, "-m", "cxr", "serve", "--model_base_path", os.path.join(self._work, SERVED_NAME), "--model_name", SERVED_NAME,
-             "--rest_api_port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            [sys.executable, "-m", "cxr", "serve", "--model_base_path", os.path.join(self._work, SERVED_NAME),
+             "--model_name", SERVED_NAME, "--rest_api_port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         first_line = self._server.stdout.readline()
         found = re.search(r"at (http://\S+)/v1/models/", first_line)
         if not found:

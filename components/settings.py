@@ -91,11 +91,11 @@ class Knob:
     apply: Callable[[TrainerSettings, Any], TrainerSettings]
 
 
-def _model(settings: TrainerSettings, **changes) -> TrainerSettings:
+def replace_model(settings: TrainerSettings, **changes) -> TrainerSettings:
     return dataclasses.replace(settings, model=dataclasses.replace(settings.model, **changes))
 
 
-def _training(settings: TrainerSettings, **changes) -> TrainerSettings:
+def replace_training(settings: TrainerSettings, **changes) -> TrainerSettings:
     return dataclasses.replace(settings, training=dataclasses.replace(settings.training, **changes))
 
 
@@ -112,15 +112,15 @@ def scaled_augmentation(augmentation: AugmentationSettings, strength: float) -> 
 
 # The one declaration of each knob: the tuner's settings, its search space and the Trainer follow from it.
 KNOBS: Dict[str, Knob] = {
-    "learning_rate": Knob((3e-5, 1e-4, 3e-4, 1e-3), lambda s, v: _training(s, learning_rate=float(v))),
+    "learning_rate": Knob((3e-5, 1e-4, 3e-4, 1e-3), lambda s, v: replace_training(s, learning_rate=float(v))),
     # times every convolution's filters, every dense layer's units
-    "width_multiplier": Knob((0.5, 1.0), lambda s, v: _model(s, filters=_scaled(s.model.filters, v))),
-    "dense_multiplier": Knob((0.5, 1.0), lambda s, v: _model(s, dense_units=_scaled(s.model.dense_units, v))),
-    "dropout": Knob((0.2, 0.3, 0.5), lambda s, v: _model(s, dropout=float(v))),
-    "batch_size": Knob((16, 32), lambda s, v: _training(s, batch_size=int(v))),
+    "width_multiplier": Knob((0.5, 1.0), lambda s, v: replace_model(s, filters=_scaled(s.model.filters, v))),
+    "dense_multiplier": Knob((0.5, 1.0), lambda s, v: replace_model(s, dense_units=_scaled(s.model.dense_units, v))),
+    "dropout": Knob((0.2, 0.3, 0.5), lambda s, v: replace_model(s, dropout=float(v))),
+    "batch_size": Knob((16, 32), lambda s, v: replace_training(s, batch_size=int(v))),
     # times every augmentation range
     "augmentation_strength": Knob(
-        (0.0, 0.5, 1.0), lambda s, v: _training(s, augmentation=scaled_augmentation(s.training.augmentation, v))),
+        (0.0, 0.5, 1.0), lambda s, v: replace_training(s, augmentation=scaled_augmentation(s.training.augmentation, v))),
 }
 
 TUNER_ALGORITHMS = ("random", "bayesian", "hyperband")

@@ -88,8 +88,9 @@ def tuner_fn(fn_args: tfx.components.FnArgs) -> tfx.components.TunerFnResult:
     settings = trainer_lib.settings_from(fn_args.custom_config)
     tuning = read(TunerSettings, fn_args.custom_config[TUNER_KEY], f"custom_config[{TUNER_KEY!r}]")
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    splits = trainer_lib.read_splits(fn_args)
     tuner = TfKerasTuner(make_oracle(tuning, settings.training.seed), settings,
-                         lambda trial_settings, replicas: trainer_lib.datasets(fn_args, transform_output,
+                         lambda trial_settings, replicas: trainer_lib.datasets(splits, transform_output,
                                                                                trial_settings, replicas),
                          epochs=tuning.epochs_per_trial, directory=os.path.join(fn_args.working_dir, "search"))
     return tfx.components.TunerFnResult(tuner=tuner, fit_kwargs={})

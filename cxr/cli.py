@@ -141,7 +141,8 @@ def _add_configuration(command) -> None:
 
 
 def _add_run(commands) -> None:
-    command = commands.add_parser("run", help="run the TFX pipeline on this machine (ML Metadata in SQLite, Beam's DirectRunner)")
+    command = commands.add_parser(
+        "run", help="run the TFX pipeline on this machine (ML Metadata in SQLite, Beam's DirectRunner)")
     _add_configuration(command)
     command.add_argument("--span", type=int, help="the TFRecord span to train on (default: the latest)")
     command.set_defaults(run=_run_pipeline)

@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Optional, Tuple
 import yaml
 
 from cxr.components.settings import (
-    AugmentationSettings, DriftSettings, GateSettings, InputLimits, ModelSettings, SettingsError, TrainingSettings,
-    TunerSettings, read)
+    AugmentationSettings, DriftSettings, GateSettings, InputLimits, ModelSettings, SettingsError, TrainerSettings,
+    TrainingSettings, TunerSettings, read)
 
 # A configuration file or override that does not fit the configuration: one error type for every
 # setting, the pipeline's own and the components' (whose types are the sections below).
@@ -98,6 +98,10 @@ class PipelineConfig:
                     f"{setting} is {path!r}: TensorFlow cannot read minio:// (Kubeflow Pipelines' own artifact "
                     f"store); use gs://, or a path on a volume every task mounts (kubeflow.volumes)")
         _check_kubeflow(self.kubeflow)
+
+    def trainer_settings(self) -> TrainerSettings:
+        """What the Trainer (and each of the Tuner's trials) trains and exports with."""
+        return TrainerSettings(model=self.model, training=self.training, input_limits=self.serving)
 
     def storage_paths(self) -> Dict[str, str]:
         """{setting: path} of every folder or file the pipeline's steps read or write."""

@@ -45,9 +45,9 @@ def run_local(config: PipelineConfig, progress: Optional[Callable[[str], None]] 
 
 
 def _run_nodes(ir, connection, progress: Callable[[str], None]) -> None:
-    """What TFX's LocalDagRunner.run_with_ir does (tfx/orchestration/local/local_dag_runner.py): each node
-    of the IR, in its topological order, through TFX's portable Launcher against ML Metadata; here with
-    a progress line as each starts and ends."""
+    """What TFX's LocalDagRunner.run_with_ir does (tfx/orchestration/local/local_dag_runner.py), less its
+    partial runs, which this project does not use: each node of the IR, in its topological order, through
+    TFX's portable Launcher against ML Metadata; here with a progress line as each starts and ends."""
     deployment = runner_utils.extract_local_deployment_config(ir)
     for node in ir.nodes:
         pipeline_node = node.pipeline_node

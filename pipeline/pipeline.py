@@ -12,7 +12,7 @@ from cxr import contract
 from cxr.components import evaluation
 from cxr.components.drift import DriftCheck
 from cxr.components.serving_check import ServingCheck
-from cxr.components.settings import TRAINER_KEY, TUNER_KEY, TrainerSettings
+from cxr.components.settings import TRAINER_KEY, TUNER_KEY
 from cxr.components.validation_gate import ValidationGate
 from cxr.pipeline import fingerprint
 from cxr.pipeline.config import PipelineConfig
@@ -105,8 +105,7 @@ def _example_gen(config: PipelineConfig) -> tfx.components.ImportExampleGen:
 
 def trainer_settings(config: PipelineConfig) -> dict:
     """The Trainer's (and the Tuner's) settings, as their custom_config carries them."""
-    settings = TrainerSettings(model=config.model, training=config.training, input_limits=config.serving)
-    return {TRAINER_KEY: dataclasses.asdict(settings)}
+    return {TRAINER_KEY: dataclasses.asdict(config.trainer_settings())}
 
 
 def components_fingerprint() -> str:

@@ -62,9 +62,9 @@ SMALL_TRAINING = TrainingSettings(learning_rate=2e-3, augmentation=AugmentationS
     horizontal_flip=False, rotation=0.0, zoom=0.0, brightness=0.0, contrast=0.0))
 
 
-def transformed_pixels(images) -> np.ndarray:
+def transformed_pixels(images, size: int = IMAGE_SIZE) -> np.ndarray:
     """Encoded images as Transform stores them and the model takes them: [N, size, size, 1] uint8."""
-    return decode_pixels(encode_pixels(decode_images(tf.constant(images), IMAGE_SIZE)), IMAGE_SIZE).numpy()
+    return decode_pixels(encode_pixels(decode_images(tf.constant(images), size)), size).numpy()
 
 
 def train_small_model():

@@ -16,8 +16,9 @@ import tf_keras as keras
 from cxr.components import model as model_lib
 from cxr.components.augmentation import Augmentation, rotated_and_zoomed
 from cxr.components.export import export_serving_model
-from cxr.components.settings import TRAINER_KEY, AugmentationSettings, TrainerSettings, TrainingSettings
-from cxr.components.trainer import input_pipeline
+from cxr.components.settings import (
+    TRAINER_KEY, AugmentationSettings, TrainerSettings, TrainingSettings, replace_training)
+from cxr.components.trainer import input_pipeline, read_split
 from cxr.components.transform import decode_pixels
 from cxr.contract import CLASS_ID, IMAGE, LABELS
 from trained_model import IMAGE_SIZE, LIMITS, SMALL_MODEL, demo_png, write_transform_graph
@@ -70,13 +71,13 @@ def _examples(dataset):
 
 
 def _with_training(**changes) -> TrainerSettings:
-    return dataclasses.replace(SETTINGS, training=dataclasses.replace(SETTINGS.training, **changes))
+    return replace_training(SETTINGS, **changes)
 
 
 def test_the_input_is_the_stored_pixels_in_global_batches(split, transform_output):
     path, features = split
     spec = transform_output.transformed_feature_spec()
-    dataset = input_pipeline([path], spec, SETTINGS, replicas=2)
+    dataset = input_pipeline(read_split([path]), spec, SETTINGS, replicas=2)
     batch, labels = next(iter(dataset))
     assert batch[IMAGE].dtype == tf.uint8 and batch[IMAGE].shape == (8, IMAGE_SIZE, IMAGE_SIZE, 1)
     expected = list(zip([pixels.tobytes() for pixels in decode_pixels(features[IMAGE], IMAGE_SIZE).numpy()],
@@ -86,7 +87,7 @@ def test_the_input_is_the_stored_pixels_in_global_batches(split, transform_outpu
 
 def test_training_reshuffles_every_epoch_and_sees_every_example_once(split, transform_output):
     path, _ = split
-    dataset = input_pipeline([path], transform_output.transformed_feature_spec(), SETTINGS, training=True)
+    dataset = input_pipeline(read_split([path]), transform_output.transformed_feature_spec(), SETTINGS, training=True)
     first, second = _examples(dataset), _examples(dataset)
     assert sorted(first) == sorted(second) and len(first) == 4 * PER_CLASS
     assert first != second
@@ -98,7 +99,7 @@ def test_a_split_that_fits_is_read_from_disk_once(split, transform_output, tmp_p
     spec = transform_output.transformed_feature_spec()
     for max_cache_mib, read_again in ((1, False), (0, True)):
         tf.io.gfile.copy(path, copy, overwrite=True)
-        dataset = input_pipeline([copy], spec, _with_training(max_cache_mib=max_cache_mib), training=True)
+        dataset = input_pipeline(read_split([copy]), spec, _with_training(max_cache_mib=max_cache_mib), training=True)
         first = _examples(dataset)
         os.remove(copy)
         if read_again:
@@ -108,9 +109,14 @@ def test_a_split_that_fits_is_read_from_disk_once(split, transform_output, tmp_p
             assert sorted(_examples(dataset)) == sorted(first)
 
 
-def test_no_transformed_examples_is_an_error_naming_the_pattern(transform_output, tmp_path):
+def test_no_transformed_examples_is_an_error_naming_the_pattern(tmp_path):
     with pytest.raises(FileNotFoundError, match="Split-train"):
-        input_pipeline([str(tmp_path / "Split-train" / "*")], transform_output.transformed_feature_spec(), SETTINGS)
+        read_split([str(tmp_path / "Split-train" / "*")])
+    (tmp_path / "Split-eval").mkdir()
+    empty = str(tmp_path / "Split-eval" / "transformed_examples-00000-of-00001.gz")
+    tf.io.TFRecordWriter(empty, options="GZIP").close()
+    with pytest.raises(ValueError, match="no examples in .*Split-eval"):
+        read_split([empty])
 
 
 def test_augmentation_acts_in_training_only():

@@ -7,9 +7,9 @@ from keras_tuner.src.engine.trial import TrialStatus
 from cxr.components.settings import (
     KNOBS, AugmentationSettings, InputLimits, ModelSettings, SettingsError, TrainerSettings, TrainingSettings,
     TunerSettings, read)
-from cxr.components.transform import decode_images, decode_pixels, encode_pixels
 from cxr.components.tuner import TfKerasTuner, make_oracle, search_space
 from helpers import encode, phantom_picture
+from trained_model import transformed_pixels
 
 SIZE = 40
 FINDINGS = ("bacterial_pneumonia", "covid", "normal", "pneumothorax")
@@ -23,7 +23,7 @@ SETTINGS = TrainerSettings(
 @pytest.fixture(scope="module")
 def pixels():
     images = [encode(phantom_picture(seed, size=64, finding=FINDINGS[seed % 4]), "PNG") for seed in range(32)]
-    return decode_pixels(encode_pixels(decode_images(tf.constant(images), SIZE)), SIZE).numpy(), np.arange(32) % 4
+    return transformed_pixels(images, SIZE), np.arange(32) % 4
 
 
 def _tuning(**choices):

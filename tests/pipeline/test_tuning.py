@@ -5,7 +5,6 @@ import os
 
 import pytest
 
-from cxr.components.settings import TrainerSettings
 from cxr.components.trainer import SETTINGS_FILE
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
@@ -34,5 +33,5 @@ def test_the_best_hyperparameters_of_the_search_are_what_the_trainer_trains_with
     [model_run] = latest_artifact_uris(config, "Trainer", "model_run")
     with open(os.path.join(model_run, SETTINGS_FILE)) as f:
         used = json.load(f)
-    expected = TrainerSettings(config.model, config.training, config.serving).with_hyperparameters(best)
+    expected = config.trainer_settings().with_hyperparameters(best)
     assert used == json.loads(json.dumps(dataclasses.asdict(expected)))
