@@ -42,9 +42,12 @@ IMAGE ?= cxr-pipeline:latest
 image:
 	docker build -f kubeflow/Dockerfile -t $(IMAGE) .
 
+# requirements.lock for development and CI; kubeflow/image.lock, the same versions plus TensorFlow's
+# CUDA libraries, for the pipeline image.
+LOCK_TARGET := --python-version 3.10 --python-platform x86_64-manylinux_2_28
 lock:
-	uv pip compile --python-version 3.10 --python-platform x86_64-manylinux_2_28 \
-	  requirements.in -o requirements.lock
+	uv pip compile $(LOCK_TARGET) requirements.in -o requirements.lock
+	uv pip compile $(LOCK_TARGET) requirements.in kubeflow/image.in -c requirements.lock -o kubeflow/image.lock
 
 clean:
 	rm -rf .venv $(DEMO_DIR) build *.egg-info

@@ -6,14 +6,24 @@ top-level names: `kubeflow` is the namespace of Kubeflow's own SDKs. So each
 folder is mapped under `cxr` (`cxr.pipeline`, `cxr.components`, ...), and code
 refers to component modules by those dotted paths.
 """
+import glob
 import os
 
 from setuptools import setup
 
 FOLDERS_UNDER_CXR = ("pipeline", "components", "dataprep", "kubeflow", "serving")
+# Data files the code reads at run time, by package; the pipeline image installs the built wheel.
+PACKAGE_DATA = {"cxr.dataprep": ["mappings/*.yaml"], "cxr.pipeline": ["schema/*.pbtxt"]}
+
+
+class MissingFolder(SystemExit):
+    """A folder the package maps is absent: the build stops instead of leaving its modules out."""
 
 
 def _packages_in(folder, dotted_root):
+    if not os.path.isfile(os.path.join(folder, "__init__.py")):
+        raise MissingFolder(f"setup.py: {os.path.abspath(folder)}/__init__.py is missing; the package maps "
+                            f"{folder}/ to {dotted_root} (a build context or checkout without it?)")
     packages = {}
     for directory, _, files in os.walk(folder):
         if "__init__.py" in files:
@@ -30,7 +40,15 @@ def _package_dirs():
     return package_dirs
 
 
+def _check_package_data(package_dirs):
+    for package, patterns in PACKAGE_DATA.items():
+        for pattern in patterns:
+            if not glob.glob(os.path.join(package_dirs[package], pattern)):
+                raise MissingFolder(f"setup.py: no {pattern} under {package_dirs[package]}/ (data of {package})")
+
+
 PACKAGE_DIRS = _package_dirs()
+_check_package_data(PACKAGE_DIRS)
 
 setup(
     name="cxr-pipeline",
@@ -39,8 +57,7 @@ setup(
     python_requires=">=3.10,<3.11",
     packages=sorted(PACKAGE_DIRS),
     package_dir=PACKAGE_DIRS,
-    # Data files the code reads at run time; the pipeline image installs the project without -e.
-    package_data={"cxr.dataprep": ["mappings/*.yaml"], "cxr.pipeline": ["schema/*.pbtxt"]},
+    package_data=PACKAGE_DATA,
     install_requires=[
         "tfx==1.16.0",
         "tensorflow==2.16.2",

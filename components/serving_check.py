@@ -18,7 +18,6 @@ the check is not pushed, and the artifact says why.
 """
 import base64
 import dataclasses
-import glob
 import os
 import re
 import shutil
@@ -35,6 +34,7 @@ from tfx import v1 as tfx
 from tfx.utils import path_utils
 
 from cxr import contract
+from cxr.components.artifacts import copy_tree, split_files
 from cxr.contract import LABELS
 
 # The Pusher reads this property of an InfraBlessing (tfx/components/util/model_utils.py, is_infra_validated).
@@ -97,7 +97,7 @@ def test_images(examples_uri: str) -> Tuple[List[bytes], List[int], List[str]]:
     """The test split's encoded images, class ids and sources."""
     features = {name: tf.io.FixedLenFeature([], tf.string)
                 for name in (contract.IMAGE, contract.LABEL, contract.SOURCE)}
-    files = sorted(glob.glob(os.path.join(examples_uri, "Split-test", "*.gz")))
+    files = split_files(examples_uri, "test")
     images, labels, sources = [], [], []
     for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64).map(
             lambda serialized: tf.io.parse_example(serialized, features)):
@@ -115,7 +115,7 @@ class _served:
 
     def __enter__(self) -> str:
         self._work = tempfile.mkdtemp(prefix="serving-check-")
-        shutil.copytree(self._model_dir, os.path.join(self._work, SERVED_NAME, "1"))
+        copy_tree(self._model_dir, os.path.join(self._work, SERVED_NAME, "1"))  # the model may be in a bucket
         self._server = subprocess.Popen(
             [sys.executable, "-m", "cxr", "serve", "--model_base_path", os.path.join(self._work, SERVED_NAME),
              "--model_name", SERVED_NAME, "--rest_api_port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

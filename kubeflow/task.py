@@ -22,7 +22,6 @@ from typing import Dict, List, Mapping, Optional
 from absl import logging
 
 from cxr.pipeline.config import SQLITE_METADATA, PipelineConfig, from_json
-from cxr.pipeline.metadata_reader import describe, read_run
 
 RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"
 # The Argo template every KFP 2.x container task runs in (backend/src/v2/compiler/argocompiler/container.go).
@@ -97,6 +96,7 @@ def run_node(config: PipelineConfig, node_id: str, run_id: str) -> None:
     from tfx.orchestration import metadata
     from tfx.orchestration.local import runner_utils
     from tfx.orchestration.portable import launcher, runtime_parameter_utils
+    from cxr.pipeline.metadata_reader import describe, read_run
 
     connection = metadata_connection(config)
     ir = pipeline_ir(config, connection)

@@ -44,9 +44,9 @@ class ModelSource:
     def from_config_file(cls, path: str) -> "ModelSource":
         config = model_server_config_pb2.ModelServerConfig()
         try:
-            with open(path, encoding="utf-8") as f:
+            with tf.io.gfile.GFile(path) as f:  # TF Serving reads the file through TensorFlow's file systems too
                 text_format.Parse(f.read(), config)
-        except (OSError, text_format.ParseError) as error:
+        except (OSError, tf.errors.OpError, text_format.ParseError) as error:
             raise ValueError(f"{path}: not a readable ModelServerConfig text proto: {error}") from error
         models = config.model_config_list.config
         if len(models) != 1:

@@ -1,7 +1,6 @@
 """What the report shows, gathered from one run: ML Metadata's record of it, its artifacts, and
 the trained model run over the test split."""
 import dataclasses
-import glob
 import json
 import os
 from collections import Counter, defaultdict
@@ -14,6 +13,7 @@ from google.protobuf import json_format
 from tfx.utils import path_utils
 
 from cxr import contract
+from cxr.components.artifacts import split_files
 from cxr.components.evaluation import gate_of
 from cxr.components.serving_check import CheckLimits
 from cxr.components.trainer import SETTINGS_FILE
@@ -99,8 +99,7 @@ def _uri(outputs, node: str, key: str) -> Optional[str]:
 def _records(examples_uri: str, split: str, with_image: bool = False) -> tf.data.Dataset:
     names = _METADATA + (("image",) if with_image else ())
     features = {name: tf.io.FixedLenFeature([], tf.string) for name in names}
-    files = sorted(glob.glob(os.path.join(examples_uri, f"Split-{split}", "*.gz")))
-    return tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64).map(
+    return tf.data.TFRecordDataset(split_files(examples_uri, split), compression_type="GZIP").batch(64).map(
         lambda serialized: tf.io.parse_example(serialized, features))
 
 
@@ -155,7 +154,7 @@ def learning_curves(model_run_dir: str) -> Dict[str, Dict[str, List[float]]]:
     curves = {}
     for phase in ("train", "validation"):
         values = defaultdict(dict)
-        for path in glob.glob(os.path.join(model_run_dir, phase, "events.out.tfevents.*")):
+        for path in tf.io.gfile.glob(os.path.join(model_run_dir, phase, "events.out.tfevents.*")):
             for event in tf.compat.v1.train.summary_iterator(path):
                 for value in event.summary.value:
                     if value.tag in ("epoch_loss", "epoch_accuracy"):

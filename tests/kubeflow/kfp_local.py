@@ -12,15 +12,15 @@ KFP's backend gives a container (kubeflow/pipelines, backend/src/v2):
   KFP_POD_UID), each task's declared PVC mounts present at their mount paths;
 - the ExecutorOutput file parsed strictly, as component/launcher_v2.go does, and each output
   artifact's file required, as the launcher uploads it.
-The project's environment stands in for the image: `python` is this interpreter. Tasks start from
-a zygote (task_zygote.py: the imports done once, then a fork per task) unless named in
-`fresh_processes`, which run their command line as a new process.
+Every task runs in the pipeline image's environment as image_env.py rebuilds it from
+kubeflow/Dockerfile: its Python, its environment variables, from its working directory (KFP sets
+none of its own). Tasks start from a zygote (task_zygote.py: the imports done once, then a fork per
+task) unless named in `fresh_processes`, which run their command line as a new process.
 """
 import dataclasses
 import json
 import os
 import subprocess
-import sys
 import uuid
 from typing import Dict, List, Optional
 
@@ -30,6 +30,7 @@ from kfp.local import executor_input_utils, placeholder_utils
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from cxr.kubeflow.cluster_checks import executors
+from image_env import ImageEnvironment
 
 _ARGO_TEMPLATE = "system-container-impl"
 
@@ -56,12 +57,16 @@ class LocalRun:
 
 
 class Zygote:
-    """`with Zygote() as zygote:` a task_zygote.py process, ready once its imports are done."""
+    """`with Zygote(image) as zygote:` a task_zygote.py process in the image's environment, ready once its
+    imports are done."""
+
+    def __init__(self, image: ImageEnvironment):
+        self.image = image
 
     def __enter__(self) -> "Zygote":
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "task_zygote.py")
-        self._process = subprocess.Popen([sys.executable, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                         text=True)
+        self._process = subprocess.Popen([self.image.python, script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                         cwd=self.image.workdir, env=self.image.env, text=True)
         assert json.loads(self._process.stdout.readline()) == {"ready": True}
         return self
 
@@ -84,7 +89,7 @@ def run_package(package_path: str, work_dir: str, zygote: Zygote, params: Option
         documents = list(yaml.safe_load_all(f))
     spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec())
     platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(documents) > 1 else {}
-    run = _Run(spec, platform, work_dir, params or {})
+    run = _Run(spec, platform, work_dir, params or {}, zygote.image)
     results = {}
     for task_name in _topological(spec.root.dag.tasks):
         results[task_name] = run.task(task_name, zygote if task_name not in fresh_processes else None)
@@ -105,8 +110,8 @@ def _topological(tasks) -> List[str]:
 
 
 class _Run:
-    def __init__(self, spec, platform: dict, work_dir: str, params: dict):
-        self.spec, self.platform, self.work_dir = spec, platform, work_dir
+    def __init__(self, spec, platform: dict, work_dir: str, params: dict, image: ImageEnvironment):
+        self.spec, self.platform, self.work_dir, self.image = spec, platform, work_dir, image
         self.run_id = str(uuid.uuid4())
         self.workflow = f"{spec.pipeline_info.name}-{self.run_id[:5]}"
         self.executors = executors(spec)
@@ -133,7 +138,8 @@ class _Run:
             returncode = zygote.run(command, self._environment(name), log_path)
         else:
             with open(log_path, "w") as log:
-                returncode = subprocess.run(command, env=self._environment(name), stdout=log, stderr=log).returncode
+                returncode = subprocess.run(command, env=self._environment(name), cwd=self.image.workdir, stdout=log,
+                                            stderr=log).returncode
         with open(log_path, errors="replace") as log:
             result = TaskResult(returncode, log.read())
         if returncode == 0 and os.path.exists(executor_input.outputs.output_file):
@@ -161,8 +167,7 @@ class _Run:
             assert os.path.isdir(mount["mountPath"]), f"{executor_label} mounts {mount} at a path that does not exist"
 
     def _environment(self, task_name: str) -> dict:
-        environment = dict(os.environ)
-        environment["PATH"] = f"{os.path.dirname(sys.executable)}:{environment.get('PATH', '')}"
+        environment = dict(self.image.env)
         environment["KFP_POD_NAME"] = f"{self.workflow}-{_ARGO_TEMPLATE}-{abs(hash(task_name)) % 10 ** 10}"
         environment["KFP_POD_UID"] = str(uuid.uuid4())
         return environment

@@ -26,6 +26,9 @@ PRELOADED = (
 
 
 def main() -> None:
+    # Started as a script from the image's working directory; its tasks are `python -m` commands, for which
+    # Python puts that directory, not the script's, first on the path.
+    sys.path[0] = os.getcwd()
     for module in PRELOADED:
         importlib.import_module(module)
     _answer({"ready": True})

@@ -1,46 +1,144 @@
-"""kubeflow/Dockerfile, read as Docker reads it (Docker itself is not on these machines)."""
+"""kubeflow/Dockerfile: the image's Python environment, rebuilt from the Dockerfile's own lines without
+Docker (image_env.py, the `image` fixture), runs what a cluster runs in it, from its working directory."""
+import json
 import os
 import re
-import shlex
 
-PACKAGE_FOLDERS = ("cxr", "pipeline", "components", "kubeflow", "serving")  # setup.py maps them under cxr
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import pytest
+from google.protobuf import json_format
 
+import image_env
+from cxr.cli import _parser
+from cxr.kubeflow.kfp_pipeline import TASK_COMMAND
+from cxr.kubeflow.task import pipeline_ir
+from cxr.pipeline.config import load_config
 
-def _instructions():
-    """[(INSTRUCTION, arguments)] with line continuations joined and comments dropped."""
-    with open(os.path.join(ROOT, "kubeflow", "Dockerfile")) as f:
-        text = re.sub(r"\\\n", " ", f.read())
-    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
-    return [tuple(line.split(None, 1)) for line in lines]
-
-
-def _all(name):
-    return [arguments for instruction, arguments in _instructions() if instruction.upper() == name]
+IMAGE_LOCK = os.path.join(image_env.ROOT, "kubeflow", "image.lock")
+DEVELOPMENT_LOCK = os.path.join(image_env.ROOT, "requirements.lock")
 
 
-def test_the_image_starts_from_tfx_1_16():
-    [base_arg] = [a for a in _all("ARG") if a.startswith("BASE_IMAGE=")]
-    assert base_arg == "BASE_IMAGE=gcr.io/tfx-oss-public/tfx:1.16.0"
-    assert _all("FROM") == ["${BASE_IMAGE}"]
+def _ok(done):
+    assert done.returncode == 0, f"{done.args} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-4000:]}"
+    return done.stdout
 
 
-def test_every_step_runs_with_legacy_keras():
-    env = dict(pair.split("=", 1) for arguments in _all("ENV") for pair in shlex.split(arguments))
-    assert env["TF_USE_LEGACY_KERAS"] == "1"
+def test_the_installed_package_is_what_the_images_working_directory_imports(image):
+    assert not os.path.exists(os.path.join(image.workdir, "cxr")), "a source tree in the working directory"
+    where = _ok(image.run(["python", "-c", "import cxr, cxr.dataprep, cxr.kubeflow; print(cxr.__file__)"]))
+    assert where.strip() == os.path.join(image.env["VIRTUAL_ENV"], "lib", "python3.10", "site-packages", "cxr",
+                                         "__init__.py")
 
 
-def test_the_project_is_copied_and_installed_without_re_resolving_the_stack():
-    copied = {shlex.split(arguments)[0].rstrip("/") for arguments in _all("COPY")}
-    assert {"setup.py", *PACKAGE_FOLDERS} <= copied
-    [install] = _all("RUN")
-    assert "pip install --no-deps ." in install
-    assert "import cxr.components.trainer" in install, "the build fails if a component cannot be imported"
-
-
-def test_the_build_imports_the_module_every_kubeflow_task_runs():
-    from cxr.kubeflow.kfp_pipeline import TASK_COMMAND
+def test_every_kubeflow_task_and_the_serving_check_s_server_start_in_the_image(image):
     python, flag, module = TASK_COMMAND
-    assert (python, flag) == ("python", "-m")
-    [install] = _all("RUN")
-    assert f"{module}," in install or f"{module}\"" in install
+    for step in ("node", "outputs"):
+        assert "--run-id" in _ok(image.run([python, flag, module, step, "--help"]))
+    # The ServingCheck starts this inside its task (it needs cxr.dataprep, which the CLI imports).
+    assert "--model_base_path" in _ok(image.run(["python", "-m", "cxr", "serve", "--help"]))
+
+
+def test_every_cxr_command_answers_help_in_the_image(image):
+    commands = _subcommands(_parser())
+    assert {("run",), ("serve",), ("kfp", "submit"), ("report",)} <= set(commands)
+    script = ("import contextlib, io, json, sys\nfrom cxr.cli import main\nfailed = []\n"
+              "for command in json.loads(sys.argv[1]):\n"
+              "    shown = io.StringIO()\n"
+              "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(shown):\n"
+              "        main(command + ['--help'])\n"
+              "    if not shown.getvalue().startswith('usage: cxr'):\n"
+              "        failed.append(command)\n"
+              "print(json.dumps(failed))")
+    assert json.loads(_ok(image.run(["python", "-c", script, json.dumps(commands)])).splitlines()[-1]) == []
+    assert "build-tfrecords" in _ok(image.run(["cxr", "--help"]))
+
+
+def _subcommands(parser, prefix=()):
+    found = []
+    for action in parser._actions:
+        if getattr(action, "choices", None) and isinstance(action.choices, dict):
+            for name, sub in action.choices.items():
+                nested = _subcommands(sub, prefix + (name,))
+                found += nested or [prefix + (name,)]
+    return found
+
+
+def test_the_image_imports_every_module_and_class_the_compiled_pipeline_names(image):
+    ir = json_format.MessageToJson(pipeline_ir(load_config("demo", overrides=["tuner.enabled=true"])))
+    named = sorted(set(re.findall(r'"((?:cxr|tfx)\.[a-z_]+(?:\.\w+)+)"', ir)))
+    assert "cxr.components.trainer.run_fn" in named and "cxr.components.serving_check.ServingCheck_Executor" in named
+    script = ("import importlib, json, sys\nmissing = []\nfor path in json.loads(sys.argv[1]):\n"
+              "    module, _, name = path.rpartition('.')\n"
+              "    try:\n        getattr(importlib.import_module(module), name)\n"
+              "    except (ImportError, AttributeError) as error:\n        missing.append(f'{path}: {error}')\n"
+              "print(json.dumps(missing))")
+    assert json.loads(_ok(image.run(["python", "-c", script, json.dumps(named)])).splitlines()[-1]) == []
+
+
+def _pins(path):
+    with open(path, encoding="utf-8") as f:
+        return dict(line.strip().split("==") for line in f if re.match(r"^[A-Za-z0-9]", line))
+
+
+def test_the_image_lock_is_the_development_lock_plus_tensorflows_cuda_libraries():
+    image_pins, development_pins = _pins(IMAGE_LOCK), _pins(DEVELOPMENT_LOCK)
+    assert {name: image_pins.get(name) for name in development_pins} == development_pins
+    added = {name: version for name, version in image_pins.items() if name not in development_pins}
+    from importlib import metadata
+    cuda_extra = {requirement.split(";")[0].replace(" ", "") for requirement in metadata.requires("tensorflow")
+                  if "extra == 'and-cuda'" in requirement}
+    assert {f"{name}=={version}" for name, version in added.items()} == cuda_extra
+
+
+def test_the_environment_holds_exactly_the_locks_versions(image):
+    installed = {_normalized(entry["name"]): entry["version"] for entry in json.loads(
+        _ok(image.run(["python", "-m", "pip", "list", "--format", "json"])))}
+    expected = {_normalized(name): version for name, version in _pins(IMAGE_LOCK).items()
+                if not image_env.GPU_ONLY_PACKAGES.match(f"{name}==")}
+    assert {name: installed.get(name) for name in expected} == expected
+    assert set(installed) - set(expected) == {"cxr-pipeline", "pip"}  # the project, and pip from --seed
+
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
+
+
+def test_tensorflow_finds_every_cuda_library_of_the_lock_through_ld_library_path(image):
+    library_dirs = image.env["LD_LIBRARY_PATH"].split(":")
+    site = os.path.join(image.env["VIRTUAL_ENV"], "lib", "python3.10", "site-packages")
+    for package in _pins(IMAGE_LOCK):
+        if image_env.GPU_ONLY_PACKAGES.match(f"{package}=="):
+            folder = package[len("nvidia-"):-len("-cu12")].replace("-", "_")
+            if folder != "cuda_nvcc":  # no libraries: ptxas and libdevice, for XLA
+                assert os.path.join(site, "nvidia", folder, "lib") in library_dirs, package
+    assert os.path.join(site, "nvidia", "cuda_nvcc", "bin") in image.env["PATH"].split(":")
+    assert image.env["XLA_FLAGS"] == f"--xla_gpu_cuda_data_dir={os.path.join(site, 'nvidia', 'cuda_nvcc')}"
+    assert image.env["TF_USE_LEGACY_KERAS"] == "1"
+
+
+def test_the_image_runs_as_a_user_of_its_own_whose_home_is_the_working_directory(image):
+    [user_setup] = image.skipped  # the one line the rebuild does not run, read here instead
+    uid = re.search(r"--uid (\d+)", user_setup).group(1)
+    assert image.user == uid != "0"  # numeric, so that Kubernetes' runAsNonRoot can check it
+    home = re.search(r"--home-dir (\S+)", user_setup).group(1)
+    assert image.env["HOME"] == os.path.join(image.root, home.lstrip("/")) == image.workdir
+    # KFP's launcher makes its artifact folders as this user (launcher_v2.go, LocalPathForURI).
+    for folder in (home, "/gcs", "/minio", "/s3"):
+        assert re.search(rf"chown {uid}:0 [^&]*{re.escape(folder)}\b", user_setup), folder
+        assert re.search(rf"chmod 0775 [^&]*{re.escape(folder)}\b", user_setup), folder
+
+
+@pytest.mark.parametrize("path, sent", [
+    ("setup.py", True), ("cxr/cli.py", True), ("dataprep/mappings/study.yaml", True), ("kubeflow/image.lock", True),
+    (".venv/lib/python3.10/site-packages/tensorflow/__init__.py", False), ("demo/tfrecords/span-1/x.gz", False),
+    (".git/HEAD", False), ("build/pipeline/x", False), ("cxr/__pycache__/cli.cpython-310.pyc", False),
+    ("tests/conftest.py", False),
+])
+def test_the_build_context_carries_the_package_and_nothing_else(path, sent):
+    rules = image_env._dockerignore(os.path.join(image_env.ROOT, ".dockerignore"))
+    assert image_env._ignored(path, rules) is not sent
+
+
+def test_a_run_line_naming_an_absolute_path_is_refused_by_the_rebuild(tmp_path):
+    (tmp_path / "Dockerfile").write_text("FROM python:3.10-slim\nRUN pip install /wheels/x.whl\n")
+    with pytest.raises(image_env.DockerfileError, match=r"RUN names \['/wheels/x.whl'\]"):
+        image_env.build(str(tmp_path / "out"), path=str(tmp_path / "Dockerfile"), context=str(tmp_path))

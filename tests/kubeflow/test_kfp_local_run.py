@@ -1,5 +1,5 @@
 """The compiled `--target kfp` pipeline, run as a cluster runs it (kfp_local.py): each task in its own
-process, state in ML Metadata. One compiled spec, two runs: the second, after span 2 lands, reads
+process of the pipeline image's environment (image_env.py), state in ML Metadata. One compiled spec, two runs: the second, after span 2 lands, reads
 span 2 with no recompile, is judged against the first run's blessed model, and pushes again."""
 import os
 
@@ -27,7 +27,7 @@ def _span_read(summary_outputs) -> int:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory):
+def cluster(tmp_path_factory, image):
     """A volume mounted at the same path in every task, and the pipeline compiled once for it."""
     volume = tmp_path_factory.mktemp("cxr-volume")
     config = tiny_pipeline_config(
@@ -35,7 +35,7 @@ def cluster(tmp_path_factory):
         "kubeflow.metadata_grpc=sqlite", "kubeflow.trainer_gpus=0", *ORCHESTRATION_ONLY)
     package = compile_pipeline(config, "kfp", str(tmp_path_factory.mktemp("compiled")))
     check_package(package)
-    with Zygote() as zygote:
+    with Zygote(image) as zygote:
         yield volume, config, package, zygote
 
 
