@@ -1,8 +1,10 @@
-"""Shared fixtures: the three dataset trees, small, with every quirk of the downloads; a small exported model."""
+"""Shared fixtures: the three dataset trees, small, with every quirk of the downloads; a small exported model;
+the pipeline image's environment."""
 import os
 
 import pytest
 
+import image_env
 from helpers import cmyk_jpeg, encode, phantom_picture, sixteen_bit_png, write
 
 
@@ -92,3 +94,9 @@ def model_base_path(tmp_path_factory) -> str:
 def loaded_model(model_base_path):
     import tensorflow as tf
     return tf.saved_model.load(os.path.join(model_base_path, "1"))
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory) -> image_env.ImageEnvironment:
+    """kubeflow/Dockerfile's last stage, rebuilt without Docker (image_env.py): what the cluster's tasks run."""
+    return image_env.build(str(tmp_path_factory.mktemp("image")))

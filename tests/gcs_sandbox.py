@@ -16,7 +16,8 @@ command in new mount and network namespaces (`unshare`, as root), where:
 Where the emulator differs from GCS in what these clients send, the front or a patch corrects it:
 - TensorFlow's resumable uploads send chunked PUT bodies: the front passes bodies on whole, with
   their length;
-- the emulator answers resumable uploads with an http:// session address: the front makes it https://;
+- the emulator writes http:// into the addresses it answers (a resumable upload's session, an object's
+  mediaLink and selfLink): the front makes them https://, as GCS writes them;
 - the emulator fails a zero-length simple upload (TensorFlow's folder markers, which GCS stores),
   and its folder store keeps an object at a path named like the object, so it cannot hold both
   `a/` and `a/b`, which GCS does: `_patch_emulator`.
@@ -174,6 +175,12 @@ def _patch_emulator() -> None:
             self, bucket, urllib.parse.quote(name, safe=""), *rest))
 
 
+def _https(data: bytes) -> bytes:
+    for host in STORAGE_HOSTS:
+        data = data.replace(f"http://{host}".encode(), f"https://{host}".encode())
+    return data
+
+
 class _ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
@@ -197,15 +204,13 @@ class _Front(http.server.BaseHTTPRequestHandler):
         connection = http.client.HTTPConnection(*self.backend, timeout=300)
         connection.request(self.command, self.path, body=body, headers={**headers, "Content-Length": str(len(body))})
         answer = connection.getresponse()
-        data = answer.read()
+        data = _https(answer.read())
         connection.close()
         self.send_response_only(answer.status, answer.reason)
         for key, value in answer.getheaders():
             if key.lower() in ("transfer-encoding", "content-length", "connection", "server", "date"):
                 continue
-            if key.lower() == "location" and value.startswith("http://"):
-                value = "https://" + value[len("http://"):]
-            self.send_header(key, value)
+            self.send_header(key, _https(value.encode()).decode() if key.lower() == "location" else value)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         if self.command != "HEAD":

@@ -1,8 +1,7 @@
-"""The fake KFP API, kfp.Client isolated from this machine's KFP context, and the pipeline image's environment."""
+"""The fake KFP API, and kfp.Client isolated from this machine's KFP context."""
 import kfp
 import pytest
 
-import image_env
 from fake_kfp_server import FakeKfpServer
 
 
@@ -20,8 +19,3 @@ def kfp_server():
     with FakeKfpServer() as server:
         yield server
 
-
-@pytest.fixture(scope="session")
-def image(tmp_path_factory) -> image_env.ImageEnvironment:
-    """kubeflow/Dockerfile's last stage, rebuilt without Docker (image_env.py)."""
-    return image_env.build(str(tmp_path_factory.mktemp("image")))

@@ -1,6 +1,7 @@
 """The compiled `--target kfp` pipeline, run as a cluster runs it (kfp_local.py): each task in its own
-process of the pipeline image's environment (image_env.py), state in ML Metadata. One compiled spec, two runs: the second, after span 2 lands, reads
-span 2 with no recompile, is judged against the first run's blessed model, and pushes again."""
+process of the pipeline image's environment (image_env.py), state in ML Metadata. One compiled spec,
+two runs: the second, after span 2 lands, reads span 2 with no recompile, is judged against the first
+run's blessed model, and pushes again."""
 import os
 
 import pytest

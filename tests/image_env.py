@@ -28,7 +28,7 @@ import subprocess
 import sys
 from typing import Dict, List, Optional, Tuple
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKERFILE = os.path.join(ROOT, "kubeflow", "Dockerfile")
 GPU_ONLY_PACKAGES = re.compile(r"^nvidia-[a-z0-9-]+-cu12==")
 USER_SETUP = "useradd "
