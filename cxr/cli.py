@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 import warnings
-from typing import List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from cxr import contract, output
 from cxr.dataprep.mapping import PRESET_NAMES
@@ -283,7 +283,7 @@ def _add_kfp(commands) -> None:
     schedule.add_argument("--cron", required=True,
                           help="KFP's six-field cron, seconds first: '0 0 3 * * *' is 03:00 every day")
     schedule.add_argument("--name", required=True, help="the recurring run's name")
-    schedule.add_argument("--max-concurrency", type=int, default=1, help="runs at once (default 1)")
+    schedule.add_argument("--max-concurrency", type=int, default=1, help="runs at once, 1 to 10 (default 1)")
     catchup = schedule.add_mutually_exclusive_group()
     catchup.add_argument("--no-catchup", dest="catchup", action="store_false", default=False,
                          help="skip the runs missed while paused (the default)")
@@ -335,30 +335,30 @@ def _client(args):
     return connect(Connection(host=args.host, namespace=args.namespace, token=args.token, cookies=args.cookies))
 
 
-def _checked_package(args, params: dict) -> str:
-    """The compiled pipeline, refused before connecting if Kubeflow Pipelines would refuse it."""
-    from cxr.kubeflow.cluster_checks import check_package
+def _checked_package(args) -> Tuple[str, dict]:
+    """The compiled pipeline and the run's parameters, typed as it declares them; refused before connecting
+    if Kubeflow Pipelines would refuse them."""
+    from cxr.kubeflow.cluster_checks import check_package, package_params
     if not os.path.isfile(args.package):
         raise ValueError(f"{args.package}: no compiled pipeline; run `cxr kfp compile` first or give --package")
+    params = package_params(args.package, _param_texts(args.param))
     check_package(args.package, params)
-    return args.package
+    return args.package, params
 
 
-def _params(pairs: List[str]) -> dict:
-    import yaml
-    params = {}
+def _param_texts(pairs: List[str]) -> Dict[str, str]:
+    texts = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--param {pair!r} must look like key=value")
-        params[key] = yaml.safe_load(value)
-    return params
+        texts[key] = value
+    return texts
 
 
 def _run_kfp_submit(args) -> None:
     from cxr.kubeflow.client import api_errors, submit
-    params = _params(args.param)
-    package = _checked_package(args, params)
+    package, params = _checked_package(args)
     with api_errors(args.host):
         submitted = submit(_client(args), package, args.pipeline_name, args.experiment, params,
                            run_name=args.run_name)
@@ -367,9 +367,10 @@ def _run_kfp_submit(args) -> None:
 
 def _run_kfp_schedule(args) -> None:
     from cxr.kubeflow.client import api_errors, schedule, validate_cron
+    from cxr.kubeflow.cluster_checks import check_max_concurrency
     cron = validate_cron(args.cron)  # before connecting: building kfp.Client already asks the server
-    params = _params(args.param)
-    package = _checked_package(args, params)
+    check_max_concurrency(args.max_concurrency)
+    package, params = _checked_package(args)
     with api_errors(args.host):
         recurring_run_id = schedule(_client(args), package, args.pipeline_name, args.experiment, cron,
                                     name=args.name, max_concurrency=args.max_concurrency, catchup=args.catchup,

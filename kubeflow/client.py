@@ -28,6 +28,8 @@ import kfp
 import urllib3
 from kfp_server_api.exceptions import ApiException
 
+from cxr.kubeflow.cluster_checks import check_max_concurrency
+
 _SCHEDULE_PAGE_SIZE = 100
 _HEALTH_TIMEOUT_S = 30
 
@@ -214,8 +216,7 @@ def schedule(client: kfp.Client, package_path: str, pipeline_name: str, experime
              params: Optional[Dict[str, object]] = None) -> str:
     """Creates a recurring run; returns its id. A name already in use is refused (unschedule it first)."""
     cron = validate_cron(cron)
-    if max_concurrency < 1:
-        raise ValueError(f"max_concurrency must be at least 1, got {max_concurrency}.")
+    check_max_concurrency(max_concurrency)
     taken = [s.id for s in list_schedules(client) if s.name == name]
     if taken:
         raise ValueError(f"A schedule named {name!r} already exists (id {', '.join(taken)}); "

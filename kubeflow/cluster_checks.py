@@ -15,7 +15,9 @@ The rules and messages follow KFP's backend (kubeflow/pipelines, tags 2.0.5 to 2
   Cloud only"); the backend reads no container lifecycle hook, so a TFX driver attached as
   `lifecycle.preCacheCheck` (what KubeflowV2DagRunner emits for ExampleGen) would silently not run;
 - v2_template.go, validatePipelineJobInputs: a run must give every root parameter that is neither
-  optional nor defaulted, and no parameter the pipeline does not declare.
+  optional nor defaulted, no parameter the pipeline does not declare, and each value of the type
+  the pipeline declares (a STRING parameter takes a string value, not the struct its text parses to);
+- server/api_converter.go, toModelJob: a recurring run's max concurrency is 1 to 10.
 """
 import re
 from typing import Dict, Iterator, List, Mapping, Tuple
@@ -27,6 +29,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 from cxr.pipeline.config import DEFAULT_IMAGE, SQLITE_METADATA, ConfigError, PipelineConfig, to_dict
 
 SCHEMA_VERSION = "2.1.0"
+MAX_CONCURRENCY = 10
 PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
 EXAMPLE_PLACEHOLDER = "YOUR-"  # what kubeflow/cluster.example.yaml asks to replace
 
@@ -142,13 +145,61 @@ def executors(spec: pipeline_spec_pb2.PipelineSpec) -> Dict[str, ExecutorSpec]:
     return dict(deployment.executors)
 
 
+ParameterType = pipeline_spec_pb2.ParameterType
+# What validatePipelineJobInputs accepts for each declared type, and how it names the type in its refusal.
+_VALUE_TYPES = {
+    ParameterType.STRING: ((str,), "string", "string"),
+    ParameterType.NUMBER_INTEGER: ((int, float), "double or integer", "number"),
+    ParameterType.NUMBER_DOUBLE: ((int, float), "double or integer", "number"),
+    ParameterType.BOOLEAN: ((bool,), "bool", "bool"),
+    ParameterType.LIST: ((list, tuple), "list", "list"),
+    ParameterType.STRUCT: ((dict,), "struct", "struct"),
+}
+
+
+def package_params(path: str, texts: Mapping[str, str]) -> Dict[str, object]:
+    """`--param name=text` values as the types the compiled pipeline declares: a STRING parameter takes the
+    text as it is (the configuration's JSON stays text), other types take the value the text spells in YAML."""
+    declared = _read_spec(path).root.input_definitions.parameters
+    params = {}
+    for name, text in texts.items():
+        kind = declared[name].parameter_type if name in declared else ParameterType.STRING
+        params[name] = text if kind == ParameterType.STRING else _parsed(name, text, kind)
+    return params
+
+
+def _parsed(name: str, text: str, kind) -> object:
+    value = yaml.safe_load(text)
+    if kind == ParameterType.NUMBER_INTEGER and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if not _of_type(value, kind):
+        raise ValueError(f"--param {name}={text}: the pipeline declares {name} as {ParameterType.Name(kind)}")
+    return value
+
+
+def _of_type(value, kind) -> bool:
+    accepted = _VALUE_TYPES.get(kind, ((), "", ""))[0]
+    return isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
+
+
 def _parameter_problems(spec: pipeline_spec_pb2.PipelineSpec, params: Mapping[str, object]) -> List[str]:
     declared = spec.root.input_definitions.parameters
     problems = [f"parameter {name} is not optional, yet has neither default value nor user provided value"
                 for name, parameter in declared.items()
                 if name not in params and not parameter.is_optional and not parameter.HasField("default_value")]
+    for name, value in params.items():
+        if name in declared and not _of_type(value, declared[name].parameter_type):
+            _, required, given = _VALUE_TYPES.get(declared[name].parameter_type, ((), "unknown", "a known"))
+            problems.append(f"input parameter {name} requires type {required}, but the input parameter is not of "
+                            f"{given} value type")
     unknown = sorted(set(params) - set(declared))
     if unknown:
         problems.append(f"parameter(s) provided are not required by pipeline: {', '.join(unknown)} "
                         f"(it declares: {', '.join(declared) or 'none'})")
     return problems
+
+
+def check_max_concurrency(max_concurrency: int) -> None:
+    if not 1 <= max_concurrency <= MAX_CONCURRENCY:
+        raise ValueError(f"Max concurrency of a recurring run must be at least 1 and at most {MAX_CONCURRENCY}. "
+                         f"Received {max_concurrency} (as Kubeflow Pipelines' API server refuses it)")

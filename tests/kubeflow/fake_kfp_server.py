@@ -27,8 +27,9 @@ and files, headers.
 
 Like the real server it refuses a package its template parser refuses (a schema version other than
 2.1.0, a name outside ^[a-z0-9][a-z0-9-]{0,127}$, no root; v2_template.go, common/utils.go) and a
-run or recurring run that lacks a required parameter or passes an undeclared one
-(validatePipelineJobInputs).
+run or recurring run that lacks a required parameter, passes an undeclared one or a value of another
+type than the parameter's (validatePipelineJobInputs), and a recurring run whose max concurrency is
+not 1 to 10 (server/api_converter.go, toModelJob).
 
 It has not been checked against a live cluster: nothing here has been run against one.
 """
@@ -217,6 +218,10 @@ class FakeKfpServer:
             raise KfpError(3, "Invalid input error: a trigger (cron_schedule or periodic_schedule) is required")
         if cron and len(cron.split()) not in (5, 6):  # robfig/cron: seconds first, day of week optional
             raise KfpError(3, f"Invalid input error: invalid cron expression {cron!r}")
+        max_concurrency = int(body.get("max_concurrency") or 0)
+        if max_concurrency > 10 or max_concurrency < 1:
+            raise KfpError(3, "Invalid input error: Max concurrency of a recurring run must be at least 1 and at "
+                              f"most 10. Received {max_concurrency}")
         experiment = self.experiments[body["experiment_id"]]
         recurring = dict(body, recurring_run_id=self._new_id("recurring"), created_at=_now(), updated_at=_now(),
                          max_concurrency=str(body.get("max_concurrency") or 1),
@@ -311,6 +316,22 @@ def _check_template(package: bytes) -> None:
         raise KfpError(3, "Failed to create a pipeline: invalid v2 pipeline spec: root component is empty")
 
 
+# Which JSON values each ParameterType takes, as protojson reads runtime_config.parameters into a
+# structpb.Value (a bool is not a number there), and the type's name in the server's message.
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_PARAMETER_VALUES = {
+    "STRING": (lambda value: isinstance(value, str), "string"),
+    "NUMBER_INTEGER": (_is_number, "double or integer"),
+    "NUMBER_DOUBLE": (_is_number, "double or integer"),
+    "BOOLEAN": (lambda value: isinstance(value, bool), "bool"),
+    "LIST": (lambda value: isinstance(value, list), "list"),
+    "STRUCT": (lambda value: isinstance(value, dict), "struct"),
+}
+
+
 def _check_job_inputs(spec: dict, parameters: dict) -> None:
     """What the API server refuses when a run or recurring run is created.
 
@@ -320,6 +341,11 @@ def _check_job_inputs(spec: dict, parameters: dict) -> None:
         if name not in parameters and not parameter.get("isOptional") and "defaultValue" not in parameter:
             raise KfpError(3, "Failed to generate the ExecutionSpec: invalid pipeline job inputs: parameter "
                               f"{name} is not optional, yet has neither default value nor user provided value")
+    for name, value in parameters.items():
+        accepts, type_name = _PARAMETER_VALUES[declared[name]["parameterType"]] if name in declared else (None, "")
+        if accepts and not accepts(value):
+            raise KfpError(3, f"Failed to generate the ExecutionSpec: invalid pipeline job inputs: input parameter "
+                              f"{name} requires type {type_name}")
     extra = sorted(set(parameters) - set(declared))
     if extra:
         raise KfpError(3, "Failed to generate the ExecutionSpec: invalid pipeline job inputs: parameter(s) "

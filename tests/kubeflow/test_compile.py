@@ -8,7 +8,7 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from cxr.kubeflow.cluster_checks import check_package, executors
+from cxr.kubeflow.cluster_checks import check_package, executors, package_params
 from cxr.kubeflow.kfp_pipeline import CONFIG_PARAMETER
 from cxr.kubeflow.runner import compile_pipeline
 from cxr.kubeflow.task import node_dependencies
@@ -200,6 +200,16 @@ def test_a_run_missing_a_required_parameter_or_passing_an_unknown_one_is_refused
     check_package(str(required), {CONFIG_PARAMETER: "{}"})
     with pytest.raises(ValueError, match="not required by pipeline: epochs"):
         check_package(path, {"epochs": 3})
+
+
+def test_the_configuration_parameter_takes_its_json_as_text_and_a_struct_is_refused(compiled):
+    _, path, _, _ = compiled
+    text = '{"training": {"epochs": 3}}'
+    assert package_params(path, {CONFIG_PARAMETER: text}) == {CONFIG_PARAMETER: text}
+    check_package(path, {CONFIG_PARAMETER: text})
+    with pytest.raises(ValueError, match="input parameter config requires type string, but the input parameter "
+                                         "is not of string value type"):
+        check_package(path, {CONFIG_PARAMETER: {"training": {"epochs": 3}}})
 
 
 def test_vertex_gets_a_pipeline_job_with_a_machine_accelerator_name(tmp_path):

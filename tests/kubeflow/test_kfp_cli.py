@@ -43,6 +43,22 @@ def test_compile_then_submit_then_schedule_the_pipeline(kfp_server, package, cap
     assert "nightly" not in capsys.readouterr().out
 
 
+def test_the_configuration_parameter_is_sent_as_the_json_text_given(kfp_server, package, capsys):
+    # The README's way to change a setting for one run; a struct for a STRING parameter is refused by KFP.
+    text = '{"training": {"epochs": 3}}'
+    assert main(["kfp", "submit", "--host", kfp_server.url, "--package", package, "--param", f"config={text}"]) == 0
+    [run] = kfp_server.requests_to("POST", "/runs")
+    assert run.body["runtime_config"]["parameters"] == {"config": text}
+
+
+def test_more_than_ten_concurrent_runs_are_refused_before_connecting(kfp_server, package, capsys):
+    assert main(["kfp", "schedule", "--host", kfp_server.url, "--package", package, "--name", "busy",
+                 "--cron", "0 0 3 * * *", "--max-concurrency", "11"]) == 2
+    assert "Max concurrency of a recurring run must be at least 1 and at most 10. Received 11" in (
+        capsys.readouterr().err)
+    assert kfp_server.requests == []
+
+
 def test_compiling_the_example_file_as_is_names_what_to_replace(tmp_path, capsys):
     assert main(["kfp", "compile", "--config", "kubeflow/cluster.example.yaml", "--out", str(tmp_path)]) == 2
     error = capsys.readouterr().err

@@ -11,6 +11,7 @@ from kfp import compiler, dsl
 
 from cxr.kubeflow import client as kfp_client
 from cxr.kubeflow.client import Connection, connect, list_schedules, schedule, submit, unschedule, validate_cron
+from cxr.kubeflow.cluster_checks import package_params
 from cxr.output import schedules_table
 from fake_kfp_server import FakeKfpServer
 
@@ -103,6 +104,34 @@ def test_the_same_package_sent_twice_within_a_second_reuses_its_version(kfp_serv
     [lookup] = kfp_server.requests_to("GET", f"/pipelines/{first.pipeline_id}/versions")
     name = f"cxr-train-20250101-030000-{hashlib.sha256(content(package)).hexdigest()[:8]}"
     assert json.loads(lookup.query["filter"])["predicates"][0]["stringValue"] == name
+
+
+def test_param_texts_take_the_types_the_package_declares(package):
+    assert package_params(package, {"epochs": "3", "data_root": "007"}) == {"epochs": 3, "data_root": "007"}
+    with pytest.raises(ValueError, match="--param epochs=three: the pipeline declares epochs as NUMBER_INTEGER"):
+        package_params(package, {"epochs": "three"})
+
+
+@pytest.mark.parametrize("params, refused", [
+    ({"epochs": "3"}, "input parameter epochs requires type double or integer"),
+    ({"epochs": True}, "input parameter epochs requires type double or integer"),
+    ({"data_root": {"bucket": "b"}}, "input parameter data_root requires type string"),
+])
+def test_the_fake_server_refuses_a_value_of_another_type_than_declared(kfp_server, client, package, params, refused):
+    pipeline_id, version_id = kfp_client.upload_version(client, package, "cxr-train")
+    with pytest.raises(kfp_server_api.exceptions.ApiException, match=refused):
+        client.run_pipeline(client.create_experiment(name="cxr").experiment_id, "typed", pipeline_id=pipeline_id,
+                            version_id=version_id, params=params)
+
+
+def test_the_fake_server_refuses_more_than_ten_concurrent_runs(kfp_server, client, package):
+    pipeline_id, version_id = kfp_client.upload_version(client, package, "cxr-train")
+    with pytest.raises(kfp_server_api.exceptions.ApiException, match="at least 1 and at most 10. Received 11"):
+        client.create_recurring_run(client.create_experiment(name="cxr").experiment_id, "busy",
+                                    cron_expression="0 0 3 * * *", max_concurrency=11, pipeline_id=pipeline_id,
+                                    version_id=version_id)
+    with pytest.raises(ValueError, match="at most 10. Received 11"):
+        schedule(client, package, "cxr-train", "cxr", "0 0 3 * * *", "busy", max_concurrency=11)
 
 
 def test_an_explicit_version_name_is_uploaded_as_given(kfp_server, client, package):
