@@ -173,7 +173,7 @@ def _parsed(name: str, text: str, kind) -> object:
     if kind == ParameterType.NUMBER_INTEGER and isinstance(value, float) and value.is_integer():
         value = int(value)
     if not _of_type(value, kind):
-        raise ValueError(f"--param {name}={text}: the pipeline declares {name} as {ParameterType.Name(kind)}")
+        raise ValueError(f"--param {name}={text}: the pipeline declares {name} as {ParameterType.ParameterTypeEnum.Name(kind)}")
     return value
 
 
