@@ -1,7 +1,7 @@
 """What a cluster refuses, checked before anything reaches it.
 
 `check_cluster_config`: settings that cannot work on a cluster (left from the example file, the
-local image, storage no task can reach), refused when compiling.
+local image, storage no task can reach, the default pipeline name), refused when compiling.
 
 `check_package`: a compiled pipeline checked as Kubeflow Pipelines' API server and Argo compiler
 check it before a run starts, so `cxr kfp submit` and `schedule` refuse it before connecting.
@@ -28,6 +28,7 @@ from kfp.pipeline_spec import pipeline_spec_pb2
 
 from cxr.pipeline.config import DEFAULT_IMAGE, SQLITE_METADATA, ConfigError, PipelineConfig, to_dict
 
+DEFAULT_NAME = PipelineConfig().name
 SCHEMA_VERSION = "2.1.0"
 MAX_CONCURRENCY = 10
 PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
@@ -36,6 +37,12 @@ EXAMPLE_PLACEHOLDER = "YOUR-"  # what kubeflow/cluster.example.yaml asks to repl
 
 def check_cluster_config(config: PipelineConfig, target: str) -> None:
     problems = [*_placeholders_left(config), *_image_problems(config), *_storage_problems(config, target)]
+    if config.name == DEFAULT_NAME:
+        # TFX keys its contexts in ML Metadata by pipeline name: the baseline model the Evaluator compares
+        # with, the cache, the spans ExampleGen has read. A cluster's ML Metadata serves every team.
+        problems.append(f"name is the default {DEFAULT_NAME!r}: the cluster's ML Metadata is shared by every "
+                        f"pipeline, and TFX finds the baseline model, its cache and the spans it has read by pipeline "
+                        f"name; name this deployment, e.g. {DEFAULT_NAME}-<team>")
     if target == "kfp" and not PIPELINE_NAME.match(config.name):
         problems.append(f"name {config.name!r}: Kubeflow Pipelines takes lower-case letters, digits and '-', "
                         f"starting with a letter or digit")
@@ -95,6 +102,12 @@ def check_package(path: str, params: Mapping[str, object] = None) -> pipeline_sp
     if problems:
         raise ValueError(f"{path} would be refused by Kubeflow Pipelines:\n  - " + "\n  - ".join(problems))
     return spec
+
+
+def default_pipeline_root(path: str) -> str:
+    """The compiled pipeline's default root ('' if none). KFP's backend reads a run's root from the run's
+    runtime config only (apiserver/template/template.go), never the spec's default, so submit sends it."""
+    return _read_spec(path).default_pipeline_root
 
 
 def _read_spec(path: str) -> pipeline_spec_pb2.PipelineSpec:

@@ -20,6 +20,8 @@ from cxr.pipeline.config import KubeflowConfig, PipelineConfig, TAINT, to_json
 CONFIG_PARAMETER = "config"
 TASK_COMMAND = ["python", "-m", "cxr.kubeflow.task"]
 GPU_NODES = ("Trainer", "Tuner")
+BEAM_NODES = ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator")  # Beam's DirectRunner, in memory
+BUCKET_SCHEMES = ("gs://",)  # a pipeline root KFP's launcher and TensorFlow both write (minio:// TF cannot)
 
 
 def compile_kfp(config: PipelineConfig, path: str) -> None:
@@ -38,13 +40,22 @@ def _pipeline_function(config: PipelineConfig, dependencies: Dict[str, List[str]
             _mount_volumes(task, settings)
             if node_id in GPU_NODES:
                 _place_on_gpu_nodes(task, settings)
+            elif node_id in BEAM_NODES:
+                task.set_cpu_request(f"{settings.beam_cpu_request:g}").set_memory_request(
+                    _megabytes(settings.beam_memory_request_gb))
             tasks[node_id] = task
         outputs = _ui_outputs_component(settings.image)(config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         outputs.set_display_name("KFP UI outputs").set_caching_options(False).after(*tasks.values())
         _mount_volumes(outputs, settings)
 
-    return dsl.pipeline(name=config.name, description=(
+    return dsl.pipeline(name=config.name, pipeline_root=default_pipeline_root(config), description=(
         "The cxr chest X-ray pipeline: one task per TFX node, state in ML Metadata"))(cxr_pipeline)
+
+
+def default_pipeline_root(config: PipelineConfig):
+    """The project's root when it is a bucket, for KFP's own outputs (the UI's artifacts) too; otherwise none,
+    and KFP keeps them in its artifact store (minio://mlpipeline/v2/artifacts by default)."""
+    return config.pipeline_root if config.pipeline_root.startswith(BUCKET_SCHEMES) else None
 
 
 @functools.lru_cache(maxsize=None)
@@ -72,9 +83,8 @@ def _mount_volumes(task, settings: KubeflowConfig) -> None:
 
 
 def _place_on_gpu_nodes(task, settings: KubeflowConfig) -> None:
-    # kfp takes whole numbers of memory units: megabytes keep a fraction of a gigabyte.
     task.set_cpu_limit(f"{settings.trainer_cpu_limit:g}").set_memory_limit(
-        f"{round(settings.trainer_memory_limit_gb * 1000)}M")
+        _megabytes(settings.trainer_memory_limit_gb))
     if settings.trainer_gpus > 0:
         task.set_accelerator_type(settings.kfp_accelerator).set_accelerator_limit(settings.trainer_gpus)
     for key, value in settings.node_labels().items():
@@ -84,6 +94,10 @@ def _place_on_gpu_nodes(task, settings: KubeflowConfig) -> None:
         # (kubernetes_platform/proto/kubernetes_executor_config.proto, message Toleration).
         task.platform_config.setdefault("kubernetes", {})["tolerations"] = [
             _toleration(taint) for taint in settings.gpu_tolerations]
+
+
+def _megabytes(gigabytes: float) -> str:
+    return f"{round(gigabytes * 1000)}M"  # kfp takes whole numbers of memory units: megabytes keep a fraction
 
 
 def _toleration(taint: str) -> dict:

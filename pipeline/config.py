@@ -53,6 +53,10 @@ class KubeflowConfig:
     vertex_accelerator: str = "NVIDIA_TESLA_T4"
     trainer_cpu_limit: float = 8.0
     trainer_memory_limit_gb: float = 32.0
+    # What each task that runs Beam in memory (ImportExampleGen, StatisticsGen, Transform, Evaluator)
+    # asks the scheduler for: Beam's DirectRunner holds what it processes in the task's memory.
+    beam_cpu_request: float = 2.0
+    beam_memory_request_gb: float = 8.0
     # The GPU node pool, for the Trainer and the Tuner on Kubeflow Pipelines: node labels as
     # key=value, and the taints to tolerate as `kubectl taint` writes them, key[=value]:Effect.
     gpu_node_selector: Tuple[str, ...] = ()
@@ -135,6 +139,10 @@ def _check_kubeflow(settings: KubeflowConfig) -> None:
         claim, _, path = volume.partition(":")
         if not claim or not path.startswith("/"):
             raise ConfigError(f"kubeflow.volumes: {volume!r} must look like claim-name:/mount/path")
+    _check_each_once(settings.volumes)
+    for setting in ("trainer_cpu_limit", "trainer_memory_limit_gb", "beam_cpu_request", "beam_memory_request_gb"):
+        if getattr(settings, setting) <= 0:
+            raise ConfigError(f"kubeflow.{setting} must be positive, got {getattr(settings, setting)}")
     for label in settings.gpu_node_selector:
         if not re.fullmatch(r"[^=\s]+=[^=\s]*", label):
             raise ConfigError(f"kubeflow.gpu_node_selector: {label!r} must look like key=value")
@@ -142,6 +150,21 @@ def _check_kubeflow(settings: KubeflowConfig) -> None:
         if not TAINT.fullmatch(taint):
             raise ConfigError(f"kubeflow.gpu_tolerations: {taint!r} must look like key=value:Effect or key:Effect, "
                               f"Effect one of {', '.join(TAINT_EFFECTS)} (as `kubectl taint` writes it)")
+
+
+def _check_each_once(volumes: Tuple[str, ...]) -> None:
+    """KFP's driver names each pod volume after its claim (backend/src/v2/driver/driver.go, makeVolumeMountPatch),
+    and Kubernetes refuses two volumes of one name, or two mounts at one path."""
+    seen_claims, seen_paths = {}, {}
+    for volume in volumes:
+        claim, _, path = volume.partition(":")
+        if claim in seen_claims:
+            raise ConfigError(f"kubeflow.volumes: claim {claim!r} is mounted twice ({seen_claims[claim]} and {path}); "
+                              f"Kubeflow Pipelines names each pod volume after its claim and Kubernetes refuses two "
+                              f"volumes of one name: mount it once, at a folder above both")
+        if path in seen_paths:
+            raise ConfigError(f"kubeflow.volumes: {seen_paths[path]!r} and {claim!r} are both mounted at {path}")
+        seen_claims[claim], seen_paths[path] = path, claim
 
 
 TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")

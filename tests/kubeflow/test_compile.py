@@ -2,6 +2,7 @@
 checked as KFP's API server and Argo compiler check it; Vertex keeps TFX's KubeflowV2DagRunner."""
 import json
 import os
+import re
 
 import pytest
 import yaml
@@ -17,7 +18,8 @@ from cxr.pipeline.pipeline import create_pipeline
 
 IMAGE = "registry.example.com/cxr-pipeline:7"
 VOLUME = "cxr-data:/mnt/cxr"
-CLUSTER = (f"kubeflow.image={IMAGE}", f'kubeflow.volumes=["{VOLUME}", "cxr-models:/models"]',
+NAME = "cxr-radiology"
+CLUSTER = (f"name={NAME}", f"kubeflow.image={IMAGE}", f'kubeflow.volumes=["{VOLUME}", "cxr-models:/models"]',
            "pipeline_root=/mnt/cxr/root", "data.tfrecords_dir=/mnt/cxr/tfrecords", "serving_dir=/models",
            "kubeflow.trainer_gpus=2", "kubeflow.trainer_cpu_limit=12", "kubeflow.trainer_memory_limit_gb=48",
            'kubeflow.gpu_node_selector=["cloud.google.com/gke-accelerator=nvidia-l4"]',
@@ -79,7 +81,32 @@ def test_the_configuration_travels_as_the_one_parameter_whose_default_rebuilds_i
     [(name, parameter)] = spec.root.input_definitions.parameters.items()
     assert name == CONFIG_PARAMETER and parameter.is_optional
     assert from_json(parameter.default_value.string_value, "the default") == config
-    assert not spec.default_pipeline_root, "KFP's backend never reads it; its own root holds the UI's artifacts"
+
+
+def test_a_bucket_root_is_the_default_pipeline_root_and_a_volume_root_leaves_kfp_its_own(compiled, tmp_path):
+    assert not compiled[2].default_pipeline_root  # a path on a volume: KFP's launcher cannot write there
+    _, spec, _ = _compiled(tmp_path, _config("pipeline_root=gs://bucket/cxr-root"))
+    assert spec.default_pipeline_root == "gs://bucket/cxr-root"
+
+
+def test_tasks_that_run_beam_in_memory_request_cpu_and_memory_from_the_configuration(tmp_path):
+    _, spec, _ = _compiled(tmp_path, _config("kubeflow.beam_cpu_request=3", "kubeflow.beam_memory_request_gb=12.5"))
+    tasks = _node_tasks(spec)
+    for node in ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator"):
+        resources = _container(spec, tasks[node]).resources
+        # kfp 2.5 writes cpuRequest and memoryRequest (GB), which KFP's driver reads from 2.0 on (driver.go).
+        assert (resources.cpu_request, resources.memory_request) == (3.0, 12.5), node
+    for node in ("SchemaGen", "ValidationGate", "Pusher"):
+        assert not _container(spec, tasks[node]).HasField("resources"), node
+
+
+@pytest.mark.parametrize("volumes, message", [
+    ('["cxr-data:/mnt/cxr", "cxr-data:/models"]', "claim 'cxr-data' is mounted twice (/mnt/cxr and /models)"),
+    ('["cxr-data:/mnt/cxr", "cxr-models:/mnt/cxr"]', "'cxr-data' and 'cxr-models' are both mounted at /mnt/cxr"),
+])
+def test_a_claim_or_a_path_mounted_twice_is_refused_by_name(volumes, message):
+    with pytest.raises(ConfigError, match=re.escape(f"kubeflow.volumes: {message}")):
+        _config(f"kubeflow.volumes={volumes}")
 
 
 def test_nothing_passes_through_kfp_artifacts_but_the_ui_outputs(compiled):
@@ -97,7 +124,7 @@ def test_nothing_passes_through_kfp_artifacts_but_the_ui_outputs(compiled):
 
 def test_the_package_passes_the_checks_kfp_makes_before_a_run_starts(compiled):
     _, path, spec, _ = compiled
-    assert spec.schema_version == "2.1.0" and spec.pipeline_info.name == "cxr"
+    assert spec.schema_version == "2.1.0" and spec.pipeline_info.name == NAME
     assert {executor.WhichOneof("spec") for executor in executors(spec).values()} == {"container"}
     assert not any(executor.container.HasField("lifecycle") for executor in executors(spec).values())
     check_package(path)  # and runs need no parameter: the configuration has its default
@@ -147,6 +174,7 @@ def test_no_gpus_and_no_node_pool_settings_mean_no_requests(tmp_path):
                                     "tensorflow-io"),
     ("kubeflow.metadata_grpc=sqlite", "metadata_path is 'build/metadata.sqlite', which no task mounts"),
     ("name=CXR_pipeline", "name 'CXR_pipeline': Kubeflow Pipelines takes lower-case letters"),
+    ("name=cxr", "name is the default 'cxr': the cluster's ML Metadata is shared by every pipeline"),
 ])
 def test_settings_that_cannot_work_on_a_cluster_are_refused_by_name(tmp_path, override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -164,7 +192,7 @@ def test_the_example_file_compiles_once_its_placeholders_are_replaced(tmp_path):
         compile_pipeline(load_config("study", EXAMPLE), "kfp", str(tmp_path))
     assert "kubeflow.image is 'YOUR-REGISTRY/cxr-pipeline:1'" in str(refused.value)
     with open(EXAMPLE) as f:
-        filled = f.read().replace("YOUR-REGISTRY", "registry.example.com")
+        filled = f.read().replace("YOUR-REGISTRY", "registry.example.com").replace("YOUR-TEAM", "radiology")
     (tmp_path / "cluster.yaml").write_text(filled)
     config = load_config("study", str(tmp_path / "cluster.yaml"))
     path, spec, _ = _compiled(tmp_path, config)
@@ -174,7 +202,7 @@ def test_the_example_file_compiles_once_its_placeholders_are_replaced(tmp_path):
 
 def test_a_kubeflow_v2_dag_runner_spec_is_refused_for_the_reasons_kfp_refuses_it(tmp_path):
     """What `--target kfp` emitted before: KubeflowV2DagRunner's spec, which open-source KFP cannot run."""
-    job_path = compile_pipeline(load_config("study", overrides=[
+    job_path = compile_pipeline(load_config("study", overrides=[f"name={NAME}",
         f"kubeflow.image={IMAGE}", "pipeline_root=gs://bucket/root", "data.tfrecords_dir=gs://bucket/tfrecords",
         "serving_dir=gs://bucket/serving"]), "vertex", str(tmp_path))
     with open(job_path) as f:
@@ -214,8 +242,9 @@ def test_the_configuration_parameter_takes_its_json_as_text_and_a_struct_is_refu
 
 def test_vertex_gets_a_pipeline_job_with_a_machine_accelerator_name(tmp_path):
     config = load_config("study", overrides=[
-        f"kubeflow.image={IMAGE}", "pipeline_root=gs://bucket/root", "data.tfrecords_dir=gs://bucket/tfrecords",
-        "serving_dir=gs://bucket/serving", "kubeflow.vertex_accelerator=NVIDIA_L4", "kubeflow.trainer_gpus=2"])
+        f"name={NAME}", f"kubeflow.image={IMAGE}", "pipeline_root=gs://bucket/root",
+        "data.tfrecords_dir=gs://bucket/tfrecords", "serving_dir=gs://bucket/serving",
+        "kubeflow.vertex_accelerator=NVIDIA_L4", "kubeflow.trainer_gpus=2"])
     with open(compile_pipeline(config, "vertex", str(tmp_path))) as f:
         job = json_format.ParseDict(json.load(f), pipeline_spec_pb2.PipelineJob(), ignore_unknown_fields=True)
     assert job.runtime_config.gcs_output_directory == "gs://bucket/root"
@@ -227,7 +256,8 @@ def test_vertex_gets_a_pipeline_job_with_a_machine_accelerator_name(tmp_path):
 
 def test_vertex_refuses_paths_its_steps_cannot_reach(tmp_path):
     with pytest.raises(ConfigError, match="pipeline_root is 'build/pipeline': Vertex AI Pipelines' steps reach gs://"):
-        compile_pipeline(load_config("study", overrides=[f"kubeflow.image={IMAGE}"]), "vertex", str(tmp_path))
+        compile_pipeline(load_config("study", overrides=[f"name={NAME}", f"kubeflow.image={IMAGE}"]), "vertex",
+                         str(tmp_path))
 
 
 def test_an_unknown_target_is_refused(tmp_path):

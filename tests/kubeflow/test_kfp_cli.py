@@ -8,7 +8,7 @@ import yaml
 
 from cxr.cli import main
 
-CLUSTER = ["--set", "kubeflow.image=registry.example.com/cxr-pipeline:1", "--set", "pipeline_root=gs://bucket/root",
+CLUSTER = ["--set", "name=cxr-radiology", "--set", "kubeflow.image=registry.example.com/cxr-pipeline:1", "--set", "pipeline_root=gs://bucket/root",
            "--set", "data.tfrecords_dir=gs://bucket/tfrecords", "--set", "serving_dir=gs://bucket/serving"]
 
 
@@ -28,10 +28,14 @@ def test_compile_then_submit_then_schedule_the_pipeline(kfp_server, package, cap
     assert upload.headers["authorization"] == "Bearer s3cret"
     [run] = kfp_server.requests_to("POST", "/runs")
     assert run.body["runtime_config"]["parameters"] == {}  # the configuration is the parameter's default
+    # KFP's backend takes a run's root from the run, not the spec: the bucket holds KFP's outputs too.
+    assert run.body["runtime_config"]["pipeline_root"] == "gs://bucket/root"
 
     assert main(["kfp", "schedule", "--host", kfp_server.url, "--package", package, "--name", "nightly",
                  "--cron", "0 0 3 * * *"]) == 0
     assert "recurring run 'nightly'" in capsys.readouterr().out
+    [recurring] = kfp_server.requests_to("POST", "/recurringruns")
+    assert recurring.body["runtime_config"]["pipeline_root"] == "gs://bucket/root"
     assert main(["kfp", "schedules", "--host", kfp_server.url]) == 0
     listed = capsys.readouterr().out
     assert "nightly" in listed and "0 0 3 * * *" in listed

@@ -32,7 +32,7 @@ def cluster(tmp_path_factory, image):
     """A volume mounted at the same path in every task, and the pipeline compiled once for it."""
     volume = tmp_path_factory.mktemp("cxr-volume")
     config = tiny_pipeline_config(
-        volume, "kubeflow.image=registry.example.com/cxr-pipeline:test", f'kubeflow.volumes=["cxr-data:{volume}"]',
+        volume, "name=cxr-local-cluster", "kubeflow.image=registry.example.com/cxr-pipeline:test", f'kubeflow.volumes=["cxr-data:{volume}"]',
         "kubeflow.metadata_grpc=sqlite", "kubeflow.trainer_gpus=0", *ORCHESTRATION_ONLY)
     package = compile_pipeline(config, "kfp", str(tmp_path_factory.mktemp("compiled")))
     check_package(package)
