@@ -15,17 +15,15 @@ and `ClassificationMetrics`, and the run report as `HTML` (kubeflow/ui_outputs.p
 """
 import argparse
 import os
-import re
 import sys
 from typing import Dict, List, Mapping, Optional
 
 from absl import logging
 
 from cxr.pipeline.config import SQLITE_METADATA, PipelineConfig, from_json
+from cxr.pipeline.kfp_runs import argo_workflow_of_pod
 
 RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"
-# The Argo template every KFP 2.x container task runs in (backend/src/v2/compiler/argocompiler/container.go).
-_ARGO_TEMPLATE = "-system-container-impl-"
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -60,9 +58,7 @@ def pipeline_run_id(run_id: str, environ: Mapping[str, str]) -> str:
     if run_id and "{{" not in run_id:
         return run_id
     pod = environ.get("KFP_POD_NAME", "")
-    workflow = pod.split(_ARGO_TEMPLATE)[0] if _ARGO_TEMPLATE in pod else None
-    if workflow is None and re.fullmatch(r".+-\d+", pod):  # Argo's v1 pod names: <workflow>-<node hash>
-        workflow = pod.rsplit("-", 1)[0]
+    workflow = argo_workflow_of_pod(pod)
     if not workflow:
         raise RuntimeError(f"no pipeline run id: --run-id is {run_id!r} and KFP_POD_NAME ({pod!r}) is not an "
                            f"Argo pod name of a KFP run")

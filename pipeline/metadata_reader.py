@@ -9,6 +9,7 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from cxr.components import serving_check
+from cxr.pipeline.kfp_runs import kfp_workflow_of_run
 from cxr.contract import LABELS
 
 
@@ -61,7 +62,8 @@ def read_run(connection_config, run: str = "latest"):
 def _run_context(store, run: str):
     runs = list(store.get_contexts_by_type("pipeline_run"))
     if run != "latest":
-        runs = [context for context in runs if context.name == run]
+        names = {run, kfp_workflow_of_run(store, run)}  # KFP's run id, where TFX's run took the workflow's name
+        runs = [context for context in runs if context.name in names]
     return max(runs, key=lambda candidate: candidate.create_time_since_epoch) if runs else None
 
 

@@ -5,7 +5,10 @@ KFP's backend gives a container (kubeflow/pipelines, backend/src/v2):
 - task inputs resolved as the driver resolves them (driver/resolve.go at HEAD, driver/driver.go
   at 2.5.0): pipeline parameters from the run's values or their defaults, and runtime constants
   that are exactly `{{$.pipeline_job_uuid}}` (and the other job and task placeholders) replaced
-  by the run's values;
+  by the run's values; with `kfp_version` before 2.5, passed through unresolved, as those drivers do;
+- with `metadata`, KFP's own records in ML Metadata (metadata/client.go, 2.0 to 2.5): the driver's
+  context of type system.PipelineRun named by the run id, and for each task an execution of type
+  system.ContainerExecution in it, with the pod's name the launcher writes when the task starts;
 - the ExecutorInput and the placeholders of command and args built and resolved by kfp's own
   local-execution code (kfp.local.executor_input_utils, kfp.local.placeholder_utils);
 - the environment the Argo template sets (compiler/argocompiler/container.go: KFP_POD_NAME,
@@ -30,6 +33,7 @@ from kfp.local import executor_input_utils, placeholder_utils
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from cxr.kubeflow.cluster_checks import executors
+from cxr.pipeline.kfp_runs import KFP_POD_NAME, KFP_RUN_CONTEXT
 from image_env import ImageEnvironment
 
 _ARGO_TEMPLATE = "system-container-impl"
@@ -84,12 +88,12 @@ class Zygote:
 
 
 def run_package(package_path: str, work_dir: str, zygote: Zygote, params: Optional[dict] = None,
-                fresh_processes=()) -> LocalRun:
+                fresh_processes=(), kfp_version=(2, 5), metadata=None) -> LocalRun:
     with open(package_path, encoding="utf-8") as f:
         documents = list(yaml.safe_load_all(f))
     spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec())
     platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(documents) > 1 else {}
-    run = _Run(spec, platform, work_dir, params or {}, zygote.image)
+    run = _Run(spec, platform, work_dir, params or {}, zygote.image, kfp_version, metadata)
     results = {}
     for task_name in _topological(spec.root.dag.tasks):
         results[task_name] = run.task(task_name, zygote if task_name not in fresh_processes else None)
@@ -110,8 +114,10 @@ def _topological(tasks) -> List[str]:
 
 
 class _Run:
-    def __init__(self, spec, platform: dict, work_dir: str, params: dict, image: ImageEnvironment):
+    def __init__(self, spec, platform: dict, work_dir: str, params: dict, image: ImageEnvironment, kfp_version,
+                 metadata):
         self.spec, self.platform, self.work_dir, self.image = spec, platform, work_dir, image
+        self.kfp_version, self.metadata = kfp_version, metadata
         self.run_id = str(uuid.uuid4())
         self.workflow = f"{spec.pipeline_info.name}-{self.run_id[:5]}"
         self.executors = executors(spec)
@@ -134,11 +140,14 @@ class _Run:
         self._check_mounts(component.executor_label)
         os.makedirs(task_root, exist_ok=True)
         log_path = os.path.join(task_root, "log.txt")
+        environment = self._environment(name)
+        if self.metadata is not None:
+            self._record_task(environment["KFP_POD_NAME"])
         if zygote:
-            returncode = zygote.run(command, self._environment(name), log_path)
+            returncode = zygote.run(command, environment, log_path)
         else:
             with open(log_path, "w") as log:
-                returncode = subprocess.run(command, env=self._environment(name), cwd=self.image.workdir, stdout=log,
+                returncode = subprocess.run(command, env=environment, cwd=self.image.workdir, stdout=log,
                                             stderr=log).returncode
         with open(log_path, errors="replace") as log:
             result = TaskResult(returncode, log.read())
@@ -159,8 +168,26 @@ class _Run:
         return arguments
 
     def _runtime_constant(self, value):
+        if self.kfp_version < (2, 5):
+            return value
         return {"{{$.pipeline_job_uuid}}": self.run_id, "{{$.pipeline_job_name}}": self.workflow,
                 "{{$.pipeline_job_resource_name}}": self.workflow}.get(value, value)
+
+    def _record_task(self, pod_name: str) -> None:
+        from ml_metadata import metadata_store
+        from ml_metadata.proto import metadata_store_pb2
+        store = metadata_store.MetadataStore(self.metadata)
+        run_type = store.put_context_type(metadata_store_pb2.ContextType(name=KFP_RUN_CONTEXT))
+        context = store.get_context_by_type_and_name(KFP_RUN_CONTEXT, self.run_id)
+        if context is None:
+            context = metadata_store_pb2.Context(type_id=run_type, name=self.run_id)
+            context.custom_properties["resource_name"].string_value = "run-resource"  # what every 2.x driver writes
+            [context.id] = store.put_contexts([context])
+        execution = metadata_store_pb2.Execution(
+            type_id=store.put_execution_type(metadata_store_pb2.ExecutionType(name="system.ContainerExecution")),
+            last_known_state=metadata_store_pb2.Execution.RUNNING)
+        execution.custom_properties[KFP_POD_NAME].string_value = pod_name
+        store.put_execution(execution, artifact_and_events=[], contexts=[context])
 
     def _check_mounts(self, executor_label: str) -> None:
         for mount in self.platform.get(executor_label, {}).get("pvcMount", []):

@@ -5,6 +5,7 @@ from ml_metadata.proto import metadata_store_pb2
 
 from cxr.kubeflow.task import RUN_ID_PLACEHOLDER, metadata_connection, pipeline_run_id
 from cxr.pipeline.config import load_config
+from cxr.pipeline.kfp_runs import kfp_workflow_of_run
 
 
 def test_the_placeholder_is_kfps_run_id():
@@ -36,3 +37,27 @@ def test_ml_metadata_is_the_grpc_service_or_the_sqlite_file():
     sqlite = metadata_connection(load_config("demo", overrides=[
         "kubeflow.metadata_grpc=sqlite", "metadata_path=/mnt/cxr/metadata.sqlite"]))
     assert sqlite.sqlite.filename_uri == "/mnt/cxr/metadata.sqlite"
+
+
+def _kfp_records(store, run_id, pods):
+    """What KFP's driver and launcher write (backend/src/v2/metadata/client.go): the run's context, each task's pod."""
+    context_type = store.put_context_type(metadata_store_pb2.ContextType(name="system.PipelineRun"))
+    [context] = store.get_contexts_by_id(store.put_contexts([metadata_store_pb2.Context(type_id=context_type,
+                                                                                         name=run_id)]))
+    execution_type = store.put_execution_type(metadata_store_pb2.ExecutionType(name="system.ContainerExecution"))
+    for pod in pods:
+        execution = metadata_store_pb2.Execution(type_id=execution_type)
+        execution.custom_properties["pod_name"].string_value = pod
+        store.put_execution(execution, artifact_and_events=[], contexts=[context])
+
+
+def test_kfps_run_id_maps_to_the_workflow_its_tasks_ran_in(tmp_path):
+    from ml_metadata import metadata_store
+    store = metadata_store.MetadataStore(metadata_store_pb2.ConnectionConfig(
+        sqlite=metadata_store_pb2.SqliteMetadataSourceConfig(filename_uri=str(tmp_path / "mlmd.sqlite"),
+                                                             connection_mode=3)))
+    assert kfp_workflow_of_run(store, "9a1c0b52") is None  # no KFP run was ever recorded
+    _kfp_records(store, "9a1c0b52", ["cxr-xq7k2-system-container-impl-1837432069",
+                                     "cxr-xq7k2-system-container-impl-2451094852"])
+    assert kfp_workflow_of_run(store, "9a1c0b52") == "cxr-xq7k2"
+    assert kfp_workflow_of_run(store, "another-run") is None
