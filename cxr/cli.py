@@ -325,6 +325,8 @@ def _add_connection(action) -> None:
 
 def _run_kfp_compile(args) -> None:
     config = load_config(args.preset, args.config, args.set)
+    from cxr.kubeflow.cluster_checks import check_cluster_config
+    check_cluster_config(config, args.target)  # before TFX is imported: a left-over YOUR-... is answered at once
     from cxr.kubeflow.runner import compile_pipeline
     path = compile_pipeline(config, args.target, args.out)
     print(f"compiled for {args.target}: {path}")

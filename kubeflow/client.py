@@ -28,7 +28,7 @@ import kfp
 import urllib3
 from kfp_server_api.exceptions import ApiException
 
-from cxr.kubeflow.cluster_checks import check_max_concurrency, default_pipeline_root
+from cxr.kubeflow.cluster_checks import check_max_concurrency, package_pipeline_root
 
 _SCHEDULE_PAGE_SIZE = 100
 _HEALTH_TIMEOUT_S = 30
@@ -208,7 +208,7 @@ def submit(client: kfp.Client, package_path: str, pipeline_name: str, experiment
     pipeline_id, version_id = upload_version(client, package_path, pipeline_name)
     run = client.run_pipeline(_experiment_id(client, experiment), run_name or f"{pipeline_name}-{_utc_stamp()}",
                               pipeline_id=pipeline_id, version_id=version_id, params=params,
-                              pipeline_root=default_pipeline_root(package_path) or None)
+                              pipeline_root=package_pipeline_root(package_path) or None)
     return Submitted(pipeline_id, version_id, run.run_id, f"{_host(client)}/#/runs/details/{run.run_id}")
 
 
@@ -226,7 +226,7 @@ def schedule(client: kfp.Client, package_path: str, pipeline_name: str, experime
     recurring = client.create_recurring_run(
         _experiment_id(client, experiment), name, cron_expression=cron, max_concurrency=max_concurrency,
         no_catchup=not catchup, enabled=True, params=params or {},
-        pipeline_id=pipeline_id, version_id=version_id, pipeline_root=default_pipeline_root(package_path) or None)
+        pipeline_id=pipeline_id, version_id=version_id, pipeline_root=package_pipeline_root(package_path) or None)
     return recurring.recurring_run_id
 
 

@@ -104,7 +104,7 @@ def check_package(path: str, params: Mapping[str, object] = None) -> pipeline_sp
     return spec
 
 
-def default_pipeline_root(path: str) -> str:
+def package_pipeline_root(path: str) -> str:
     """The compiled pipeline's default root ('' if none). KFP's backend reads a run's root from the run's
     runtime config only (apiserver/template/template.go), never the spec's default, so submit sends it."""
     return _read_spec(path).default_pipeline_root

@@ -9,8 +9,8 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from cxr.components import serving_check
-from cxr.pipeline.kfp_runs import kfp_workflow_of_run
 from cxr.contract import LABELS
+from cxr.pipeline.kfp_runs import kfp_workflow_of_run
 
 
 @dataclasses.dataclass

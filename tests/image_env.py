@@ -157,7 +157,7 @@ class _Builder:
 
     def _arg(self, instruction: Instruction, state: "_State") -> None:
         key, _, default = instruction.arguments.partition("=")
-        state.args[key] = self.global_args.get(key, default) if not default else default
+        state.args[key] = default or self.global_args.get(key, "")  # a bare ARG takes the global one's value
 
     def _env(self, instruction: Instruction, state: "_State") -> None:
         pairs = [pair.partition("=")[::2] for pair in shlex.split(instruction.arguments)]

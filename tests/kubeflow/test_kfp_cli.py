@@ -1,6 +1,10 @@
 """`cxr kfp ...` as a user types it: compile the real pipeline, check it, submit and schedule it to the fake KFP API."""
 import http.server
+import os
 import socket
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -68,6 +72,24 @@ def test_compiling_the_example_file_as_is_names_what_to_replace(tmp_path, capsys
     error = capsys.readouterr().err
     assert "kubeflow.image is 'YOUR-REGISTRY/cxr-pipeline:1'" in error
     assert not (tmp_path / "pipeline.yaml").exists()
+
+
+def test_the_example_file_is_refused_before_tfx_or_tensorflow_is_imported(tmp_path):
+    # A left-over YOUR-... is answered at once, not after TFX's import (53 s on two cores).
+    blocker = textwrap.dedent(f"""
+        import importlib.abc, sys
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("tensorflow", "tfx", "apache_beam"):
+                    raise ImportError("blocked for this test: " + name)
+        sys.meta_path.insert(0, Block())
+        from cxr.cli import main
+        sys.exit(main(["kfp", "compile", "--config", "kubeflow/cluster.example.yaml", "--out", {str(tmp_path)!r}]))
+    """)
+    done = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+    assert done.returncode == 2, done.stderr
+    assert "kubeflow.image is 'YOUR-REGISTRY/cxr-pipeline:1'" in done.stderr and "blocked" not in done.stderr
 
 
 def test_a_package_kfp_would_refuse_is_refused_before_connecting(kfp_server, package, tmp_path, capsys):
