@@ -15,12 +15,27 @@ output), and the optimizer scales the loss so that float16 gradients do not unde
 import dataclasses
 
 import tf_keras as keras
+from tensorflow.python.autograph.core import config as autograph_config
 
 from cxr.components.augmentation import Augmentation
 from cxr.components.settings import ModelSettings, TrainingSettings
 from cxr.contract import IMAGE, NUM_CLASSES, PROBABILITIES
 
 LAST_CONV_NAME = "last_conv"
+
+
+def _leave_tf_keras_to_tracing() -> None:
+    """TensorFlow 2.16's AutoGraph rewrites every tf_keras function it meets while tracing (it leaves out only
+    `keras`): 20 s of source rewriting on two cores each time a model's train step is traced, in every
+    training, Tuner trial and export. Later TensorFlow leaves tf_keras out itself (its
+    autograph/core/config.py lists DoNotConvert("tf_keras")); tf_keras is written for graph tracing."""
+    if not any(isinstance(rule, autograph_config.DoNotConvert) and rule.matches("tf_keras")
+               for rule in autograph_config.CONVERSION_RULES):
+        autograph_config.CONVERSION_RULES = (autograph_config.DoNotConvert("tf_keras"),
+                                             *autograph_config.CONVERSION_RULES)
+
+
+_leave_tf_keras_to_tracing()
 
 
 def build_model(model: ModelSettings, training: TrainingSettings, replicas: int = 1) -> keras.Model:

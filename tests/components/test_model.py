@@ -30,3 +30,13 @@ def test_parameter_count_follows_from_the_valid_convolutions():
     # The reference's "12 x 12 x 512, about 42 M" is what this layer list gives at 256 px.
     assert _study_model(256).get_layer("flatten").output_shape == (None, 12 * 12 * 512)
     assert _study_model(256).count_params() == 42_962_888
+
+
+def test_autograph_leaves_tf_keras_to_tracing_and_still_converts_our_layer():
+    # TensorFlow 2.16 rewrites tf_keras's own functions on every trace (20 s per train step traced on two cores).
+    import tf_keras as keras
+    from tensorflow.python.autograph.impl import conversion
+    from cxr.components.augmentation import Augmentation
+    assert conversion.is_allowlisted(keras.layers.Dense.call)
+    assert conversion.is_allowlisted(keras.Model.train_step)
+    assert not conversion.is_allowlisted(Augmentation.call)
