@@ -33,6 +33,9 @@ if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ] \
   uv venv --quiet --seed --python "$python" .venv
 fi
 
-uv pip sync --quiet --python .venv/bin/python requirements.lock
-uv pip install --quiet --python .venv/bin/python --no-deps --editable .
+# --compile-bytecode: every process that imports TFX reads ~9,600 modules; without .pyc files
+# (PYTHONDONTWRITEBYTECODE set, as on CI machines, or a read-only environment) each one compiles
+# them again, about 19 s per process on two cores (bench/RESULTS.md, make demo).
+uv pip sync --quiet --compile-bytecode --python .venv/bin/python requirements.lock
+uv pip install --quiet --compile-bytecode --python .venv/bin/python --no-deps --editable .
 echo "bootstrap: .venv ready ($(.venv/bin/python --version))" >&2
