@@ -116,9 +116,12 @@ class _served:
     def __enter__(self) -> str:
         self._work = tempfile.mkdtemp(prefix="serving-check-")
         copy_tree(self._model_dir, os.path.join(self._work, SERVED_NAME, "1"))  # the model may be in a bucket
-        self._server = subprocess.Popen(
-            [sys.executable, "-m", "cxr", "serve", "--model_base_path", os.path.join(self._work, SERVED_NAME),
-             "--model_name", SERVED_NAME, "--rest_api_port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # Its log goes to a file: a pipe nobody reads while it serves would stop it once full.
+        self._log_path = os.path.join(self._work, "server.log")
+        with open(self._log_path, "w") as log:
+            self._server = subprocess.Popen(
+                [sys.executable, "-m", "cxr", "serve", "--model_base_path", os.path.join(self._work, SERVED_NAME),
+                 "--model_name", SERVED_NAME, "--rest_api_port", "0"], stdout=subprocess.PIPE, stderr=log, text=True)
         first_line = self._server.stdout.readline()
         found = re.search(r"at (http://\S+)/v1/models/", first_line)
         if not found:
@@ -128,9 +131,11 @@ class _served:
 
     def _server_output(self, first_line: str) -> str:
         try:
-            _, errors = self._server.communicate(timeout=START_TIMEOUT_S)
+            self._server.communicate(timeout=START_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             return first_line or f"no answer within {START_TIMEOUT_S} s"
+        with open(self._log_path) as log:
+            errors = log.read()
         lines = [line for line in (first_line + errors).splitlines() if line.strip()]
         return lines[-1] if lines else f"exit code {self._server.returncode}"
 

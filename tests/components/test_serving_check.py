@@ -54,3 +54,15 @@ def test_served_answers_that_disagree_with_the_evaluator_fail_the_check(model_ba
     served = float(failed.value.args[0].split("accuracy ")[1].split(";")[0])
     found = check_candidate(model_dir, examples, evaluated_accuracy=served, limits=lenient)
     assert found["images"] == 8 and found["accuracy"] == pytest.approx(served) and found["p50_ms"] > 0
+
+
+def test_the_check_s_server_keeps_answering_past_a_pipe_s_worth_of_log(model_base_path):
+    """Its access log (one line a request) outgrows a 64 KiB pipe well before a study-size test split ends."""
+    import os
+    import requests
+    from cxr.components.serving_check import SERVED_NAME, _served
+    from cxr import contract
+    with _served(os.path.join(model_base_path, "1")) as url, requests.Session() as session:
+        status_url = f"{url}{contract.model_path(SERVED_NAME)}"
+        for _ in range(1500):  # about 100 bytes of log each
+            assert session.get(status_url, timeout=10).status_code == 200
