@@ -131,7 +131,8 @@ def task_fit(path, preset):
 
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as logs:  # the Trainer's callbacks (components/trainer.py, run_fn)
-        model.fit(dataset, validation_data=validation, epochs=FIT_EPOCHS, verbose=0, callbacks=[
+        model.fit(dataset.repeat(), steps_per_epoch=steps, validation_data=validation, epochs=FIT_EPOCHS, verbose=0,
+                  callbacks=[
             EpochClock(), keras.callbacks.EarlyStopping(monitor="val_loss", patience=FIT_EPOCHS,
                                                         restore_best_weights=True),
             keras.callbacks.TensorBoard(log_dir=logs)])

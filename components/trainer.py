@@ -7,6 +7,7 @@ replica, and the step takes replicas x batch_size images at replicas x learning_
 """
 import dataclasses
 import json
+import math
 import os
 from typing import Dict, List, NamedTuple, Tuple
 
@@ -78,12 +79,23 @@ def read_splits(fn_args) -> Tuple[Split, Split]:
     return read_split(fn_args.train_files), read_split(fn_args.eval_files)
 
 
-def datasets(splits: Tuple[Split, Split], transform_output, settings: TrainerSettings, replicas: int):
-    """(train, eval) global batches for these settings (the batch size is one of the Tuner's knobs)."""
+class Inputs(NamedTuple):
+    """What `fit` takes: the training batches repeated, one pass of them per epoch, and the eval batches."""
+    train: tf.data.Dataset
+    steps_per_epoch: int
+    evaluation: tf.data.Dataset
+
+
+def datasets(splits: Tuple[Split, Split], transform_output, settings: TrainerSettings, replicas: int) -> Inputs:
+    """Global batches for these settings (the batch size is one of the Tuner's knobs).
+
+    One iterator serves the whole fit: `fit` on a dataset that ends each epoch tears its iterator
+    down and builds another between epochs, 3-7 s at 224 px on a CPU (bench/RESULTS.md)."""
     spec = transform_output.transformed_feature_spec()
     train, evaluation = splits
-    return (input_pipeline(train, spec, settings, replicas, training=True),
-            input_pipeline(evaluation, spec, settings, replicas, training=False))
+    batch = settings.training.batch_size * replicas
+    return Inputs(input_pipeline(train, spec, settings, replicas, training=True).repeat(),
+                  math.ceil(train.count / batch), input_pipeline(evaluation, spec, settings, replicas))
 
 
 def run_fn(fn_args: tfx.components.FnArgs) -> None:
@@ -95,9 +107,10 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     keras.utils.set_random_seed(training.seed)
     transform_output = tft.TFTransformOutput(fn_args.transform_output)
     strategy = distribution_strategy()
-    train, evaluation = datasets(read_splits(fn_args), transform_output, settings, strategy.num_replicas_in_sync)
+    inputs = datasets(read_splits(fn_args), transform_output, settings, strategy.num_replicas_in_sync)
     model = build(settings, strategy)
-    model.fit(train, validation_data=evaluation, epochs=training.epochs, verbose=2, callbacks=[
+    model.fit(inputs.train, steps_per_epoch=inputs.steps_per_epoch, validation_data=inputs.evaluation,
+              epochs=training.epochs, verbose=2, callbacks=[
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),

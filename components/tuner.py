@@ -14,10 +14,9 @@ components/settings.py (KNOBS).
 """
 import math
 import os
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict
 
 import keras_tuner
-import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras as keras
 from tfx import v1 as tfx
@@ -46,7 +45,7 @@ def make_oracle(settings: TunerSettings, seed: int) -> keras_tuner.Oracle:
 
 
 # (trial settings, replicas) -> (train, eval) global batches
-Datasets = Callable[[TrainerSettings, int], Tuple[tf.data.Dataset, tf.data.Dataset]]
+Datasets = Callable[[TrainerSettings, int], trainer_lib.Inputs]
 
 
 class TfKerasTuner(keras_tuner.engine.base_tuner.BaseTuner):
@@ -64,11 +63,12 @@ class TfKerasTuner(keras_tuner.engine.base_tuner.BaseTuner):
         values = trial.hyperparameters.values
         settings = self.settings.with_hyperparameters(values)
         keras.utils.set_random_seed(settings.training.seed)
-        train, evaluation = self.datasets(settings, self.strategy.num_replicas_in_sync)
+        inputs = self.datasets(settings, self.strategy.num_replicas_in_sync)
         model = trainer_lib.build(settings, self.strategy)
         # Hyperband's "tuner/epochs" is the trial's budget. Each trial trains a fresh model for it:
         # models are not kept between trials, so "tuner/initial_epoch" has nothing to resume.
-        history = model.fit(train, validation_data=evaluation, verbose=2,
+        history = model.fit(inputs.train, steps_per_epoch=inputs.steps_per_epoch, validation_data=inputs.evaluation,
+                            verbose=2,
                             epochs=values.get("tuner/epochs", self.epochs),
                             callbacks=[keras.callbacks.TerminateOnNaN()])
         losses = history.history.get("loss", []) + history.history.get(OBJECTIVE, [])

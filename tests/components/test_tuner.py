@@ -1,4 +1,6 @@
 """The Tuner's search: KerasTuner's oracles over the study's knobs, trials trained with tf_keras."""
+import math
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -7,6 +9,7 @@ from keras_tuner.src.engine.trial import TrialStatus
 from cxr.components.settings import (
     KNOBS, AugmentationSettings, InputLimits, ModelSettings, SettingsError, TrainerSettings, TrainingSettings,
     TunerSettings, read)
+from cxr.components.trainer import Inputs
 from cxr.components.tuner import TfKerasTuner, make_oracle, search_space
 from helpers import encode, phantom_picture
 from trained_model import transformed_pixels
@@ -41,7 +44,7 @@ def _datasets(pixels):
     def make(settings, replicas):
         batch = settings.training.batch_size * replicas
         train = tf.data.Dataset.from_tensor_slices(({"image": images}, labels)).batch(batch)
-        return train, train
+        return Inputs(train.repeat(), math.ceil(len(labels) / batch), train)
     return make
 
 
