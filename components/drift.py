@@ -24,13 +24,14 @@ from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
-CATEGORICAL_FEATURES = ("label", "source", "format")
-NUMERIC_FEATURES = ("height", "width", "channels", "bit_depth")
-COMPARED_SPLIT = "train"
-ACTIONS = ("warn", "stop", "off")
-DRIFT_FILE = "SchemaDiff.pb"
-BASELINE_FILE = "FeatureStats.pb"
-BASELINE_SPAN_FILE = "span"
+from cxr import contract
+from cxr.components import artifacts
+from cxr.components.settings import DriftSettings, from_json
+
+CATEGORICAL_FEATURES = (contract.LABEL, contract.SOURCE, contract.FORMAT)
+NUMERIC_FEATURES = (contract.HEIGHT, contract.WIDTH, contract.CHANNELS, contract.BIT_DEPTH)
+COMPARED_SPLIT = contract.TRAIN
+BASELINE_SPAN_FILE = "span"  # beside the statistics
 
 
 class DataDriftError(RuntimeError):
@@ -71,24 +72,19 @@ def describe_drift(drift: anomalies_pb2.Anomalies) -> List[str]:
             for reason in info.reason]
 
 
-def _split_statistics(artifact):
-    return tfdv.load_stats_binary(os.path.join(artifact_utils.get_split_uri([artifact], COMPARED_SPLIT),
-                                               "FeatureStats.pb"))
-
-
 def _read_baseline(baseline_dir: str):
     """(statistics, span) of the last accepted span, or (None, None) before the first."""
-    path = os.path.join(baseline_dir, BASELINE_FILE)
+    path = os.path.join(baseline_dir, artifacts.STATISTICS_FILE)
     if not tf.io.gfile.exists(path):
         return None, None
     with tf.io.gfile.GFile(os.path.join(baseline_dir, BASELINE_SPAN_FILE)) as f:
         span = int(f.read().strip())
-    return tfdv.load_stats_binary(path), span
+    return artifacts.read_statistics(path), span
 
 
 def _write_baseline(baseline_dir: str, statistics, span: int) -> None:
     tf.io.gfile.makedirs(baseline_dir)
-    with tf.io.gfile.GFile(os.path.join(baseline_dir, BASELINE_FILE), "wb") as f:
+    with tf.io.gfile.GFile(os.path.join(baseline_dir, artifacts.STATISTICS_FILE), "wb") as f:
         f.write(statistics.SerializeToString())
     with tf.io.gfile.GFile(os.path.join(baseline_dir, BASELINE_SPAN_FILE), "w") as f:
         f.write(str(span))
@@ -99,32 +95,29 @@ def DriftCheck(examples: tfx.dsl.components.InputArtifact[tfx.types.standard_art
                statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
                schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
                drift: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
-               action: tfx.dsl.components.Parameter[str],
-               categorical_threshold: tfx.dsl.components.Parameter[float],
-               numeric_threshold: tfx.dsl.components.Parameter[float],
-               baseline_dir: tfx.dsl.components.Parameter[str],
+               settings: tfx.dsl.components.Parameter[str],
+               code_fingerprint: tfx.dsl.components.Parameter[str],
                ) -> tfx.dsl.components.OutputDict(drifted_features=int):
+    """settings: `to_json(DriftSettings)` with its baseline_dir filled in; code_fingerprint only keys the cache."""
+    config = from_json(DriftSettings, settings, "drift")
     drift.split_names = artifact_utils.encode_split_names([COMPARED_SPLIT])
-    current = _split_statistics(statistics)
+    current = artifacts.load_statistics(statistics.uri, COMPARED_SPLIT)
     span = examples.get_int_custom_property("span")  # where ExampleGen records it
-    baseline, baseline_span = _read_baseline(baseline_dir)
+    baseline, baseline_span = _read_baseline(config.baseline_dir)
     found = anomalies_pb2.Anomalies()
-    if baseline is not None and action != "off":
-        schema_proto = tfdv.load_schema_text(os.path.join(schema.uri, "schema.pbtxt"))
+    if baseline is not None and config.action != "off":
+        schema_proto = artifacts.load_schema(schema.uri)
         found = drift_anomalies(current, baseline,
-                                drift_schema(schema_proto, categorical_threshold, numeric_threshold))
+                                drift_schema(schema_proto, config.categorical_threshold, config.numeric_threshold))
         drift.set_int_custom_property("baseline_span", baseline_span)
     drift.set_int_custom_property("span", span)
     lines = describe_drift(found)
     drift.set_string_custom_property("drift", "\n".join(lines))
-    out_dir = os.path.join(drift.uri, f"Split-{COMPARED_SPLIT}")
-    tf.io.gfile.makedirs(out_dir)
-    with tf.io.gfile.GFile(os.path.join(out_dir, DRIFT_FILE), "wb") as f:
-        f.write(found.SerializeToString())
-    if lines and action == "stop":
+    artifacts.write_anomalies(drift.uri, COMPARED_SPLIT, found)
+    if lines and config.action == "stop":
         # The baseline stays the last accepted span.
         raise DataDriftError(
             f"span {span} drifted from span {baseline_span} beyond the thresholds, so the "
             "run stops before training (drift.action: warn only records it):\n  " + "\n  ".join(lines))
-    _write_baseline(baseline_dir, current, span)
+    _write_baseline(config.baseline_dir, current, span)
     return {"drifted_features": len(lines)}

@@ -17,7 +17,6 @@ Its InfraBlessing is what the Pusher requires besides the Evaluator's blessing: 
 the check is not pushed, and the artifact says why.
 """
 import base64
-import dataclasses
 import os
 import re
 import shutil
@@ -34,7 +33,8 @@ from tfx import v1 as tfx
 from tfx.utils import path_utils
 
 from cxr import contract
-from cxr.components.artifacts import copy_tree, split_files
+from cxr.components import artifacts
+from cxr.components.settings import GateSettings, from_json
 from cxr.contract import LABELS
 
 # The Pusher reads this property of an InfraBlessing (tfx/components/util/model_utils.py, is_infra_validated).
@@ -50,14 +50,7 @@ class ServingCheckFailed(Exception):
     """Why the candidate must not be pushed."""
 
 
-@dataclasses.dataclass(frozen=True)
-class CheckLimits:
-    max_latency_ms: float
-    min_slice_recall: float
-    min_slice_examples: int
-
-
-def check_candidate(model_dir: str, examples_uri: str, evaluated_accuracy: float, limits: CheckLimits) -> dict:
+def check_candidate(model_dir: str, examples_uri: str, evaluated_accuracy: float, gate: GateSettings) -> dict:
     """The check's findings; raises ServingCheckFailed with the reason when the candidate fails."""
     images, labels, sources = test_images(examples_uri)
     if not images:
@@ -71,39 +64,35 @@ def check_candidate(model_dir: str, examples_uri: str, evaluated_accuracy: float
     if abs(served_accuracy - evaluated_accuracy) > 1e-6:
         raise ServingCheckFailed(f"served, the test split scores accuracy {served_accuracy:.6f}; the Evaluator "
                                  f"measured {evaluated_accuracy:.6f} on the same images")
-    weak = weak_slices(probabilities.argmax(axis=1), labels, sources, limits)
+    weak = weak_slices(probabilities.argmax(axis=1), labels, sources, gate)
     if weak:
         raise ServingCheckFailed("class x source slices under gate.min_slice_recall "
-                                 f"{limits.min_slice_recall:g}: " + "; ".join(weak))
+                                 f"{gate.min_slice_recall:g}: " + "; ".join(weak))
     p50_ms = float(np.median(latencies)) * 1000
-    if p50_ms > limits.max_latency_ms:
+    if p50_ms > gate.max_latency_ms:
         raise ServingCheckFailed(f"median latency {p50_ms:.0f} ms per image over REST, over gate.max_latency_ms "
-                                 f"{limits.max_latency_ms:g}")
+                                 f"{gate.max_latency_ms:g}")
     return {"images": len(images), "p50_ms": p50_ms, "accuracy": served_accuracy}
 
 
-def weak_slices(predicted, labels: List[int], sources: List[str], limits: CheckLimits) -> List[str]:
+def weak_slices(predicted, labels: List[int], sources: List[str], gate: GateSettings) -> List[str]:
     """'COVID from curated: 3 of 12 found (0.25)' for each large enough slice under the recall limit."""
     weak = []
     for label, source in sorted(set(zip(labels, sources))):
         members = [i for i, (l, s) in enumerate(zip(labels, sources)) if (l, s) == (label, source)]
         found = sum(int(predicted[i]) == label for i in members)
-        if len(members) >= limits.min_slice_examples and found / len(members) < limits.min_slice_recall:
+        if len(members) >= gate.min_slice_examples and found / len(members) < gate.min_slice_recall:
             weak.append(f"{LABELS[label]} from {source}: {found} of {len(members)} found ({found / len(members):.2f})")
     return weak
 
 
 def test_images(examples_uri: str) -> Tuple[List[bytes], List[int], List[str]]:
     """The test split's encoded images, class ids and sources."""
-    features = {name: tf.io.FixedLenFeature([], tf.string)
-                for name in (contract.IMAGE, contract.LABEL, contract.SOURCE)}
-    files = split_files(examples_uri, "test")
     images, labels, sources = [], [], []
-    for batch in tf.data.TFRecordDataset(files, compression_type="GZIP").batch(64).map(
-            lambda serialized: tf.io.parse_example(serialized, features)):
-        images += list(batch[contract.IMAGE].numpy())
-        labels += [LABELS.index(label.decode()) for label in batch[contract.LABEL].numpy()]
-        sources += [source.decode() for source in batch[contract.SOURCE].numpy()]
+    for batch in artifacts.read_split(examples_uri, contract.TEST, (contract.IMAGE, contract.LABEL, contract.SOURCE)):
+        images += list(batch[contract.IMAGE])
+        labels += [LABELS.index(label.decode()) for label in batch[contract.LABEL]]
+        sources += [source.decode() for source in batch[contract.SOURCE]]
     return images, labels, sources
 
 
@@ -115,7 +104,7 @@ class _served:
 
     def __enter__(self) -> str:
         self._work = tempfile.mkdtemp(prefix="serving-check-")
-        copy_tree(self._model_dir, os.path.join(self._work, SERVED_NAME, "1"))  # the model may be in a bucket
+        artifacts.copy_tree(self._model_dir, os.path.join(self._work, SERVED_NAME, "1"))  # the model may be in a bucket
         # Its log goes to a file: a pipe nobody reads while it serves would stop it once full.
         self._log_path = os.path.join(self._work, "server.log")
         with open(self._log_path, "w") as log:
@@ -171,12 +160,10 @@ def _check_distributions(probabilities: np.ndarray) -> None:
 
 
 def evaluated_accuracy(evaluation_uri: str) -> float:
-    import tensorflow_model_analysis as tfma
-    for slice_key, metrics in tfma.load_eval_result(evaluation_uri).slicing_metrics:
-        if slice_key == ():
-            values: Dict = next(iter(metrics.get("", {}).values()), {})
-            return float(values["sparse_categorical_accuracy"]["doubleValue"])
-    raise ServingCheckFailed(f"no overall accuracy in the Evaluator's result at {evaluation_uri}")
+    accuracy = artifacts.evaluation_metrics(evaluation_uri).get(contract.OVERALL, {}).get(contract.ACCURACY)
+    if accuracy is None:
+        raise ServingCheckFailed(f"no overall accuracy in the Evaluator's result at {evaluation_uri}")
+    return float(accuracy)
 
 
 @tfx.dsl.components.component
@@ -184,13 +171,12 @@ def ServingCheck(model: tfx.dsl.components.InputArtifact[tfx.types.standard_arti
                  examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
                  evaluation: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ModelEvaluation],
                  blessing: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.InfraBlessing],
-                 max_latency_ms: tfx.dsl.components.Parameter[float],
-                 min_slice_recall: tfx.dsl.components.Parameter[float],
-                 min_slice_examples: tfx.dsl.components.Parameter[int]) -> None:
+                 settings: tfx.dsl.components.Parameter[str],
+                 code_fingerprint: tfx.dsl.components.Parameter[str]) -> None:
+    """settings: `to_json(GateSettings)`; code_fingerprint only keys the cache (pipeline/fingerprint.py)."""
     try:
         found = check_candidate(path_utils.serving_model_path(model.uri), examples.uri,
-                                evaluated_accuracy(evaluation.uri),
-                                CheckLimits(max_latency_ms, min_slice_recall, min_slice_examples))
+                                evaluated_accuracy(evaluation.uri), from_json(GateSettings, settings, "gate"))
         verdict, blessed = (f"{found['images']} test images served through {contract.PREDICT_SIGNATURE} agree with "
                             f"the Evaluator (accuracy {found['accuracy']:.4f}); median {found['p50_ms']:.0f} ms "
                             f"per image"), 1

@@ -1,11 +1,13 @@
 """The settings the components run with: their types, defaults, allowed values and one strict reader.
 
 The pipeline's configuration uses these types as its sections (model, training, tuner, gate,
-drift, serving) and hands them to the components as plain dicts (`dataclasses.asdict`); a
-component rebuilds its type with `read`, which refuses a key it does not know or lacks.
+validation, drift, serving) and hands each component its sections whole as plain data
+(`dataclasses.asdict`; the custom components take it as one JSON parameter, `to_json`); a
+component rebuilds its type with `read` (or `from_json`), which refuses a key it does not know or lacks.
 Plain Python: the command line checks a configuration before TensorFlow is imported.
 """
 import dataclasses
+import json
 from typing import Any, Callable, Dict, Mapping, Tuple
 
 MIB = 1 << 20
@@ -161,6 +163,12 @@ class GateSettings:
     min_slice_examples: int = 20
 
 
+@dataclasses.dataclass(frozen=True)
+class ValidationSettings:
+    """What the ValidationGate does with examples that do not fit the schema."""
+    stop_on_anomalies: bool = True  # false: record the anomalies and go on to Transform
+
+
 DRIFT_ACTIONS = ("warn", "stop", "off")
 
 
@@ -180,6 +188,16 @@ class DriftSettings:
 def _check_choice(name: str, value: str, allowed: Tuple[str, ...]) -> None:
     if value not in allowed:
         raise SettingsError(f"{name} must be one of {', '.join(allowed)}, got {value!r}")
+
+
+def to_json(settings) -> str:
+    """A settings section as one parameter of a custom component (keys sorted: the same settings, the same cache key)."""
+    return json.dumps(dataclasses.asdict(settings), sort_keys=True)
+
+
+def from_json(cls, text: str, where: str):
+    """`cls` back from `to_json`'s text, checked by `read`."""
+    return read(cls, json.loads(text), where)
 
 
 def read(cls, values: Any, where: str):

@@ -8,19 +8,15 @@
   fails with a readable list (split, feature, what is wrong), unless the configuration says to
   proceed anyway.
 """
-import os
 from typing import List
 
 import tensorflow as tf
-import tensorflow_data_validation as tfdv
-from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
+from cxr.components import artifacts
+from cxr.components.settings import ValidationSettings, from_json
 from cxr.contract import LABEL, LABELS, MANIFEST, span_dir
-
-ANOMALIES_FILE = "SchemaDiff.pb"
-STATISTICS_FILE = "FeatureStats.pb"
 
 
 class DataAnomaliesError(RuntimeError):
@@ -44,7 +40,7 @@ def missing_classes(statistics) -> List[str]:
     """'split test has no example of COVID' for each split and class without examples."""
     problems = []
     for split in artifact_utils.decode_split_names(statistics.split_names):
-        stats = tfdv.load_stats_binary(os.path.join(statistics.uri, f"Split-{split}", STATISTICS_FILE))
+        stats = artifacts.load_statistics(statistics.uri, split)
         counts = {bucket.label: bucket.sample_count for feature in stats.datasets[0].features
                   if feature.path.step == [LABEL] for bucket in feature.string_stats.rank_histogram.buckets}
         problems += [f"split {split} has no example of {label}" for label in LABELS if not counts.get(label)]
@@ -55,8 +51,7 @@ def describe_anomalies(anomalies_artifact) -> List[str]:
     """One line per anomaly: 'split train: feature 'label': <description>'."""
     lines = []
     for split in artifact_utils.decode_split_names(anomalies_artifact.split_names):
-        path = os.path.join(anomalies_artifact.uri, f"Split-{split}", ANOMALIES_FILE)
-        anomalies = anomalies_pb2.Anomalies.FromString(tf.io.gfile.GFile(path, "rb").read())
+        anomalies = artifacts.load_anomalies(anomalies_artifact.uri, split)
         for feature, info in sorted(anomalies.anomaly_info.items()):
             lines.append(f"split {split}: feature {feature!r}: {info.description or info.short_description}")
         if anomalies.HasField("dataset_anomaly_info"):
@@ -68,16 +63,19 @@ def describe_anomalies(anomalies_artifact) -> List[str]:
 def ValidationGate(anomalies: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
                    statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
                    examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
-                   stop_on_anomalies: tfx.dsl.components.Parameter[int],
-                   tfrecords_dir: tfx.dsl.components.Parameter[str]
+                   settings: tfx.dsl.components.Parameter[str],
+                   tfrecords_dir: tfx.dsl.components.Parameter[str],
+                   code_fingerprint: tfx.dsl.components.Parameter[str],
                    ) -> tfx.dsl.components.OutputDict(anomaly_count=int):
+    """settings: `to_json(ValidationSettings)`; code_fingerprint only keys the cache (pipeline/fingerprint.py)."""
+    validation = from_json(ValidationSettings, settings, "validation")
     unusable = span_problems(examples, tfrecords_dir) + missing_classes(statistics)
     if unusable:
         raise UnusableSpanError("the span cannot be trained on, so the run stops before Transform:\n  "
                                 + "\n  ".join(unusable))
     found = describe_anomalies(anomalies)
-    if found and stop_on_anomalies:
+    if found and validation.stop_on_anomalies:
         raise DataAnomaliesError(
             "the examples do not match the schema, so the run stops before Transform "
-            "(set stop_on_anomalies: false to go on anyway):\n  " + "\n  ".join(found))
+            "(set validation.stop_on_anomalies: false to go on anyway):\n  " + "\n  ".join(found))
     return {"anomaly_count": len(found)}

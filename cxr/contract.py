@@ -22,6 +22,40 @@ IMAGE = "image"  # raw: the original PNG or JPEG bytes; transformed: size x size
 LABEL = "label"  # one of LABELS
 SOURCE = "source"  # one of SOURCES
 CLASS_ID = "class_id"  # transformed: the label's position in LABELS (-1 unknown)
+# Raw only: where the image came from and what ingestion found in its header (dataprep/probe.py).
+PATIENT_ID = "patient_id"  # ExampleGen splits by it: no patient's images straddle two splits
+IMAGE_ID = "image_id"
+SHA256 = "sha256"  # of the file's bytes
+PHASH = "phash"  # 64-bit perceptual hash, 16 hex digits
+FORMAT = "format"  # png or jpeg
+FILE = "file"  # the path under its dataset's root
+HEIGHT, WIDTH, CHANNELS, BIT_DEPTH = "height", "width", "channels", "bit_depth"
+# Every raw record has each of these features with one value (pipeline/schema/schema.pbtxt says the same).
+RAW_BYTES_FEATURES = (IMAGE, LABEL, SOURCE, PATIENT_ID, IMAGE_ID, SHA256, PHASH, FORMAT, FILE)
+RAW_INT_FEATURES = (HEIGHT, WIDTH, CHANNELS, BIT_DEPTH)
+
+# ExampleGen's splits, by hash of PATIENT_ID: the Trainer fits on TRAIN, stops early on EVAL; the
+# Evaluator, the ServingCheck and the report judge on TEST.
+TRAIN, EVAL, TEST = "train", "eval", "test"
+SPLITS = (TRAIN, EVAL, TEST)
+
+
+class Nodes:
+    """The pipeline's node ids (create_pipeline gives them), as ML Metadata and Kubeflow name each task."""
+    EXAMPLE_GEN = "ImportExampleGen"
+    STATISTICS_GEN = "StatisticsGen"
+    SCHEMA_GEN = "SchemaGen"
+    CURATED_SCHEMA = "curated_schema"
+    EXAMPLE_VALIDATOR = "ExampleValidator"
+    VALIDATION_GATE = "ValidationGate"
+    DRIFT_CHECK = "DriftCheck"
+    TRANSFORM = "Transform"
+    TUNER = "Tuner"
+    TRAINER = "Trainer"
+    LATEST_BLESSED_MODEL = "latest_blessed_model"
+    EVALUATOR = "Evaluator"
+    SERVING_CHECK = "ServingCheck"
+    PUSHER = "Pusher"
 
 # The span layout: the builder writes span N as <tfrecords_dir>/span-N/*.tfrecord.gz with
 # manifest.json written last; ImportExampleGen reads the latest span through SPAN_PATTERN.
@@ -38,13 +72,23 @@ def span_dir(tfrecords_dir: str, span: int) -> str:
 WRITTEN, DUPLICATE, CONFLICT, QUARANTINED, UNMAPPED = "written", "duplicate", "conflict", "quarantined", "unmapped"
 OUTCOMES = (WRITTEN, DUPLICATE, CONFLICT, QUARANTINED, UNMAPPED)
 
-# The Evaluator's metric names that its readers (summary, report, Kubeflow's UI) look up.
+# The Evaluator's metrics on the test split as TFMA keys them, which its readers (summary, report,
+# Kubeflow's UI) look up in components/artifacts.py's evaluation_metrics: {sub key: {metric: value}}.
+OVERALL = ""  # the sub key of the whole split
+EXAMPLE_COUNT = "example_count"
+ACCURACY = "sparse_categorical_accuracy"
+AUC = "auc"
 # The gate's per-class recall counts a case as found when its class gets a probability above 0.5.
 GATE_RECALL = "gate_recall"
 
 
 def class_metric_name(metric: str, class_name: str) -> str:
     return f"{metric}/{class_name}"
+
+
+def metric_sub_key(class_id: int, top_k: Optional[int] = None) -> str:
+    """TFMA's sub key of one class: binarized ('classId:2') or of the top-k prediction ('classId:2 topK:1')."""
+    return f"classId:{class_id}" + (f" topK:{top_k}" if top_k else "")
 
 
 def class_probabilities(outputs: Dict[str, Any]) -> Dict[str, float]:

@@ -7,7 +7,7 @@ import os
 from typing import Dict, Mapping, Sequence
 
 from cxr import contract
-from cxr.contract import GATE_RECALL, LABELS, OUTCOMES, class_metric_name, class_probabilities
+from cxr.contract import GATE_RECALL, LABELS, OUTCOMES, Nodes, class_metric_name, class_probabilities
 
 EXIT_FAILED = 1
 EXIT_NOT_BLESSED = 3
@@ -21,7 +21,7 @@ def run_summary(summary) -> str:
         lines.append(f"  {node:<22} {summary.statuses.get(node, 'NOT RUN')}")
     if summary.error:
         lines += ["", f"FAILED: {summary.error}"]
-    if "DriftCheck" in summary.statuses:
+    if Nodes.DRIFT_CHECK in summary.statuses:
         lines += ["", *_drift_lines(summary)]
     if summary.metrics:
         lines += ["", *_metric_table(summary.metrics)]
@@ -39,16 +39,16 @@ def run_summary(summary) -> str:
 
 
 def _metric_table(metrics) -> list:
-    overall = metrics.get("", {})
-    lines = [f"test split: {int(overall.get('example_count', 0))} examples, "
-             f"accuracy {_number(overall.get('sparse_categorical_accuracy'))}",
+    overall = metrics.get(contract.OVERALL, {})
+    lines = [f"test split: {int(overall.get(contract.EXAMPLE_COUNT, 0))} examples, "
+             f"accuracy {_number(overall.get(contract.ACCURACY))}",
              f"  {'class':<20} {'precision':>9} {'recall':>7} {'AUC':>6} {'gate recall':>11}"]
     for class_id, name in enumerate(LABELS):
-        argmax = metrics.get(f"classId:{class_id} topK:1", {})
-        binarized = metrics.get(f"classId:{class_id}", {})
+        argmax = metrics.get(contract.metric_sub_key(class_id, top_k=1), {})
+        binarized = metrics.get(contract.metric_sub_key(class_id), {})
         lines.append(f"  {name:<20} {_number(argmax.get(class_metric_name('precision', name))):>9} "
                      f"{_number(argmax.get(class_metric_name('recall', name))):>7} "
-                     f"{_number(binarized.get('auc')):>6} {_number(binarized.get(GATE_RECALL)):>11}")
+                     f"{_number(binarized.get(contract.AUC)):>6} {_number(binarized.get(GATE_RECALL)):>11}")
     return lines
 
 

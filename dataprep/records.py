@@ -8,10 +8,8 @@ are the same; the tests parse them with TensorFlow's own tf.train.Example.
 """
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
+from cxr import contract
 from cxr.dataprep.dedup import Candidate
-
-STRING_FEATURES = ("label", "source", "patient_id", "image_id", "sha256", "phash", "format", "file")
-INT_FEATURES = ("height", "width", "channels", "bit_depth")
 
 
 _REPEATED, _OPTIONAL = "LABEL_REPEATED", "LABEL_OPTIONAL"
@@ -57,23 +55,25 @@ def _add_fields(message, fields):
 Example = _example_message_class()
 
 
-def feature_values(candidate: Candidate) -> dict:
+def feature_values(candidate: Candidate, image_bytes: bytes) -> dict:
+    """{feature: value} for every feature of contract.RAW_BYTES_FEATURES and RAW_INT_FEATURES."""
     seen, facts = candidate.seen, candidate.facts
     return {
-        "label": candidate.label, "source": seen.source, "patient_id": seen.patient_id,
-        "image_id": seen.image_id, "sha256": facts.sha256, "phash": f"{facts.phash:016x}",
-        "format": facts.format, "file": seen.relpath, "height": facts.height,
-        "width": facts.width, "channels": facts.channels, "bit_depth": facts.bit_depth,
+        contract.IMAGE: image_bytes, contract.LABEL: candidate.label, contract.SOURCE: seen.source,
+        contract.PATIENT_ID: seen.patient_id, contract.IMAGE_ID: seen.image_id, contract.SHA256: facts.sha256,
+        contract.PHASH: f"{facts.phash:016x}", contract.FORMAT: facts.format, contract.FILE: seen.relpath,
+        contract.HEIGHT: facts.height, contract.WIDTH: facts.width, contract.CHANNELS: facts.channels,
+        contract.BIT_DEPTH: facts.bit_depth,
     }
 
 
 def to_example(candidate: Candidate, image_bytes: bytes):
-    values = feature_values(candidate)
+    values = feature_values(candidate, image_bytes)
     example = Example()
     features = example.features.feature
-    features["image"].bytes_list.value.append(image_bytes)
-    for name in STRING_FEATURES:
-        features[name].bytes_list.value.append(values[name].encode("utf-8"))
-    for name in INT_FEATURES:
+    for name in contract.RAW_BYTES_FEATURES:
+        value = values[name]
+        features[name].bytes_list.value.append(value if isinstance(value, bytes) else value.encode("utf-8"))
+    for name in contract.RAW_INT_FEATURES:
         features[name].int64_list.value.append(values[name])
     return example

@@ -13,14 +13,15 @@ from typing import Dict, List
 
 from kfp import compiler, dsl, kubernetes
 
+from cxr.contract import Nodes
 from cxr.kubeflow.cluster_checks import check_cluster_config
 from cxr.kubeflow.task import node_dependencies
 from cxr.pipeline.config import KubeflowConfig, PipelineConfig, TAINT, to_json
 
 CONFIG_PARAMETER = "config"
 TASK_COMMAND = ["python", "-m", "cxr.kubeflow.task"]
-GPU_NODES = ("Trainer", "Tuner")
-BEAM_NODES = ("ImportExampleGen", "StatisticsGen", "Transform", "Evaluator")  # Beam's DirectRunner, in memory
+GPU_NODES = (Nodes.TRAINER, Nodes.TUNER)
+BEAM_NODES = (Nodes.EXAMPLE_GEN, Nodes.STATISTICS_GEN, Nodes.TRANSFORM, Nodes.EVALUATOR)  # Beam's DirectRunner, in memory
 BUCKET_SCHEMES = ("gs://",)  # a pipeline root KFP's launcher and TensorFlow both write (minio:// TF cannot)
 
 

@@ -18,7 +18,8 @@ from google.protobuf import json_format
 from kfp import dsl
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from cxr.contract import LABELS
+from cxr.components import artifacts
+from cxr.contract import LABELS, Nodes
 from cxr.pipeline.config import PipelineConfig
 from cxr.pipeline.metadata_reader import RunSummary, read_run
 
@@ -32,9 +33,9 @@ def write_ui_outputs(config: PipelineConfig, metadata_connection, run_id: str, e
     for name, value in run_metrics(summary).items():
         metrics.log_metric(name, value)
     confusion = _artifact(dsl.ClassificationMetrics, executor_input, CONFUSION_MATRIX)
-    evaluation = outputs.get("Evaluator", {}).get("evaluation")
+    evaluation = outputs.get(Nodes.EVALUATOR, {}).get("evaluation")
     if evaluation is not None:
-        confusion.log_confusion_matrix(list(LABELS), confusion_matrix(evaluation.uri))
+        confusion.log_confusion_matrix(list(LABELS), artifacts.confusion_matrix(evaluation.uri))
     report = _artifact(dsl.HTML, executor_input, REPORT)
     _write_report(metadata_connection, run_id, report.path)
     _write_executor_output(executor_input.outputs.output_file,
@@ -65,24 +66,6 @@ def _metric_key(name: str, sub_key: str) -> str:
         if label not in name:
             parts.append(label)
     return " ".join(parts)
-
-
-def confusion_matrix(evaluation_uri: str) -> List[List[int]]:
-    """Rows: the true class; columns: the arg-max prediction; from TFMA's MultiClassConfusionMatrixPlot."""
-    import tensorflow_model_analysis as tfma
-    result = tfma.load_eval_result(evaluation_uri)
-    [candidate] = [spec.name for spec in result.config.model_specs if not spec.is_baseline]
-    if candidate:  # named ("candidate") when the Evaluator compared with a baseline; its plots load by name
-        result = tfma.load_eval_result(evaluation_uri, model_name=candidate)
-    matrix = [[0] * len(LABELS) for _ in LABELS]
-    for slice_key, plots in result.plots:
-        if slice_key != ():
-            continue
-        thresholds = plots[""][""]["multiClassConfusionMatrixAtThresholds"]["matrices"]
-        for entry in thresholds[0].get("entries", []):
-            actual, predicted = entry.get("actualClassId", 0), entry.get("predictedClassId", 0)
-            matrix[actual][predicted] = int(entry.get("numWeightedExamples", 0))
-    return matrix
 
 
 def _write_report(metadata_connection, run_id: str, path: str) -> None:

@@ -15,7 +15,7 @@ import yaml
 
 from cxr.components.settings import (
     AugmentationSettings, DriftSettings, GateSettings, InputLimits, ModelSettings, SettingsError, TrainerSettings,
-    TrainingSettings, TunerSettings, read)
+    TrainingSettings, TunerSettings, ValidationSettings, read)
 
 # A configuration file or override that does not fit the configuration: one error type for every
 # setting, the pipeline's own and the components' (whose types are the sections below).
@@ -77,7 +77,6 @@ class PipelineConfig:
     metadata_path: str = "build/metadata.sqlite"
     serving_dir: str = "build/serving"
     model_name: str = "cxr"
-    stop_on_anomalies: bool = True
     enable_cache: bool = True
     beam_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",)
     data: DataConfig = DataConfig()
@@ -85,6 +84,7 @@ class PipelineConfig:
     model: ModelSettings = ModelSettings()
     training: TrainingSettings = TrainingSettings()
     gate: GateSettings = GateSettings()
+    validation: ValidationSettings = ValidationSettings()
     serving: InputLimits = InputLimits()  # what the exported model refuses before decoding
     tuner: TunerSettings = TunerSettings()
     drift: DriftSettings = DriftSettings()

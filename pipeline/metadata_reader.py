@@ -4,12 +4,11 @@ and Kubeflow Pipelines' ML Metadata gRPC service."""
 import dataclasses
 from typing import Any, Dict, List, Optional, Tuple
 
-import tensorflow_model_analysis as tfma
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
-from cxr.components import serving_check
-from cxr.contract import LABELS
+from cxr.components import artifacts, serving_check
+from cxr.contract import Nodes
 from cxr.pipeline.kfp_runs import kfp_workflow_of_run
 
 
@@ -48,14 +47,8 @@ def read_run(connection_config, run: str = "latest"):
         for node, execution in _executions_in(store, context):
             summary.statuses[node] = metadata_store_pb2.Execution.State.Name(execution.last_known_state)
             outputs[node] = _output_artifacts(store, execution)
-            if node == "Evaluator":
-                _read_evaluation(summary, outputs[node])
-            elif node == "Pusher":
-                _read_push(summary, outputs[node])
-            elif node == "DriftCheck":
-                _read_drift(summary, outputs[node])
-            elif node == "ServingCheck":
-                _read_serving_check(summary, outputs[node])
+            if node in _SUMMARIZED:
+                _SUMMARIZED[node](summary, outputs[node])
         return summary, outputs
 
 
@@ -95,44 +88,8 @@ def _read_evaluation(summary: RunSummary, outputs) -> None:
     if "blessing" in outputs:
         summary.blessed = outputs["blessing"].custom_properties["blessed"].int_value == 1
     if "evaluation" in outputs:
-        uri = outputs["evaluation"].uri
-        validation = tfma.load_validation_result(uri)
-        for per_slice in validation.metric_validations_per_slice:
-            for failure in per_slice.failures:
-                summary.failed_thresholds.append(_describe_failure(failure))
-        summary.metrics = overall_metrics(tfma.load_eval_result(uri))
-
-
-def _describe_failure(failure) -> str:
-    key = failure.metric_key
-    baseline = " (change against the baseline)" if key.is_diff else ""
-    return (f"{_metric_name(key)}{baseline} = {failure.metric_value.double_value.value:.4f}, "
-            f"required {_bounds(failure.metric_threshold)}")
-
-
-def _metric_name(key) -> str:
-    if key.sub_key.HasField("class_id"):
-        return f"{key.name} of {LABELS[key.sub_key.class_id.value]}"
-    return key.name
-
-
-def _bounds(threshold) -> str:
-    bound = threshold.value_threshold if threshold.HasField("value_threshold") else threshold.change_threshold
-    if threshold.HasField("value_threshold"):
-        return f">= {bound.lower_bound.value}"
-    return f"no worse than {bound.absolute.value}"
-
-
-def overall_metrics(eval_result) -> Dict[str, Dict[str, float]]:
-    """{sub key ('' for overall, 'classId:N' per class): {metric: value}} on the whole test split."""
-    for slice_key, metrics in eval_result.slicing_metrics:
-        if slice_key == ():
-            table = {}
-            for sub_key, values in metrics.get("", {}).items():
-                table[sub_key] = {name: value.get("doubleValue") for name, value in values.items()
-                                  if "doubleValue" in value}
-            return table
-    return {}
+        summary.failed_thresholds += artifacts.failed_thresholds(outputs["evaluation"].uri)
+        summary.metrics = artifacts.evaluation_metrics(outputs["evaluation"].uri)
 
 
 def _read_push(summary: RunSummary, outputs) -> None:
@@ -156,6 +113,11 @@ def _read_serving_check(summary: RunSummary, outputs) -> None:
     if blessing is not None and serving_check.VERDICT in blessing.custom_properties:
         summary.serving_check = blessing.custom_properties[serving_check.VERDICT].string_value
         summary.serving_check_passed = blessing.custom_properties[serving_check.BLESSED].int_value == 1
+
+
+# What the summary takes from each node's outputs.
+_SUMMARIZED = {Nodes.EVALUATOR: _read_evaluation, Nodes.PUSHER: _read_push, Nodes.DRIFT_CHECK: _read_drift,
+               Nodes.SERVING_CHECK: _read_serving_check}
 
 
 def sqlite_connection(path: str):

@@ -9,10 +9,11 @@ import os
 from tfx import v1 as tfx
 
 from cxr import contract
+from cxr.contract import Nodes
 from cxr.components import evaluation
 from cxr.components.drift import DriftCheck
 from cxr.components.serving_check import ServingCheck
-from cxr.components.settings import TRAINER_KEY, TUNER_KEY
+from cxr.components.settings import TRAINER_KEY, TUNER_KEY, DriftSettings, to_json
 from cxr.components.validation_gate import ValidationGate
 from cxr.pipeline import fingerprint
 from cxr.pipeline.config import PipelineConfig
@@ -20,33 +21,31 @@ from cxr.pipeline.config import PipelineConfig
 PREPROCESSING_FN = "cxr.components.transform.preprocessing_fn"
 RUN_FN = "cxr.components.trainer.run_fn"
 TUNER_FN = "cxr.components.tuner.tuner_fn"
-COMPONENT_FUNCTION_MODULES = tuple(path.rpartition(".")[0] for path in (PREPROCESSING_FN, RUN_FN, TUNER_FN))
+CODE_FINGERPRINT = "code_fingerprint"
 CURATED_SCHEMA_DIR = os.path.join(os.path.dirname(__file__), "schema")
-SPLITS = ("train", "eval", "test")
 
 
 def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> tfx.dsl.Pipeline:
     """The pipeline; ML Metadata's connection is the runner's (SQLite locally, the cluster's on Kubeflow)."""
     example_gen = _example_gen(config)
-    statistics_gen = tfx.components.StatisticsGen(examples=example_gen.outputs["examples"])
-    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"])
+    statistics_gen = tfx.components.StatisticsGen(
+        examples=example_gen.outputs["examples"]).with_id(Nodes.STATISTICS_GEN)
+    schema_gen = tfx.components.SchemaGen(statistics=statistics_gen.outputs["statistics"]).with_id(Nodes.SCHEMA_GEN)
     curated_schema = tfx.dsl.Importer(source_uri=CURATED_SCHEMA_DIR, artifact_type=tfx.types.standard_artifacts.Schema,
-                                      reimport=False).with_id("curated_schema")
+                                      reimport=False).with_id(Nodes.CURATED_SCHEMA)
     schema = curated_schema.outputs["result"]
     example_validator = tfx.components.ExampleValidator(
-        statistics=statistics_gen.outputs["statistics"], schema=schema)
+        statistics=statistics_gen.outputs["statistics"], schema=schema).with_id(Nodes.EXAMPLE_VALIDATOR)
     validation_gate = ValidationGate(
         anomalies=example_validator.outputs["anomalies"], statistics=statistics_gen.outputs["statistics"],
-        examples=example_gen.outputs["examples"], stop_on_anomalies=int(config.stop_on_anomalies),
-        tfrecords_dir=config.data.tfrecords_dir)
+        examples=example_gen.outputs["examples"], settings=to_json(config.validation),
+        tfrecords_dir=config.data.tfrecords_dir, **_code_of(ValidationGate)).with_id(Nodes.VALIDATION_GATE)
     drift_check = DriftCheck(
-        examples=example_gen.outputs["examples"], statistics=statistics_gen.outputs["statistics"], schema=schema, action=config.drift.action,
-        categorical_threshold=config.drift.categorical_threshold, numeric_threshold=config.drift.numeric_threshold,
-        baseline_dir=config.drift.baseline_dir or f"{config.pipeline_root.rstrip('/')}/drift-baseline")
-    code = {"code_fingerprint": components_fingerprint()}
+        examples=example_gen.outputs["examples"], statistics=statistics_gen.outputs["statistics"], schema=schema,
+        settings=to_json(_drift_settings(config)), **_code_of(DriftCheck)).with_id(Nodes.DRIFT_CHECK)
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema, preprocessing_fn=PREPROCESSING_FN,
-        custom_config={"image_size": config.model.image_size, **code})
+        custom_config={"image_size": config.model.image_size, **_code_of(PREPROCESSING_FN)}).with_id(Nodes.TRANSFORM)
     transform.add_upstream_node(validation_gate)
     transform.add_upstream_node(drift_check)
     training_inputs = dict(
@@ -55,28 +54,29 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     tuner = None
     if config.tuner.enabled:
         tuner = tfx.components.Tuner(tuner_fn=TUNER_FN, **training_inputs, custom_config={
-            **trainer_settings(config), TUNER_KEY: dataclasses.asdict(config.tuner), **code})
+            **trainer_settings(config), TUNER_KEY: dataclasses.asdict(config.tuner), **_code_of(TUNER_FN)}
+        ).with_id(Nodes.TUNER)
     trainer = tfx.components.Trainer(
-        run_fn=RUN_FN, **training_inputs, custom_config={**trainer_settings(config), **code},
-        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None)
+        run_fn=RUN_FN, **training_inputs, custom_config={**trainer_settings(config), **_code_of(RUN_FN)},
+        hyperparameters=tuner.outputs["best_hyperparameters"] if tuner else None).with_id(Nodes.TRAINER)
     baseline = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("latest_blessed_model")
+    ).with_id(Nodes.LATEST_BLESSED_MODEL)
     evaluator = tfx.components.Evaluator(
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
-        baseline_model=baseline.outputs["model"], example_splits=["test"],
-        eval_config=evaluation.eval_config(config.gate))
+        baseline_model=baseline.outputs["model"], example_splits=[contract.TEST],
+        eval_config=evaluation.eval_config(config.gate)).with_id(Nodes.EVALUATOR)
     serving_check = ServingCheck(
         model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
-        evaluation=evaluator.outputs["evaluation"], max_latency_ms=config.gate.max_latency_ms,
-        min_slice_recall=config.gate.min_slice_recall, min_slice_examples=config.gate.min_slice_examples)
+        evaluation=evaluator.outputs["evaluation"], settings=to_json(config.gate),
+        **_code_of(ServingCheck)).with_id(Nodes.SERVING_CHECK)
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=serving_check.outputs["blessing"],
         push_destination=tfx.proto.PushDestination(filesystem=tfx.proto.PushDestination.Filesystem(
-            base_directory=os.path.join(config.serving_dir, config.model_name))))
+            base_directory=os.path.join(config.serving_dir, config.model_name)))).with_id(Nodes.PUSHER)
     return tfx.dsl.Pipeline(
         pipeline_name=config.name, pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, curated_schema, example_validator,
@@ -88,7 +88,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
 
 
 def _example_gen(config: PipelineConfig) -> tfx.components.ImportExampleGen:
-    buckets = dict(zip(SPLITS, config.data.split_buckets))
+    buckets = dict(zip(contract.SPLITS, config.data.split_buckets))
     range_config = None
     if config.data.span is not None:
         range_config = tfx.proto.RangeConfig(static_range=tfx.proto.RangeConfig.StaticRange(
@@ -99,8 +99,8 @@ def _example_gen(config: PipelineConfig) -> tfx.components.ImportExampleGen:
         # Split by patient: no patient's images straddle train, eval and test.
         output_config=tfx.proto.Output(split_config=tfx.proto.SplitConfig(
             splits=[tfx.proto.SplitConfig.Split(name=name, hash_buckets=count) for name, count in buckets.items()],
-            partition_feature_name="patient_id")),
-        range_config=range_config)
+            partition_feature_name=contract.PATIENT_ID)),
+        range_config=range_config).with_id(Nodes.EXAMPLE_GEN)
 
 
 def trainer_settings(config: PipelineConfig) -> dict:
@@ -108,11 +108,22 @@ def trainer_settings(config: PipelineConfig) -> dict:
     return {TRAINER_KEY: dataclasses.asdict(config.trainer_settings())}
 
 
-def components_fingerprint() -> str:
-    """A digest of the code the components run.
+def _drift_settings(config: PipelineConfig) -> DriftSettings:
+    baseline_dir = config.drift.baseline_dir or f"{config.pipeline_root.rstrip('/')}/drift-baseline"
+    return dataclasses.replace(config.drift, baseline_dir=baseline_dir)
 
-    TFX's cache key sees only the dotted path of preprocessing_fn and run_fn, not
-    the code behind it; putting this digest into their custom_config makes any
-    change to that code (or to the contract it follows) a cache miss, and nothing else.
-    """
-    return fingerprint.digest(fingerprint.imported_modules(COMPONENT_FUNCTION_MODULES))
+
+def _code_of(component_code) -> dict:
+    """{"code_fingerprint": digest} of the module a component runs (a custom component, or the dotted path of a
+    module function) and of every project module it imports.
+
+    TFX's cache key holds a component's executor, parameters and a module_file's content
+    (tfx/orchestration/portable/cache_utils.py, get_cache_context), not the code behind a function
+    component or a dotted function path: this digest among the parameters makes an edit of that code
+    a cache miss for the components that run it, and for no other."""
+    module = component_code.rpartition(".")[0] if isinstance(component_code, str) else component_code.__module__
+    return {CODE_FINGERPRINT: code_fingerprint(module)}
+
+
+def code_fingerprint(module: str) -> str:
+    return fingerprint.digest(fingerprint.imported_modules([module]))

@@ -13,17 +13,16 @@ from google.protobuf import json_format
 from tfx.utils import path_utils
 
 from cxr import contract
-from cxr.components.artifacts import split_files
+from cxr.components import artifacts
 from cxr.components.evaluation import gate_of
-from cxr.components.serving_check import CheckLimits
+from cxr.components.settings import GateSettings, from_json
 from cxr.components.trainer import SETTINGS_FILE
-from cxr.contract import LABELS
+from cxr.contract import LABELS, Nodes
 from cxr.pipeline.metadata_reader import RunSummary, execution_properties, read_run
 
-SPLITS = ("train", "eval", "test")
 TUNER_RESULTS_FILE = "tuner_results.json"  # as TFX's Tuner executor writes it
 GALLERY_PER_KIND = 3  # correct and wrong images kept per class for the Grad-CAM gallery
-_METADATA = ("label", "source", "patient_id", "file")  # counting needs no pixels
+_METADATA = (contract.LABEL, contract.SOURCE, contract.PATIENT_ID, contract.FILE)  # counting needs no pixels
 
 
 @dataclasses.dataclass
@@ -50,7 +49,7 @@ class RunReportData:
     counts: Dict[str, Counter]  # split -> Counter[(label, source)]
     patients: Dict[str, Set[str]]  # split -> patient ids
     manifest: Optional[dict]
-    statistics_uri: Optional[str]
+    statistics: Optional[object]  # the training split's DatasetFeatureStatisticsList
     settings: Optional[dict]
     curves: Dict[str, Dict[str, List[float]]]  # "train" / "validation" -> metric -> per epoch
     tuner_trials: List[dict]
@@ -61,33 +60,35 @@ class RunReportData:
 def collect(metadata_connection, run: str = "latest") -> RunReportData:
     """Everything from what the run recorded: its inputs, its components' settings, its artifacts."""
     summary, outputs = read_run(metadata_connection, run)
-    if "Trainer" not in outputs or "model" not in outputs["Trainer"]:
+    if Nodes.TRAINER not in outputs or "model" not in outputs[Nodes.TRAINER]:
         raise ValueError(f"run {summary.run_id or run} has no trained model to report on "
                          f"(components: {summary.statuses or 'none'})")
-    examples = outputs["ImportExampleGen"]["examples"]
+    examples = outputs[Nodes.EXAMPLE_GEN]["examples"]
     span = examples.custom_properties["span"].int_value
     counts, patients = _split_counts(examples.uri)
-    model_dir = path_utils.serving_model_path(outputs["Trainer"]["model"].uri)
-    model_run = outputs["Trainer"]["model_run"].uri
+    model_dir = path_utils.serving_model_path(outputs[Nodes.TRAINER]["model"].uri)
+    model_run = outputs[Nodes.TRAINER]["model_run"].uri
     given = execution_properties(metadata_connection, summary.run_id)
-    tfrecords_dir = given["ImportExampleGen"]["input_base"]
+    tfrecords_dir = given[Nodes.EXAMPLE_GEN]["input_base"]
+    statistics = _uri(outputs, Nodes.STATISTICS_GEN, "statistics")
     return RunReportData(
         summary=summary, span=span, counts=counts, patients=patients,
         manifest=_read_json(os.path.join(contract.span_dir(tfrecords_dir, span), contract.MANIFEST)),
-        statistics_uri=_uri(outputs, "StatisticsGen", "statistics"),
+        statistics=artifacts.load_statistics(statistics, contract.TRAIN) if statistics else None,
         settings=_read_json(os.path.join(model_run, SETTINGS_FILE)),
         curves=learning_curves(model_run),
-        tuner_trials=_tuner_trials(outputs.get("Tuner", {})),
+        tuner_trials=_tuner_trials(outputs.get(Nodes.TUNER, {})),
         predictions=predict_test_split(model_dir, examples.uri), gate=_recorded_gate(given))
 
 
 def _recorded_gate(given: Dict[str, dict]) -> Dict[str, float]:
     """The thresholds the run's Evaluator and ServingCheck were given."""
     gate = {}
-    if "Evaluator" in given:
-        gate.update(gate_of(json_format.Parse(given["Evaluator"]["eval_config"], tfma.EvalConfig())))
-    if "ServingCheck" in given:
-        gate.update({field.name: given["ServingCheck"][field.name] for field in dataclasses.fields(CheckLimits)})
+    if Nodes.EVALUATOR in given:
+        gate.update(gate_of(json_format.Parse(given[Nodes.EVALUATOR]["eval_config"], tfma.EvalConfig())))
+    if Nodes.SERVING_CHECK in given:  # the gate section whole; the Evaluator's own config comes first
+        serving_check = from_json(GateSettings, given[Nodes.SERVING_CHECK]["settings"], "ServingCheck's settings")
+        gate.update({name: value for name, value in dataclasses.asdict(serving_check).items() if name not in gate})
     return gate
 
 
@@ -96,20 +97,13 @@ def _uri(outputs, node: str, key: str) -> Optional[str]:
     return artifact.uri if artifact is not None else None
 
 
-def _records(examples_uri: str, split: str, with_image: bool = False) -> tf.data.Dataset:
-    names = _METADATA + (("image",) if with_image else ())
-    features = {name: tf.io.FixedLenFeature([], tf.string) for name in names}
-    return tf.data.TFRecordDataset(split_files(examples_uri, split), compression_type="GZIP").batch(64).map(
-        lambda serialized: tf.io.parse_example(serialized, features))
-
-
 def _split_counts(examples_uri: str):
     counts, patients = {}, defaultdict(set)
-    for split in SPLITS:
+    for split in contract.SPLITS:
         counts[split] = Counter()
-        for batch in _records(examples_uri, split):
-            for label, source, patient in zip(batch["label"].numpy(), batch["source"].numpy(),
-                                              batch["patient_id"].numpy()):
+        for batch in artifacts.read_split(examples_uri, split, _METADATA):
+            for label, source, patient in zip(batch[contract.LABEL], batch[contract.SOURCE],
+                                              batch[contract.PATIENT_ID]):
                 counts[split][(label.decode(), source.decode())] += 1
                 patients[split].add(f"{source.decode()}:{patient.decode()}")
     return counts, dict(patients)
@@ -120,19 +114,19 @@ def predict_test_split(model_dir: str, examples_uri: str) -> TestPredictions:
     signatures = tf.saved_model.load(model_dir).signatures
     files, labels, sources, probabilities, kept_images = [], [], [], [], {}
     kept = Counter()
-    for batch in _records(examples_uri, "test", with_image=True):
-        batch_probabilities = signatures[contract.PREDICT_SIGNATURE](images=batch["image"])[
+    for batch in artifacts.read_split(examples_uri, contract.TEST, _METADATA + (contract.IMAGE,)):
+        batch_probabilities = signatures[contract.PREDICT_SIGNATURE](images=tf.constant(batch[contract.IMAGE]))[
             contract.PROBABILITIES].numpy()
-        batch_labels = [LABELS.index(label.decode()) for label in batch["label"].numpy()]
-        batch_files = [name.decode() for name in batch["file"].numpy()]
+        batch_labels = [LABELS.index(label.decode()) for label in batch[contract.LABEL]]
+        batch_files = [name.decode() for name in batch[contract.FILE]]
         for index, (name, class_id) in enumerate(zip(batch_files, batch_labels)):
             correct = int(batch_probabilities[index].argmax()) == class_id
             if kept[(class_id, correct)] < GALLERY_PER_KIND:
                 kept[(class_id, correct)] += 1
-                kept_images[name] = batch["image"].numpy()[index]
+                kept_images[name] = batch[contract.IMAGE][index]
         files += batch_files
         labels += batch_labels
-        sources += [source.decode() for source in batch["source"].numpy()]
+        sources += [source.decode() for source in batch[contract.SOURCE]]
         probabilities.append(batch_probabilities)
     return TestPredictions(files, np.array(labels, dtype=int), sources,
                            np.concatenate(probabilities) if probabilities else np.zeros((0, len(LABELS))),

@@ -4,18 +4,19 @@ import base64
 import csv
 import html
 import io
+import itertools
 import json
 import math
 import os
 from typing import Dict, List, Sequence
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_data_validation as tfdv
 
+from cxr import contract
 from cxr.contract import LABELS
 from cxr.pipeline.report import metrics
-from cxr.pipeline.report.collect import SPLITS, RunReportData
+from cxr.pipeline.report.collect import RunReportData
 from cxr.serving.overlay import overlay
 
 MODEL_CARD = """
@@ -40,14 +41,14 @@ def build_numbers(data: RunReportData) -> dict:
         "run_id": data.summary.run_id, "span": data.span, "test_examples": len(p.labels),
         "accuracy": hits / len(p.labels) if len(p.labels) else math.nan,
         "accuracy_ci": metrics.wilson(hits, len(p.labels)),
-        "tfma_accuracy": data.summary.metrics.get("", {}).get("sparse_categorical_accuracy"),
+        "tfma_accuracy": data.summary.metrics.get(contract.OVERALL, {}).get(contract.ACCURACY),
         "confusion": counts.tolist(), "per_class": metrics.per_class(p.labels, p.probabilities, LABELS),
         "by_source": metrics.sliced_accuracy(p.labels, predicted, p.sources),
         "calibration": metrics.calibration(p.labels, p.probabilities),
         "source_confound": metrics.source_confound(p.labels, p.sources),
         "patient_overlap": _patient_overlap(data.patients),
         "counts": {split: {f"{label}|{source}": n for (label, source), n in sorted(data.counts[split].items())}
-                   for split in SPLITS},
+                   for split in contract.SPLITS},
         "blessed": data.summary.blessed, "failed_thresholds": data.summary.failed_thresholds, "gate": data.gate,
         "settings": data.settings, "tuner_trials": data.tuner_trials,
     }
@@ -55,7 +56,7 @@ def build_numbers(data: RunReportData) -> dict:
 
 def _patient_overlap(patients) -> Dict[str, int]:
     return {f"{a}/{b}": len(patients.get(a, set()) & patients.get(b, set()))
-            for a, b in (("train", "eval"), ("train", "test"), ("eval", "test"))}
+            for a, b in itertools.combinations(contract.SPLITS, 2)}
 
 
 def write_report(data: RunReportData, out_dir: str) -> str:
@@ -66,7 +67,7 @@ def write_report(data: RunReportData, out_dir: str) -> str:
     with open(os.path.join(out_dir, "report.json"), "w") as f:
         json.dump(numbers, f, indent=1, default=_plain)
     _write_predictions(data, os.path.join(out_dir, "predictions.csv"))
-    has_statistics = _write_statistics(data.statistics_uri, os.path.join(out_dir, "statistics.html"))
+    has_statistics = _write_statistics(data.statistics, os.path.join(out_dir, "statistics.html"))
     gallery = _gallery(data)
     path = os.path.join(out_dir, "index.html")
     with open(path, "w", encoding="utf-8") as f:
@@ -87,12 +88,11 @@ def _write_predictions(data: RunReportData, path: str) -> None:
             writer.writerow([file, source, LABELS[label], LABELS[int(row.argmax())], *[f"{v:.6f}" for v in row]])
 
 
-def _write_statistics(statistics_uri, path: str) -> bool:
-    stats_file = statistics_uri and os.path.join(statistics_uri, "Split-train", "FeatureStats.pb")
-    if not stats_file or not tf.io.gfile.exists(stats_file):
+def _write_statistics(statistics, path: str) -> bool:
+    if statistics is None:
         return False
     with open(path, "w", encoding="utf-8") as f:
-        f.write(tfdv.utils.display_util.get_statistics_html(tfdv.load_stats_binary(stats_file)))
+        f.write(tfdv.utils.display_util.get_statistics_html(statistics))
     return True
 
 
@@ -141,13 +141,14 @@ def _interval(value, ci) -> str:
 
 
 def _data_section(data: RunReportData, numbers: dict, has_statistics: bool) -> str:
-    keys = sorted({key for split in SPLITS for key in data.counts[split]})
-    rows = [[html.escape(label), html.escape(source), *[data.counts[split][(label, source)] for split in SPLITS]]
+    keys = sorted({key for split in contract.SPLITS for key in data.counts[split]})
+    rows = [[html.escape(label), html.escape(source), *[data.counts[split][(label, source)]
+                                                        for split in contract.SPLITS]]
             for label, source in keys]
     overlap = numbers["patient_overlap"]
     manifest = data.manifest or {}
     reconciliation = manifest.get("reconciliation", {})
-    parts = ["<h2>Data</h2>", _table(["label", "source", *SPLITS], rows),
+    parts = ["<h2>Data</h2>", _table(["label", "source", *contract.SPLITS], rows),
              f"<p>Patients in two splits (must be 0): "
              + ", ".join(f"{pair}: <b class='{'good' if n == 0 else 'bad'}'>{n}</b>" for pair, n in overlap.items())
              + "</p>"]

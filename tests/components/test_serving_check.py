@@ -2,9 +2,10 @@
 import numpy as np
 import pytest
 
-from cxr.components.serving_check import CheckLimits, ServingCheckFailed, _check_distributions, weak_slices
+from cxr.components.serving_check import ServingCheckFailed, _check_distributions, weak_slices
+from cxr.components.settings import GateSettings
 
-LIMITS = CheckLimits(max_latency_ms=100.0, min_slice_recall=0.5, min_slice_examples=4)
+LIMITS = GateSettings(max_latency_ms=100.0, min_slice_recall=0.5, min_slice_examples=4)
 
 
 def test_a_class_missed_in_one_source_is_named_and_small_slices_are_left_out():
@@ -47,12 +48,12 @@ def test_served_answers_that_disagree_with_the_evaluator_fail_the_check(model_ba
     examples = _examples_dir(tmp_path, [(demo_png(seed, label), label) for seed, label in enumerate(
         ["COVID", "NORMAL", "PNEUMOTHORAX", "BACTERIAL_PNEUMONIA"] * 2)])
     model_dir = os.path.join(model_base_path, "1")
-    lenient = CheckLimits(max_latency_ms=60_000, min_slice_recall=0.0, min_slice_examples=1)
+    lenient = GateSettings(max_latency_ms=60_000, min_slice_recall=0.0, min_slice_examples=1)
     with pytest.raises(ServingCheckFailed, match=r"served, the test split scores accuracy ([\d.]+); the Evaluator "
                                                  r"measured 0\.123000 on the same images") as failed:
-        check_candidate(model_dir, examples, evaluated_accuracy=0.123, limits=lenient)
+        check_candidate(model_dir, examples, evaluated_accuracy=0.123, gate=lenient)
     served = float(failed.value.args[0].split("accuracy ")[1].split(";")[0])
-    found = check_candidate(model_dir, examples, evaluated_accuracy=served, limits=lenient)
+    found = check_candidate(model_dir, examples, evaluated_accuracy=served, gate=lenient)
     assert found["images"] == 8 and found["accuracy"] == pytest.approx(served) and found["p50_ms"] > 0
 
 

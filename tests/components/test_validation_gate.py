@@ -5,7 +5,8 @@ import pandas as pd
 import tensorflow_data_validation as tfdv
 from tfx.types import artifact_utils, standard_artifacts
 
-from cxr.components.validation_gate import STATISTICS_FILE, missing_classes, span_problems
+from cxr.components.artifacts import STATISTICS_FILE
+from cxr.components.validation_gate import missing_classes, span_problems
 
 
 def _statistics(tmp_path, labels_by_split):

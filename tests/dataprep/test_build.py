@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import tensorflow as tf
+import tensorflow_data_validation as tfdv
 
 from cxr.dataprep.build import IngestError, build_tfrecords
 from cxr.dataprep.config import IngestConfig
@@ -120,6 +121,21 @@ def test_records_round_trip_and_every_image_decodes(span):
         assert tuple(decoded.shape) == (height, width, channels), file
         assert _text(feature["label"]) in {"BACTERIAL_PNEUMONIA", "COVID", "NORMAL", "PNEUMOTHORAX"}
         assert len(_text(feature["sha256"])) == 64 and len(_text(feature["phash"])) == 16
+
+
+def test_every_record_has_the_contract_s_features_as_the_curated_schema_types_them(span):
+    from tensorflow_metadata.proto.v0 import schema_pb2
+    from cxr import contract
+    from cxr.pipeline.pipeline import CURATED_SCHEMA_DIR
+    schema = tfdv.load_schema_text(os.path.join(CURATED_SCHEMA_DIR, "schema.pbtxt"))
+    typed = {feature.name: schema_pb2.FeatureType.Name(feature.type) for feature in schema.feature}
+    assert typed == {**{name: "BYTES" for name in contract.RAW_BYTES_FEATURES},
+                     **{name: "INT" for name in contract.RAW_INT_FEATURES}}
+    for file, feature in span["records"].items():
+        kinds = {name: value.WhichOneof("kind") for name, value in feature.items()}
+        assert kinds == {name: "bytes_list" if kind == "BYTES" else "int64_list" for name, kind in typed.items()}, file
+        assert all(len(getattr(value, kinds[name]).value) == 1 for name, value in feature.items()), file
+    assert _text(feature[contract.LABEL]) in contract.LABELS and _text(feature[contract.SOURCE]) in contract.SOURCES
 
 
 def test_sixteen_bit_and_cmyk_images_keep_their_depth_and_channels(span):

@@ -35,7 +35,8 @@ def test_a_number_in_exponent_notation_is_a_number():
 @pytest.mark.parametrize("overrides, message", [
     (["training.epoch=3"], "unknown setting training.epoch"),
     (["training.epochs=many"], "training.epochs must be a number"),
-    (["stop_on_anomalies=maybe"], "stop_on_anomalies must be true or false"),
+    (["validation.stop_on_anomalies=maybe"], "validation.stop_on_anomalies must be true or false"),
+    (["stop_on_anomalies=false"], "unknown setting stop_on_anomalies; known: .*validation"),
     (["training=3"], "training is a section"),
     (["model.image_size=40"], "too small for 4 blocks"),
     (["epochs"], "must look like section.field=value"),

@@ -1,36 +1,65 @@
-"""components_fingerprint: the digest that makes Transform and the Trainer re-run when their code changes, and only then."""
+"""code_fingerprint: the digest that makes a component re-run when the code it runs changes, and only then."""
+import json
 import shutil
+
+import pytest
 
 from cxr.pipeline import fingerprint
 from cxr.pipeline import pipeline as pipeline_module
 
-
-def _covered():
-    return fingerprint.imported_modules(pipeline_module.COMPONENT_FUNCTION_MODULES)
-
-
-def test_it_covers_exactly_the_modules_the_component_functions_import():
-    covered = set(_covered())
-    assert {"cxr.components.transform", "cxr.components.trainer", "cxr.components.tuner",
-            "cxr.components.export", "cxr.components.model", "cxr.components.augmentation", "cxr.components.settings",
-            "cxr.contract"} <= covered
-    # Data preparation, serving, the pipeline's own modules and the other components are not the
-    # functions' code: editing them must not re-run Transform or the Trainer.
-    assert not {module for module in covered if module.startswith(("cxr.dataprep", "cxr.serving", "cxr.pipeline",
-                                                                   "cxr.kubeflow", "cxr.cli"))}
-    assert not covered & {"cxr.components.drift", "cxr.components.validation_gate", "cxr.components.serving_check"}
+COMPONENT_MODULES = {
+    "Transform": "cxr.components.transform", "Trainer": "cxr.components.trainer", "Tuner": "cxr.components.tuner",
+    "ValidationGate": "cxr.components.validation_gate", "DriftCheck": "cxr.components.drift",
+    "ServingCheck": "cxr.components.serving_check"}
+CUSTOM_COMPONENTS = ("ValidationGate", "DriftCheck", "ServingCheck")
 
 
-def test_the_digest_is_stable_and_follows_every_covered_file(tmp_path):
+def _covered(module):
+    return set(fingerprint.imported_modules([module]))
+
+
+def test_every_component_that_runs_project_code_carries_the_fingerprint_of_that_code():
+    from cxr.pipeline.config import load_config
+    components = {component.id: component for component in
+                  pipeline_module.create_pipeline(load_config("demo", overrides=["tuner.enabled=true"])).components}
+    for node, module in COMPONENT_MODULES.items():
+        parameters = components[node].exec_properties
+        carried = parameters.get("custom_config") or {}
+        if isinstance(carried, str):
+            carried = json.loads(carried)
+        given = parameters.get(pipeline_module.CODE_FINGERPRINT) or carried.get(pipeline_module.CODE_FINGERPRINT)
+        assert given == pipeline_module.code_fingerprint(module), node
+
+
+def test_each_fingerprint_covers_the_modules_its_component_runs_and_no_other():
+    trainer = _covered("cxr.components.trainer")
+    assert {"cxr.components.export", "cxr.components.model", "cxr.components.augmentation",
+            "cxr.components.settings", "cxr.contract"} <= trainer
+    assert "cxr.components.trainer" in _covered("cxr.components.tuner")
+    assert "cxr.components.trainer" not in _covered("cxr.components.transform")
+    assert _covered("cxr.components.validation_gate") >= {"cxr.components.validation_gate", "cxr.contract"}
+    # Data preparation, the pipeline's own modules, Kubeflow and the CLI are no component's code:
+    # editing them must not re-run a component.
+    for module in COMPONENT_MODULES.values():
+        assert not {m for m in _covered(module) if m.startswith(("cxr.dataprep", "cxr.pipeline", "cxr.kubeflow",
+                                                                   "cxr.cli"))}, module
+    for node in CUSTOM_COMPONENTS:
+        others = {COMPONENT_MODULES[other] for other in CUSTOM_COMPONENTS if other != node}
+        assert not _covered(COMPONENT_MODULES[node]) & (others | {"cxr.components.trainer"}), node
+
+
+@pytest.mark.parametrize("node", ["Trainer", "ValidationGate"])
+def test_the_digest_is_stable_and_follows_every_covered_file(tmp_path, node):
+    covered = fingerprint.imported_modules([COMPONENT_MODULES[node]])
     copies = {}
-    for module, path in _covered().items():
+    for module, path in covered.items():
         copies[module] = str(tmp_path / f"{module}.py")
         shutil.copyfile(path, copies[module])
     original = fingerprint.digest(copies)
-    assert fingerprint.digest(copies) == original == pipeline_module.components_fingerprint()
+    assert fingerprint.digest(copies) == original == pipeline_module.code_fingerprint(COMPONENT_MODULES[node])
 
     seen = {original}
-    for module in ("cxr.components.trainer", "cxr.contract", "cxr.components.settings"):
+    for module in (COMPONENT_MODULES[node], "cxr.contract", "cxr.components.settings"):
         with open(copies[module], "a") as f:
             f.write("\n# an edit\n")
         edited = fingerprint.digest(copies)

@@ -19,7 +19,6 @@ from cxr.contract import class_metric_name
 from cxr.contract import LABELS
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
-from cxr.pipeline import pipeline as pipeline_module
 from cxr.pipeline.config import PRESETS
 from cxr.pipeline.local_runner import run_local
 from cxr.pipeline.metadata_reader import sqlite_connection
@@ -136,12 +135,20 @@ def test_a_candidate_too_slow_to_serve_is_blessed_but_not_pushed(first_run, work
     assert summary.statuses["Trainer"] == "CACHED"  # the same model, judged again and refused by the check
 
 
-def test_changed_component_code_is_never_served_from_the_cache(first_run, workspace, monkeypatch):
-    monkeypatch.setattr(pipeline_module, "components_fingerprint", lambda: "code after an edit")
+def test_an_edited_component_reruns_and_the_components_it_does_not_run_stay_cached(first_run, workspace, tmp_path,
+                                                                                   monkeypatch):
+    """validation_gate.py edited (a copy read in its place: the checkout stays as it is)."""
+    from cxr.pipeline import fingerprint
+    real_source = fingerprint._source_file
+    edited = tmp_path / "validation_gate.py"
+    edited.write_text(open(real_source("cxr.components.validation_gate")).read() + "\n# an edit\n")
+    monkeypatch.setattr(fingerprint, "_source_file", lambda module: str(edited) if module.endswith(
+        ".validation_gate") else real_source(module))
     summary = run_local(_config(workspace))
-    assert summary.statuses["ImportExampleGen"] == "CACHED"
-    assert summary.statuses["Transform"] == "COMPLETE"
-    assert summary.statuses["Trainer"] == "COMPLETE"
+    assert summary.statuses["ValidationGate"] == "COMPLETE"
+    assert all(summary.statuses[node] == "CACHED" for node in (
+        "ImportExampleGen", "StatisticsGen", "ExampleValidator", "DriftCheck", "Transform", "Trainer")), \
+        summary.statuses
 
 
 def test_records_with_an_unknown_label_or_source_stop_the_run_at_the_validation_gate(first_run, workspace, tmp_path):
