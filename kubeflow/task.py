@@ -74,41 +74,21 @@ def metadata_connection(config: PipelineConfig):
     return grpc_connection(config.kubeflow.metadata_grpc)
 
 
-def pipeline_ir(config: PipelineConfig, connection=None):
-    """create_pipeline(config) compiled to TFX's IR: the nodes in topological order, each with its upstream nodes."""
-    from tfx.dsl.compiler import compiler
-    from cxr.pipeline.pipeline import create_pipeline
-    return compiler.Compiler().compile(create_pipeline(config, connection))
-
-
 def node_dependencies(config: PipelineConfig) -> Dict[str, List[str]]:
     """{node id: the ids of its upstream nodes}, in the IR's topological order."""
+    from cxr.pipeline.node_launcher import compile_run
     return {node.pipeline_node.node_info.id: list(node.pipeline_node.upstream_nodes)
-            for node in pipeline_ir(config).nodes}
+            for node in compile_run(config).nodes}
 
 
 def run_node(config: PipelineConfig, node_id: str, run_id: str) -> None:
-    from tfx.dsl.compiler import constants
-    from tfx.orchestration import metadata
-    from tfx.orchestration.local import runner_utils
-    from tfx.orchestration.portable import launcher, runtime_parameter_utils
     from cxr.pipeline.metadata_reader import describe, read_run
+    from cxr.pipeline.node_launcher import compile_run, launch_node
 
     connection = metadata_connection(config)
-    ir = pipeline_ir(config, connection)
-    runtime_parameter_utils.substitute_runtime_parameter(ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
-    nodes = {node.pipeline_node.node_info.id: node.pipeline_node for node in ir.nodes}
-    if node_id not in nodes:
-        raise ValueError(f"the pipeline has no node {node_id!r}; its nodes: {', '.join(nodes)}. "
-                         f"Was the pipeline compiled from other code than this image's?")
-    deployment = runner_utils.extract_local_deployment_config(ir)
-    node_launcher = launcher.Launcher(
-        pipeline_node=nodes[node_id], mlmd_connection=metadata.Metadata(connection),
-        pipeline_info=ir.pipeline_info, pipeline_runtime_spec=ir.runtime_spec,
-        executor_spec=runner_utils.extract_executor_spec(deployment, node_id),
-        custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment, node_id))
+    ir = compile_run(config, connection, run_id)
     logging.info("running %s of pipeline run %s", node_id, run_id)
-    node_launcher.launch()
+    launch_node(ir, node_id, connection)
     # The launcher returns quietly when the node's inputs could not be resolved (it records a failed
     # execution, or none): on Kubeflow that must fail the task, or the run would go on without it.
     status = read_run(connection, run_id)[0].statuses.get(node_id)

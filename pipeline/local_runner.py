@@ -11,13 +11,11 @@ import time
 from typing import Callable, List, Optional
 
 from ml_metadata.proto import metadata_store_pb2
-from tfx.dsl.compiler import compiler, constants
 from tfx.orchestration import metadata
-from tfx.orchestration.local import runner_utils
-from tfx.orchestration.portable import launcher, runtime_parameter_utils
 
 from cxr.pipeline.config import PipelineConfig, with_absolute_paths
 from cxr.pipeline.metadata_reader import RunSummary, executions_of_run, read_run, sqlite_connection
+from cxr.pipeline.node_launcher import compile_run, launch_node
 from cxr.pipeline.pipeline import create_pipeline
 
 
@@ -27,10 +25,8 @@ def run_local(config: PipelineConfig, progress: Optional[Callable[[str], None]] 
     connection = sqlite_connection(config.metadata_path)
     run_id = datetime.datetime.now().isoformat()
     error, interrupted = None, False
-    pipeline = create_pipeline(config, connection)
     try:
-        ir = compiler.Compiler().compile(pipeline)
-        runtime_parameter_utils.substitute_runtime_parameter(ir, {constants.PIPELINE_RUN_ID_PARAMETER_NAME: run_id})
+        ir = compile_run(config, connection, run_id)
         _run_nodes(ir, connection, progress or (lambda line: None))
     except KeyboardInterrupt:
         interrupted = True
@@ -40,26 +36,17 @@ def run_local(config: PipelineConfig, progress: Optional[Callable[[str], None]] 
         error = f"{type(failure).__name__}: {failure}"
     summary = _summary_of(connection, run_id, error)
     summary.interrupted = interrupted
-    summary.components = [component.id for component in pipeline.components]
+    summary.components = [component.id for component in create_pipeline(config).components]
     return summary
 
 
 def _run_nodes(ir, connection, progress: Callable[[str], None]) -> None:
-    """What TFX's LocalDagRunner.run_with_ir does (tfx/orchestration/local/local_dag_runner.py), less its
-    partial runs, which this project does not use: each node of the IR, in its topological order, through
-    TFX's portable Launcher against ML Metadata; here with a progress line as each starts and ends."""
-    deployment = runner_utils.extract_local_deployment_config(ir)
+    """Each node of the IR in its topological order, with a progress line as each starts and ends."""
     for node in ir.nodes:
-        pipeline_node = node.pipeline_node
-        node_id = pipeline_node.node_info.id
-        node_launcher = launcher.Launcher(
-            pipeline_node=pipeline_node, mlmd_connection=metadata.Metadata(connection),
-            pipeline_info=ir.pipeline_info, pipeline_runtime_spec=ir.runtime_spec,
-            executor_spec=runner_utils.extract_executor_spec(deployment, node_id),
-            custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment, node_id))
+        node_id = node.pipeline_node.node_info.id
         progress(f"{node_id:<22} started")
         started = time.monotonic()
-        node_launcher.launch()
+        launch_node(ir, node_id, connection)
         progress(f"{node_id:<22} finished in {time.monotonic() - started:.0f} s")
 
 

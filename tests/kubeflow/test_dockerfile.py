@@ -10,7 +10,7 @@ from google.protobuf import json_format
 import image_env
 from cxr.cli import _parser
 from cxr.kubeflow.kfp_pipeline import TASK_COMMAND
-from cxr.kubeflow.task import pipeline_ir
+from cxr.pipeline.node_launcher import compile_run
 from cxr.pipeline.config import load_config
 
 IMAGE_LOCK = os.path.join(image_env.ROOT, "kubeflow", "image.lock")
@@ -72,7 +72,7 @@ def _subcommands(parser, prefix=()):
 
 
 def test_the_image_imports_every_module_and_class_the_compiled_pipeline_names(image):
-    ir = json_format.MessageToJson(pipeline_ir(load_config("demo", overrides=["tuner.enabled=true"])))
+    ir = json_format.MessageToJson(compile_run(load_config("demo", overrides=["tuner.enabled=true"])))
     named = sorted(set(re.findall(r'"((?:cxr|tfx)\.[a-z_]+(?:\.\w+)+)"', ir)))
     assert "cxr.components.trainer.run_fn" in named and "cxr.components.serving_check.ServingCheck_Executor" in named
     script = ("import importlib, json, sys\nmissing = []\nfor path in json.loads(sys.argv[1]):\n"
