@@ -3,8 +3,8 @@
 TFX's InfraValidator does this with Docker or a Kubernetes cluster, neither of which every
 installation has. This component starts the development server (`cxr serve`, TF Serving's REST
 API) in a fresh process on the candidate: it loads the SavedModel and replays its warm-up file as
-TF Serving does. Then it sends the test split's encoded images through `serving_default` over
-REST, and checks that:
+TF Serving does. Then it sends the test split's encoded images through `serving_default` with
+the project's REST client (`serving.client`, what `cxr predict` uses), and checks that:
 - every request is answered, every probability is finite and each image's sum to 1;
 - the arg-max of those answers scores the accuracy the Evaluator measured on the same split
   through `serving_examples` (so raw bytes and tf.Examples take the same path through the model);
@@ -16,19 +16,15 @@ REST, and checks that:
 Its InfraBlessing is what the Pusher requires besides the Evaluator's blessing: a model that fails
 the check is not pushed, and the artifact says why.
 """
-import base64
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
-import requests
-import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.utils import path_utils
 
@@ -36,6 +32,7 @@ from cxr import contract
 from cxr.components import artifacts
 from cxr.components.settings import GateSettings, from_json
 from cxr.contract import LABELS
+from cxr.serving.client import ServingClient, ServingRequestError
 
 # The Pusher reads this property of an InfraBlessing (tfx/components/util/model_utils.py, is_infra_validated).
 BLESSED = "blessed"
@@ -43,7 +40,8 @@ VERDICT = "verdict"
 LATENCY_REQUESTS = 30  # single-image requests timed for the median
 BATCH = 16
 START_TIMEOUT_S = 300
-SERVED_NAME = "cxr"  # the candidate is served as version 1 of this model
+REQUEST_TIMEOUT_S = 120
+SERVED_NAME = contract.MODEL_NAME  # the candidate is served as version 1 of this model
 
 
 class ServingCheckFailed(Exception):
@@ -55,9 +53,9 @@ def check_candidate(model_dir: str, examples_uri: str, evaluated_accuracy: float
     images, labels, sources = test_images(examples_uri)
     if not images:
         raise ServingCheckFailed(f"no test images under {examples_uri}")
-    with _served(model_dir) as url:
-        latencies = [_timed_predict(url, [image])[1] for image in images[:LATENCY_REQUESTS]]
-        probabilities = np.concatenate([_timed_predict(url, images[start:start + BATCH])[0]
+    with _served(model_dir) as client:
+        latencies = [_timed_predict(client, [image])[1] for image in images[:LATENCY_REQUESTS]]
+        probabilities = np.concatenate([_timed_predict(client, images[start:start + BATCH])[0]
                                         for start in range(0, len(images), BATCH)])
     _check_distributions(probabilities)
     served_accuracy = float(np.mean(probabilities.argmax(axis=1) == np.array(labels)))
@@ -97,35 +95,44 @@ def test_images(examples_uri: str) -> Tuple[List[bytes], List[int], List[str]]:
 
 
 class _served:
-    """`with _served(model_dir) as url:` the development server on a copy laid out as a model base path."""
+    """`with _served(model_dir) as client:` the development server on a copy laid out as a model base path,
+    and a `serving.client` for it. The server is given port 0 and writes the URL it got to a file."""
 
     def __init__(self, model_dir: str):
         self._model_dir = model_dir
 
-    def __enter__(self) -> str:
+    def __enter__(self) -> ServingClient:
         self._work = tempfile.mkdtemp(prefix="serving-check-")
         artifacts.copy_tree(self._model_dir, os.path.join(self._work, SERVED_NAME, "1"))  # the model may be in a bucket
+        address = os.path.join(self._work, "address")
         # Its log goes to a file: a pipe nobody reads while it serves would stop it once full.
         self._log_path = os.path.join(self._work, "server.log")
         with open(self._log_path, "w") as log:
             self._server = subprocess.Popen(
                 [sys.executable, "-m", "cxr", "serve", "--model_base_path", os.path.join(self._work, SERVED_NAME),
-                 "--model_name", SERVED_NAME, "--rest_api_port", "0"], stdout=subprocess.PIPE, stderr=log, text=True)
-        first_line = self._server.stdout.readline()
-        found = re.search(r"at (http://\S+)/v1/models/", first_line)
-        if not found:
-            self.__exit__()
-            raise ServingCheckFailed(f"the serving process did not start: {self._server_output(first_line)}")
-        return found.group(1)
-
-    def _server_output(self, first_line: str) -> str:
+                 "--model_name", SERVED_NAME, "--rest_api_port", "0", "--address_file", address],
+                stdout=subprocess.DEVNULL, stderr=log)
         try:
-            self._server.communicate(timeout=START_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            return first_line or f"no answer within {START_TIMEOUT_S} s"
+            url = self._wait_for(address)
+        except ServingCheckFailed:
+            self.__exit__()
+            raise
+        return ServingClient(url=url, model=SERVED_NAME, timeout_s=REQUEST_TIMEOUT_S, retries=0)
+
+    def _wait_for(self, address: str) -> str:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not os.path.exists(address):
+            if self._server.poll() is not None:
+                raise ServingCheckFailed(f"the serving process did not start: {self._last_log_line()}")
+            if time.monotonic() > deadline:
+                raise ServingCheckFailed(f"the serving process did not answer within {START_TIMEOUT_S} s")
+            time.sleep(0.1)
+        with open(address, encoding="utf-8") as f:
+            return f.read().strip()
+
+    def _last_log_line(self) -> str:
         with open(self._log_path) as log:
-            errors = log.read()
-        lines = [line for line in (first_line + errors).splitlines() if line.strip()]
+            lines = [line for line in log.read().splitlines() if line.strip()]
         return lines[-1] if lines else f"exit code {self._server.returncode}"
 
     def __exit__(self, *exc) -> None:
@@ -137,17 +144,13 @@ class _served:
         shutil.rmtree(self._work, ignore_errors=True)
 
 
-def _timed_predict(url: str, images: List[bytes]) -> Tuple[np.ndarray, float]:
-    body = {"signature_name": contract.PREDICT_SIGNATURE,
-            "instances": [{"b64": base64.b64encode(image).decode("ascii")} for image in images]}
+def _timed_predict(client: ServingClient, images: List[bytes]) -> Tuple[np.ndarray, float]:
     started = time.perf_counter()
-    response = requests.post(f"{url}{contract.model_path(SERVED_NAME)}:predict", json=body, timeout=120)
+    try:
+        predictions = client.predict(images)
+    except ServingRequestError as error:
+        raise ServingCheckFailed(f"a test image was answered {error.message}") from error
     took = (time.perf_counter() - started) / len(images)
-    if response.status_code != 200:
-        raise ServingCheckFailed(f"a test image was answered HTTP {response.status_code}: {response.text[:300]}")
-    predictions = response.json().get("predictions", [])
-    if len(predictions) != len(images):
-        raise ServingCheckFailed(f"{len(predictions)} predictions for {len(images)} images")
     return np.array([p[contract.PROBABILITIES] for p in predictions], dtype=float), took
 
 

@@ -4,6 +4,7 @@ Flags and the configuration are checked before TensorFlow, TFX or Beam is import
 imports them inside its function, after its checks), so a typo is answered at once.
 """
 import argparse
+import dataclasses
 import glob
 import logging
 import os
@@ -71,9 +72,12 @@ def _add_demo_data(commands) -> None:
     command = commands.add_parser(
         "demo-data", help="write synthetic phantom X-rays in the three datasets' real layouts")
     command.add_argument("--out", required=True, help="folder to write the three dataset trees into")
-    command.add_argument("--per-class", type=int, default=60, help="images per class folder (default 60)")
-    command.add_argument("--size", type=int, default=128, help="image side in pixels (default 128)")
-    command.add_argument("--seed", type=int, default=0)
+    from cxr.dataprep.demo_data import DemoDataSpec
+    defaults = _defaults(DemoDataSpec)
+    command.add_argument("--per-class", type=int, default=defaults["per_class"],
+                         help="images per class folder (default %(default)s)")
+    command.add_argument("--size", type=int, default=defaults["size"], help="image side in pixels (default %(default)s)")
+    command.add_argument("--seed", type=int, default=defaults["seed"])
     command.set_defaults(run=_run_demo_data)
 
 
@@ -92,17 +96,19 @@ def _add_build_tfrecords(commands) -> None:
     command.add_argument("--curated", metavar="DIR", help="Mendeley curated COVID-19 PA dataset folder")
     command.add_argument("--nih", metavar="DIR", help="NIH ChestX-ray14 folder (with Data_Entry_2017.csv)")
     command.add_argument("--out", required=True, help="spans are written to OUT/span-N/")
-    command.add_argument("--span", type=int, default=1)
+    from cxr.dataprep.config import IngestConfig
+    defaults = _defaults(IngestConfig)
+    command.add_argument("--span", type=int, default=defaults["span"])
     command.add_argument("--mapping", default="multi-source",
                          help=f"{' | '.join(PRESET_NAMES)} | a YAML file (default multi-source)")
     command.add_argument("--nih-multilabel", action="store_true",
                          help="admit NIH images with several findings when they map to one label "
                               "(e.g. Effusion|Pneumothorax)")
-    command.add_argument("--near-duplicate-distance", type=int, default=4,
+    command.add_argument("--near-duplicate-distance", type=int, default=defaults["near_duplicate_max_distance"],
                          help="Hamming distance at or under which two images are near duplicates; "
-                              "-1 keeps exact duplicates only (default 4)")
-    command.add_argument("--max-pixels", type=int, default=50_000_000,
-                         help="quarantine images whose header declares more pixels")
+                              "-1 keeps exact duplicates only (default %(default)s)")
+    command.add_argument("--max-pixels", type=int, default=defaults["max_pixels"],
+                         help="quarantine images whose header declares more pixels (default %(default)s)")
     command.add_argument("--overwrite", action="store_true", help="replace an existing span")
     command.add_argument("--beam-arg", action="append", default=[], metavar="FLAG",
                          help="a Beam pipeline flag, e.g. --beam-arg=--direct_num_workers=1 or "
@@ -177,17 +183,20 @@ def _check_spans(tfrecords_dir: str, span: Optional[int]) -> None:
 def _add_predict(commands) -> None:
     command = commands.add_parser("predict", help="classify X-rays through TF Serving's REST API (or cxr serve)")
     command.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
-    command.add_argument("--url", default="http://localhost:8501", help="the server (default http://localhost:8501)")
-    command.add_argument("--model", default="cxr", help="model name (default cxr)")
+    from cxr.serving.client import BATCH_SIZE, ServingClient
+    defaults = _defaults(ServingClient)
+    command.add_argument("--url", default=defaults["url"], help="the server (default %(default)s)")
+    command.add_argument("--model", default=defaults["model"], help="model name (default %(default)s)")
     which = command.add_mutually_exclusive_group()
     which.add_argument("--version", type=int, help="a model version (default: the latest)")
     which.add_argument("--label", help="a version label from the server's model config, e.g. stable or canary")
     command.add_argument("--explain", metavar="OUT_DIR", help="also write Grad-CAM overlays here, one PNG per image")
     command.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    command.add_argument("--batch-size", type=int, default=16, help="images per request (default 16)")
-    command.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default 30)")
-    command.add_argument("--retries", type=int, default=3,
-                         help="retries while the server refuses connections or answers 503 (default 3)")
+    command.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="images per request (default %(default)s)")
+    command.add_argument("--timeout", type=float, default=defaults["timeout_s"],
+                         help="seconds per request (default %(default)s)")
+    command.add_argument("--retries", type=int, default=defaults["retries"],
+                         help="retries while the server refuses connections or answers 503 (default %(default)s)")
     command.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                          help="first wait up to SECONDS for the model to be AVAILABLE (default: do not wait)")
     command.set_defaults(run=_run_predict)
@@ -220,39 +229,47 @@ def _add_serve(commands) -> None:
         description="A development server with TF Serving's REST API. Unlike the other commands' flags, its "
                     "flags keep TF Serving's names (--model_base_path, --rest_api_port, ...), a promise that "
                     "the same lines work with either.")
+    from cxr.serving.server_settings import ServerSettings
+    defaults = ServerSettings()
     demo_model = os.path.join(PRESETS[DEFAULT_PRESET].serving_dir, PRESETS[DEFAULT_PRESET].model_name)
     command.add_argument("--model_base_path", default=demo_model,
                          help=f"the pushed model folder, <serving_dir>/<model_name> (default {demo_model}, "
                               f"where `make demo` pushes)")
-    command.add_argument("--model_name", default="cxr", help="(default cxr)")
+    command.add_argument("--model_name", default=defaults.model_name, help="(default %(default)s)")
     command.add_argument("--model_config_file", help="a ModelServerConfig text proto: name, base path, "
                                                      "version policy and labels (overrides the two above)")
-    command.add_argument("--rest_api_port", type=int, default=8501, help="(default 8501; 0 picks a free port)")
-    command.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    command.add_argument("--file_system_poll_wait_seconds", type=float, default=1.0,
-                         help="how often to look for newly pushed versions (default 1)")
-    command.add_argument("--max_body_bytes", type=int, default=32 * 1024 * 1024,
-                         help="refuse larger request bodies with HTTP 413 (default 32 MiB: 16 X-rays in base64)")
-    command.add_argument("--rest_api_num_threads", type=int, default=4,
-                         help="requests computed at once (default 4)")
-    command.add_argument("--read_timeout_seconds", type=float, default=10.0,
+    command.add_argument("--rest_api_port", type=int, default=defaults.rest_api_port,
+                         help="(default %(default)s; 0 picks a free port)")
+    command.add_argument("--host", default=defaults.host,
+                         help="address to bind (default %(default)s, this machine only)")
+    command.add_argument("--file_system_poll_wait_seconds", type=float, default=defaults.file_system_poll_wait_seconds,
+                         help="how often to look for newly pushed versions (default %(default)s)")
+    command.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
+                         help=f"refuse larger request bodies with HTTP 413 (default {defaults.max_body_bytes >> 20} "
+                              f"MiB: 16 X-rays in base64)")
+    command.add_argument("--rest_api_num_threads", dest="workers", metavar="N", type=int, default=defaults.workers,
+                         help="requests computed at once (default %(default)s)")
+    command.add_argument("--read_timeout_seconds", type=float, default=defaults.read_timeout_seconds,
                          help="a request's headers must arrive within this; idle connections close after it "
-                              "(default 10)")
-    command.add_argument("--body_timeout_seconds", type=float, default=60.0,
-                         help="a request's body must arrive within this (default 60)")
-    command.add_argument("--enable_model_warmup", type=_boolean, default=True,
-                         help="replay assets.extra/tf_serving_warmup_requests on load (default true)")
+                              "(default %(default)s)")
+    command.add_argument("--body_timeout_seconds", type=float, default=defaults.body_timeout_seconds,
+                         help="a request's body must arrive within this (default %(default)s)")
+    command.add_argument("--enable_model_warmup", type=_boolean, default=defaults.enable_model_warmup,
+                         help="replay assets.extra/tf_serving_warmup_requests on load (default %(default)s)")
+    command.add_argument("--address_file", help="once answering, write the server's URL to this file (with "
+                                                "--rest_api_port 0, how a caller learns the port)")
     command.set_defaults(run=_run_serve)
 
 
 def _run_serve(args) -> None:
-    from cxr.serving.dev_server import ServerSettings, serve
-    serve(ServerSettings(
-        model_base_path=args.model_base_path, model_name=args.model_name, model_config_file=args.model_config_file,
-        rest_api_port=args.rest_api_port, host=args.host,
-        file_system_poll_wait_seconds=args.file_system_poll_wait_seconds, max_body_bytes=args.max_body_bytes,
-        enable_model_warmup=args.enable_model_warmup, read_timeout_seconds=args.read_timeout_seconds,
-        body_timeout_seconds=args.body_timeout_seconds, workers=args.rest_api_num_threads))
+    from cxr.serving.dev_server import serve
+    from cxr.serving.server_settings import ServerSettings
+    serve(ServerSettings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ServerSettings)}))
+
+
+def _defaults(cls) -> Dict[str, object]:
+    """{field: default} of a settings dataclass: the flags take their defaults from the type that owns them."""
+    return {field.name: field.default for field in dataclasses.fields(cls) if field.default is not dataclasses.MISSING}
 
 
 def _boolean(text: str) -> bool:
@@ -308,8 +325,9 @@ def _kfp_action(actions, name: str, help_text: str, run):
 def _add_upload(action) -> None:
     action.add_argument("--package", default="build/pipeline.yaml",
                         help="the compiled pipeline (default build/pipeline.yaml, from cxr kfp compile)")
-    action.add_argument("--pipeline-name", default="cxr", help="the pipeline's name in KFP (default cxr)")
-    action.add_argument("--experiment", default="cxr", help="KFP experiment (default cxr)")
+    name = PRESETS[DEFAULT_PRESET].name
+    action.add_argument("--pipeline-name", default=name, help="the pipeline's name in KFP (default %(default)s)")
+    action.add_argument("--experiment", default=name, help="KFP experiment (default %(default)s)")
     action.add_argument("--param", action="append", default=[], metavar="KEY=VALUE",
                         help="a pipeline parameter for the run; repeat for several")
 

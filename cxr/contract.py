@@ -97,6 +97,7 @@ def class_probabilities(outputs: Dict[str, Any]) -> Dict[str, float]:
 
 
 # The served model (TF Serving's REST API).
+MODEL_NAME = "cxr"  # by default: the pipeline pushes to <serving_dir>/<model_name>, servers and clients use it
 DEFAULT_REST_PORT = 8501
 DEFAULT_GRPC_PORT = 8500
 

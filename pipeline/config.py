@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
 
+from cxr import contract
 from cxr.components.settings import (
     AugmentationSettings, DriftSettings, GateSettings, InputLimits, ModelSettings, SettingsError, TrainerSettings,
     TrainingSettings, TunerSettings, ValidationSettings, read)
@@ -76,7 +77,7 @@ class PipelineConfig:
     pipeline_root: str = "build/pipeline"
     metadata_path: str = "build/metadata.sqlite"
     serving_dir: str = "build/serving"
-    model_name: str = "cxr"
+    model_name: str = contract.MODEL_NAME
     enable_cache: bool = True
     beam_args: Tuple[str, ...] = ("--direct_running_mode=in_memory",)
     data: DataConfig = DataConfig()

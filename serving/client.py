@@ -15,6 +15,7 @@ import requests
 from cxr import contract
 
 RETRY_STATUSES = (503,)
+BATCH_SIZE = 16  # images per request
 # What each signature's answer must hold for every image (components/export.py).
 _EXPECTED_OUTPUTS = {
     contract.PREDICT_SIGNATURE: (contract.PROBABILITIES, contract.CLASS_ID, contract.CLASS_NAME),
@@ -42,7 +43,7 @@ class ImageResult:
 @dataclasses.dataclass(frozen=True)
 class ServingClient:
     url: str = f"http://localhost:{contract.DEFAULT_REST_PORT}"
-    model: str = "cxr"
+    model: str = contract.MODEL_NAME
     version: Optional[int] = None
     label: Optional[str] = None
     timeout_s: float = 30.0
@@ -85,7 +86,7 @@ class ServingClient:
         return _checked_predictions(answer, len(images), _EXPECTED_OUTPUTS.get(signature, ()))
 
     def predict_files(self, paths: Sequence[str], signature: str = contract.PREDICT_SIGNATURE,
-                      batch_size: int = 16) -> Iterator[ImageResult]:
+                      batch_size: int = BATCH_SIZE) -> Iterator[ImageResult]:
         for batch in _batches(paths, batch_size):
             images = [_read(path) for path in batch]
             try:

@@ -17,6 +17,7 @@ a fixed pool of workers.
 import dataclasses
 import json
 import logging
+import os
 import re
 import sys
 from typing import Optional, Tuple
@@ -25,9 +26,10 @@ import tensorflow as tf
 
 from cxr import contract
 from cxr.serving.errors import ServingError
-from cxr.serving.http_server import HttpLimits, HttpServer
+from cxr.serving.http_server import HttpServer
 from cxr.serving.model_store import LoadedVersion, ModelSource, ModelStore
 from cxr.serving.rest_json import error_body, input_values, parse_body, predict_response, signature_name
+from cxr.serving.server_settings import ServerSettings
 
 _POST = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)")
 _GET = re.compile(r"(?i)/v1/models(?:/([^/:]+))?(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?")
@@ -35,32 +37,13 @@ _GRAPH_NOISE = re.compile(r"\{\{function_node [^}]*\}\}\s*")
 _GRAPH_TRACE_LINES = ("Graph execution error", "Detected at node", "<stack traces unavailable>")
 
 
-@dataclasses.dataclass(frozen=True)
-class ServerSettings:
-    model_base_path: Optional[str] = None
-    model_name: str = "cxr"
-    model_config_file: Optional[str] = None
-    rest_api_port: int = contract.DEFAULT_REST_PORT
-    host: str = "127.0.0.1"
-    file_system_poll_wait_seconds: float = 1.0
-    # A request's JSON carries its images in base64 (4/3 of the files): 16 NIH PNGs are ~15 MB.
-    max_body_bytes: int = 32 * 1024 * 1024
-    enable_model_warmup: bool = True
-    read_timeout_seconds: float = 10.0  # a request's headers; an idle connection is closed after it
-    body_timeout_seconds: float = 60.0
-    workers: int = 4  # requests computed at once (TF Serving: --rest_api_num_threads)
-
-    def model_source(self) -> ModelSource:
-        if self.model_config_file:
-            return ModelSource.from_config_file(self.model_config_file)
-        if not self.model_base_path:
-            raise ValueError("give --model_base_path (the pushed <serving_dir>/<model_name>) "
-                             "or --model_config_file")
-        return ModelSource(name=self.model_name, base_path=self.model_base_path)
-
-    def http_limits(self) -> HttpLimits:
-        return HttpLimits(max_body_bytes=self.max_body_bytes, header_timeout_s=self.read_timeout_seconds,
-                          body_timeout_s=self.body_timeout_seconds, workers=self.workers)
+def model_source(settings: ServerSettings) -> ModelSource:
+    if settings.model_config_file:
+        return ModelSource.from_config_file(settings.model_config_file)
+    if not settings.model_base_path:
+        raise ValueError("give --model_base_path (the pushed <serving_dir>/<model_name>) "
+                         "or --model_config_file")
+    return ModelSource(name=settings.model_name, base_path=settings.model_base_path)
 
 
 @dataclasses.dataclass
@@ -77,7 +60,7 @@ class RunningServer:
 def start(settings: ServerSettings) -> RunningServer:
     """Loads the wanted versions (refusing a base path with none), then answers requests and polls
     for new versions in the background."""
-    store = ModelStore(settings.model_source(), warm_up=settings.enable_model_warmup)
+    store = ModelStore(model_source(settings), warm_up=settings.enable_model_warmup)
     store.refresh()
     store.require_a_version()
     http = HttpServer(lambda method, path, body: handle(store, method, path, body),
@@ -93,12 +76,22 @@ def serve(settings: ServerSettings) -> None:
     running = start(settings)
     source = running.store.source
     print(f"serving {source.name} from {source.base_path} at {running.url}/v1/models/{source.name}", flush=True)
+    if settings.address_file:
+        _write_address(settings.address_file, running.url)
     try:
         running.http.thread.join()
     except KeyboardInterrupt:
         pass
     finally:
         running.stop()
+
+
+def _write_address(path: str, url: str) -> None:
+    """Whole or not at all: the reader polls for the file and must never see half a URL."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(url + "\n")
+    os.replace(partial, path)
 
 
 def handle(store: ModelStore, method: str, path: str, body: bytes) -> Tuple[int, bytes]:

@@ -18,6 +18,10 @@ FORBIDDEN = {
 }
 
 
+# Folder -> the modules of a forbidden package it may import all the same.
+ALLOWED = {"components": ("cxr.serving.client",)}  # the ServingCheck speaks REST as cxr predict does
+
+
 def _imports(path):
     with open(path, encoding="utf-8") as f:
         return set(fingerprint._project_imports(ast.parse(f.read(), path)))
@@ -27,7 +31,8 @@ def _imports(path):
 def test_each_folder_imports_only_what_its_place_allows(folder):
     offending = {}
     for path in glob.glob(os.path.join(ROOT, folder, "**", "*.py"), recursive=True):
-        bad = sorted(m for m in _imports(path) if m.startswith(FORBIDDEN[folder]))
+        bad = sorted(m for m in _imports(path)
+                     if m.startswith(FORBIDDEN[folder]) and m not in ALLOWED.get(folder, ()))
         if bad:
             offending[os.path.relpath(path, ROOT)] = bad
     assert not offending

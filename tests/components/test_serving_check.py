@@ -61,10 +61,15 @@ def test_the_check_s_server_keeps_answering_past_a_pipe_s_worth_of_log(model_bas
     """Its access log, a line a request, outgrows a 64 KiB pipe on the full downloads (NIH alone has
     112,120 images: a test split of thousands, 16 a request, plus the latency requests)."""
     import os
-    import requests
-    from cxr.components.serving_check import SERVED_NAME, _served
-    from cxr import contract
-    with _served(os.path.join(model_base_path, "1")) as url, requests.Session() as session:
-        status_url = f"{url}{contract.model_path(SERVED_NAME)}"
+    from cxr.components.serving_check import _served
+    with _served(os.path.join(model_base_path, "1")) as client:
         for _ in range(1500):  # about 100 bytes of log each
-            assert session.get(status_url, timeout=10).status_code == 200
+            assert client.status()["model_version_status"][0]["state"] == "AVAILABLE"
+
+
+def test_a_server_that_cannot_start_fails_the_check_with_its_last_log_line(tmp_path):
+    from cxr.components.serving_check import _served
+    (tmp_path / "saved_model.pb").write_bytes(b"not a SavedModel")
+    with pytest.raises(ServingCheckFailed, match=r"the serving process did not start: .+"):
+        with _served(str(tmp_path)):
+            pass

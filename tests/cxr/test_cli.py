@@ -1,4 +1,5 @@
 """The `cxr` command line: what a user types and what they read back."""
+import argparse
 import os
 import re
 import subprocess
@@ -120,3 +121,34 @@ def test_cxr_predict_asks_cxr_serve_as_the_readme_main_job_ends(model_base_path,
     finally:
         server.terminate()
         server.wait(30)
+
+
+def _flag_defaults(*command):
+    parser = cli._parser()
+    for name in command:
+        [subparsers] = [action for action in parser._actions if isinstance(action, argparse._SubParsersAction)]
+        parser = subparsers.choices[name]
+    return {action.dest: action.default for action in parser._actions if action.dest != "help"}
+
+
+def test_the_flags_defaults_are_the_settings_types_own():
+    import dataclasses
+    from cxr.dataprep.config import IngestConfig
+    from cxr.dataprep.demo_data import DemoDataSpec
+    from cxr.serving.client import ServingClient
+    from cxr.serving.server_settings import ServerSettings
+    serve = _flag_defaults("serve")
+    assert serve.pop("model_base_path") == "demo/serving/cxr"  # where make demo pushes, not the type's None
+    assert serve == {name: value for name, value in dataclasses.asdict(ServerSettings()).items()
+                     if name != "model_base_path"}
+    predict = _flag_defaults("predict")
+    client = ServingClient()
+    assert (predict["url"], predict["model"], predict["timeout"], predict["retries"]) == (
+        client.url, client.model, client.timeout_s, client.retries)
+    demo = _flag_defaults("demo-data")
+    spec = DemoDataSpec(out_dir="x")
+    assert (demo["per_class"], demo["size"], demo["seed"]) == (spec.per_class, spec.size, spec.seed)
+    build = _flag_defaults("build-tfrecords")
+    ingest = IngestConfig(source_roots={"nih": "x"}, out_dir="x")
+    assert (build["span"], build["near_duplicate_distance"], build["max_pixels"]) == (
+        ingest.span, ingest.near_duplicate_max_distance, ingest.max_pixels)
