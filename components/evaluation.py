@@ -11,7 +11,7 @@ ARGMAX = '"top_k": 1, "thresholds": [0.0]'
 # probability above 0.5, which implies the arg-max, so it is never above the
 # arg-max recall. TFMA 0.47 cannot attach thresholds to the top_k metrics (their
 # sub keys carry top_k, the thresholds' do not), so the gate uses this one.
-SLICES = ([], ["source"], ["label"])
+SLICES = ([], [contract.SOURCE], [contract.LABEL])
 
 
 def eval_config(gate: GateSettings) -> tfma.EvalConfig:

@@ -19,7 +19,7 @@ from kfp import dsl
 from kfp.pipeline_spec import pipeline_spec_pb2
 
 from cxr.components import artifacts
-from cxr.contract import LABELS, Nodes
+from cxr.contract import LABELS, Nodes, metric_sub_key
 from cxr.pipeline.config import PipelineConfig
 from cxr.pipeline.metadata_reader import RunSummary, read_run
 
@@ -46,26 +46,26 @@ def run_metrics(summary: RunSummary) -> Dict[str, float]:
     """The overall test metrics, each class's precision and recall, and the verdict (1 blessed, 0 not)."""
     values = {}
     for sub_key, metrics in summary.metrics.items():
+        qualifier = _SUB_KEY_NAMES.get(sub_key, sub_key)
         for name, value in metrics.items():
             number = float(value) if value is not None else math.nan  # TFMA writes NaN as "NaN"
             if math.isfinite(number):  # a class never predicted has no precision
-                values[_metric_key(name, sub_key)] = number
+                values[_metric_key(name, qualifier)] = number
     if summary.blessed is not None:
         values["blessed"] = float(summary.blessed)
     values["pushed"] = float(summary.pushed_to is not None)
     return values
 
 
-def _metric_key(name: str, sub_key: str) -> str:
-    """TFMA's metric name and sub key ('', 'classId:2', 'classId:2 topK:1') as one name, the class named
-    unless the metric's name already says it: 'gate_recall NORMAL', 'precision/NORMAL topK:1'."""
-    parts = [name]
-    for token in sub_key.split():
-        kind, _, value = token.partition(":")
-        label = LABELS[int(value)] if kind == "classId" else token
-        if label not in name:
-            parts.append(label)
-    return " ".join(parts)
+# TFMA's sub keys as KFP's metric names say them: the class by name.
+_SUB_KEY_NAMES = {**{metric_sub_key(class_id): label for class_id, label in enumerate(LABELS)},
+                  **{metric_sub_key(class_id, top_k=1): f"{label} topK:1" for class_id, label in enumerate(LABELS)}}
+
+
+def _metric_key(name: str, qualifier: str) -> str:
+    """A metric's name and its sub key's words as one name, the class named unless the metric's name already
+    says it: 'gate_recall NORMAL', 'precision/NORMAL topK:1'."""
+    return " ".join([name] + [word for word in qualifier.split() if word not in name])
 
 
 def _write_report(metadata_connection, run_id: str, path: str) -> None:

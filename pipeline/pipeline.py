@@ -36,13 +36,13 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     schema = curated_schema.outputs["result"]
     example_validator = tfx.components.ExampleValidator(
         statistics=statistics_gen.outputs["statistics"], schema=schema).with_id(Nodes.EXAMPLE_VALIDATOR)
-    validation_gate = ValidationGate(
-        anomalies=example_validator.outputs["anomalies"], statistics=statistics_gen.outputs["statistics"],
-        examples=example_gen.outputs["examples"], settings=to_json(config.validation),
-        tfrecords_dir=config.data.tfrecords_dir, **_code_of(ValidationGate)).with_id(Nodes.VALIDATION_GATE)
-    drift_check = DriftCheck(
-        examples=example_gen.outputs["examples"], statistics=statistics_gen.outputs["statistics"], schema=schema,
-        settings=to_json(_drift_settings(config)), **_code_of(DriftCheck)).with_id(Nodes.DRIFT_CHECK)
+    validation_gate = _custom(
+        ValidationGate, config.validation, anomalies=example_validator.outputs["anomalies"],
+        statistics=statistics_gen.outputs["statistics"], examples=example_gen.outputs["examples"],
+        tfrecords_dir=config.data.tfrecords_dir).with_id(Nodes.VALIDATION_GATE)
+    drift_check = _custom(
+        DriftCheck, _drift_settings(config), examples=example_gen.outputs["examples"],
+        statistics=statistics_gen.outputs["statistics"], schema=schema).with_id(Nodes.DRIFT_CHECK)
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema, preprocessing_fn=PREPROCESSING_FN,
         custom_config={"image_size": config.model.image_size, **_code_of(PREPROCESSING_FN)}).with_id(Nodes.TRANSFORM)
@@ -50,7 +50,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     transform.add_upstream_node(drift_check)
     training_inputs = dict(
         examples=transform.outputs["transformed_examples"], transform_graph=transform.outputs["transform_graph"],
-        schema=schema, train_args=tfx.proto.TrainArgs(splits=["train"]), eval_args=tfx.proto.EvalArgs(splits=["eval"]))
+        schema=schema, train_args=tfx.proto.TrainArgs(splits=[contract.TRAIN]),
+        eval_args=tfx.proto.EvalArgs(splits=[contract.EVAL]))
     tuner = None
     if config.tuner.enabled:
         tuner = tfx.components.Tuner(tuner_fn=TUNER_FN, **training_inputs, custom_config={
@@ -68,10 +69,9 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         examples=example_gen.outputs["examples"], model=trainer.outputs["model"],
         baseline_model=baseline.outputs["model"], example_splits=[contract.TEST],
         eval_config=evaluation.eval_config(config.gate)).with_id(Nodes.EVALUATOR)
-    serving_check = ServingCheck(
-        model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
-        evaluation=evaluator.outputs["evaluation"], settings=to_json(config.gate),
-        **_code_of(ServingCheck)).with_id(Nodes.SERVING_CHECK)
+    serving_check = _custom(
+        ServingCheck, config.gate, model=trainer.outputs["model"], examples=example_gen.outputs["examples"],
+        evaluation=evaluator.outputs["evaluation"]).with_id(Nodes.SERVING_CHECK)
     pusher = tfx.components.Pusher(
         model=trainer.outputs["model"], model_blessing=evaluator.outputs["blessing"],
         infra_blessing=serving_check.outputs["blessing"],
@@ -106,6 +106,12 @@ def _example_gen(config: PipelineConfig) -> tfx.components.ImportExampleGen:
 def trainer_settings(config: PipelineConfig) -> dict:
     """The Trainer's (and the Tuner's) settings, as their custom_config carries them."""
     return {TRAINER_KEY: dataclasses.asdict(config.trainer_settings())}
+
+
+def _custom(component, settings, **arguments):
+    """A custom component of components/ with its settings section whole (one JSON parameter, which it reads
+    back with settings.from_json) and the fingerprint of its code."""
+    return component(**arguments, settings=to_json(settings), **_code_of(component))
 
 
 def _drift_settings(config: PipelineConfig) -> DriftSettings:

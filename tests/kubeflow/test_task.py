@@ -61,3 +61,14 @@ def test_kfps_run_id_maps_to_the_workflow_its_tasks_ran_in(tmp_path):
                                      "cxr-xq7k2-system-container-impl-2451094852"])
     assert kfp_workflow_of_run(store, "9a1c0b52") == "cxr-xq7k2"
     assert kfp_workflow_of_run(store, "another-run") is None
+
+
+def test_kfp_s_metrics_name_each_class_once_and_leave_out_what_tfma_could_not_compute():
+    from cxr.contract import ACCURACY, OVERALL, metric_sub_key
+    from cxr.kubeflow.ui_outputs import run_metrics
+    from cxr.pipeline.metadata_reader import RunSummary
+    summary = RunSummary(statuses={}, blessed=False, metrics={
+        OVERALL: {ACCURACY: 0.9}, metric_sub_key(2): {"gate_recall": 0.8},
+        metric_sub_key(2, top_k=1): {"precision/NORMAL": 0.7}, metric_sub_key(3, top_k=1): {"precision/PNEUMOTHORAX": None}})
+    assert run_metrics(summary) == {ACCURACY: 0.9, "gate_recall NORMAL": 0.8, "precision/NORMAL topK:1": 0.7,
+                                    "blessed": 0.0, "pushed": 0.0}

@@ -11,7 +11,7 @@ def test_the_compiled_run_lists_the_contract_s_node_ids_in_topological_order(tmp
     ir = compile_run(load_config("demo", overrides=["tuner.enabled=true"]), run_id="run-1")
     order = [node.pipeline_node.node_info.id for node in ir.nodes]
     declared = {value for name, value in vars(Nodes).items() if name.isupper()}
-    assert set(order) == declared
+    assert declared <= set(order)  # the names other modules look nodes up by are the pipeline's own
     for position, node in enumerate(ir.nodes):
         assert all(order.index(upstream) < position for upstream in node.pipeline_node.upstream_nodes)
     assert "run-1" in str(ir.runtime_spec.pipeline_run_id)
