@@ -13,6 +13,8 @@ float32 weights, except the softmax, which stays float32 (so do the loss and eve
 output), and the optimizer scales the loss so that float16 gradients do not underflow.
 """
 import dataclasses
+import math
+from typing import List
 
 import tf_keras as keras
 from tensorflow.python.autograph.core import config as autograph_config
@@ -48,19 +50,29 @@ def build_model(model: ModelSettings, training: TrainingSettings, replicas: int 
     x = keras.layers.BatchNormalization(name="input_norm", dtype=policy)(x)
     for block, width in enumerate(model.filters, start=1):
         last_block = block == len(model.filters)
-        x = keras.layers.Conv2D(width, 3, activation="relu", name=f"block{block}_conv1", dtype=policy)(x)
-        x = keras.layers.Conv2D(width, 3, activation="relu", dtype=policy,
+        x = keras.layers.Conv2D(width, 3, activation="relu", name=f"block{block}_conv1", dtype=policy,
+                                kernel_initializer=model.kernel_initializer)(x)
+        x = keras.layers.Conv2D(width, 3, activation="relu", dtype=policy, kernel_initializer=model.kernel_initializer,
                                 name=LAST_CONV_NAME if last_block else f"block{block}_conv2")(x)
         x = keras.layers.MaxPooling2D(2, name=f"block{block}_pool", dtype=policy)(x)
     x = keras.layers.Flatten(name="flatten", dtype=policy)(x)
     for index, units in enumerate(model.dense_units, start=1):
-        x = keras.layers.Dense(units, activation="relu", name=f"dense{index}", dtype=policy)(x)
+        x = keras.layers.Dense(units, activation="relu", name=f"dense{index}", dtype=policy,
+                               kernel_initializer=model.kernel_initializer)(x)
         x = keras.layers.Dropout(model.dropout, name=f"dropout{index}", dtype=policy)(x)
     outputs = keras.layers.Dense(NUM_CLASSES, activation="softmax", dtype="float32", name=PROBABILITIES)(x)
     network = keras.Model(inputs, outputs, name="cxr_cnn")
     network.compile(optimizer=optimizer(training, replicas), loss="sparse_categorical_crossentropy",
                     metrics=["accuracy"], jit_compile=training.jit_compile)
     return network
+
+
+def learning_rate_callbacks(training: TrainingSettings, epochs: int, replicas: int = 1) -> List[keras.callbacks.Callback]:
+    """What `fit` needs for `training.learning_rate_schedule` over these epochs (none for constant)."""
+    if training.learning_rate_schedule == "constant":
+        return []
+    start = training.learning_rate * replicas
+    return [keras.callbacks.LearningRateScheduler(lambda epoch, _: start * 0.5 * (1 + math.cos(math.pi * epoch / epochs)))]
 
 
 def optimizer(training: TrainingSettings, replicas: int) -> keras.optimizers.Optimizer:

@@ -11,6 +11,8 @@ import json
 from typing import Any, Callable, Dict, Mapping, Tuple
 
 MIB = 1 << 20
+KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal")
+LEARNING_RATE_SCHEDULES = ("constant", "cosine")
 
 
 # The keys of the Trainer's and the Tuner's custom_config that carry asdict(TrainerSettings) and asdict(TunerSettings).
@@ -27,6 +29,12 @@ class ModelSettings:
     filters: Tuple[int, ...] = (64, 128, 256, 512)
     dense_units: Tuple[int, ...] = (512, 1024)
     dropout: float = 0.3
+    # Of every ReLU layer's weights: Keras's default, as the study trained, or he_normal, which keeps
+    # the activations' scale through the ReLUs (He et al. 2015).
+    kernel_initializer: str = "glorot_uniform"
+
+    def __post_init__(self):
+        _check_choice("model.kernel_initializer", self.kernel_initializer, KERNEL_INITIALIZERS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +50,9 @@ class AugmentationSettings:
 class TrainingSettings:
     # Per replica: with N GPUs a step takes N x batch_size images and the rate is N x learning_rate.
     learning_rate: float = 1e-4
+    # constant, or cosine: from learning_rate at the first epoch down along half a cosine towards 0
+    # at the last (Loshchilov & Hutter 2017, without restarts), set at each epoch's start.
+    learning_rate_schedule: str = "constant"
     batch_size: int = 16
     epochs: int = 25
     early_stopping_patience: int = 10
@@ -53,6 +64,9 @@ class TrainingSettings:
     max_cache_mib: int = 2048
     seed: int = 0  # weights, shuffling and augmentation start from it
     augmentation: AugmentationSettings = AugmentationSettings()
+
+    def __post_init__(self):
+        _check_choice("training.learning_rate_schedule", self.learning_rate_schedule, LEARNING_RATE_SCHEDULES)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -114,6 +114,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         keras.callbacks.EarlyStopping(monitor="val_loss", patience=training.early_stopping_patience,
                                       restore_best_weights=True),
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
+        *model_lib.learning_rate_callbacks(training, training.epochs, strategy.num_replicas_in_sync),
     ])
     export_serving_model(model, transform_output, fn_args.serving_model_dir, settings.input_limits)
 

@@ -22,6 +22,7 @@ import tf_keras as keras
 from tfx import v1 as tfx
 
 from cxr.components import trainer as trainer_lib
+from cxr.components.model import learning_rate_callbacks
 from cxr.components.settings import KNOBS, TUNER_KEY, TrainerSettings, TunerSettings, read
 
 OBJECTIVE = "val_loss"
@@ -67,10 +68,10 @@ class TfKerasTuner(keras_tuner.engine.base_tuner.BaseTuner):
         model = trainer_lib.build(settings, self.strategy)
         # Hyperband's "tuner/epochs" is the trial's budget. Each trial trains a fresh model for it:
         # models are not kept between trials, so "tuner/initial_epoch" has nothing to resume.
+        epochs = values.get("tuner/epochs", self.epochs)
+        schedule = learning_rate_callbacks(settings.training, epochs, self.strategy.num_replicas_in_sync)
         history = model.fit(inputs.train, steps_per_epoch=inputs.steps_per_epoch, validation_data=inputs.evaluation,
-                            verbose=2,
-                            epochs=values.get("tuner/epochs", self.epochs),
-                            callbacks=[keras.callbacks.TerminateOnNaN()])
+                            verbose=2, epochs=epochs, callbacks=[keras.callbacks.TerminateOnNaN(), *schedule])
         losses = history.history.get("loss", []) + history.history.get(OBJECTIVE, [])
         if not losses or not all(math.isfinite(loss) for loss in losses):
             raise keras_tuner.errors.FailedTrialError(

@@ -1,5 +1,7 @@
 import dataclasses
 
+import pytest
+
 from cxr.components.model import build_model
 from cxr.pipeline.config import PRESETS
 
@@ -40,3 +42,35 @@ def test_autograph_leaves_tf_keras_to_tracing_and_still_converts_our_layer():
     assert conversion.is_allowlisted(keras.layers.Dense.call)
     assert conversion.is_allowlisted(keras.Model.train_step)
     assert not conversion.is_allowlisted(Augmentation.call)
+
+
+def test_he_normal_keeps_the_relu_layers_scale_and_the_study_keeps_keras_s_default():
+    import numpy as np
+    demo = PRESETS["demo"]
+    assert STUDY.model.kernel_initializer == "glorot_uniform"
+    for initializer, expected_std in (("he_normal", lambda fan_in, fan_out: np.sqrt(2 / fan_in)),
+                                      ("glorot_uniform", lambda fan_in, fan_out: np.sqrt(2 / (fan_in + fan_out)))):
+        model = build_model(dataclasses.replace(demo.model, kernel_initializer=initializer), demo.training)
+        kernel = model.get_layer("block3_conv1").get_weights()[0]  # 3 x 3 x 64 -> 128
+        fan_in, fan_out = 3 * 3 * kernel.shape[2], 3 * 3 * kernel.shape[3]
+        assert np.std(kernel) == pytest.approx(expected_std(fan_in, fan_out), rel=0.1), initializer
+        softmax = model.get_layer("probabilities").get_weights()[0]  # no ReLU follows: Keras's default
+        assert np.std(softmax) == pytest.approx(np.sqrt(2 / sum(softmax.shape)), rel=0.25)
+
+
+def test_a_cosine_schedule_sets_the_rate_at_each_epoch_from_the_start_towards_zero():
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+    from cxr.components.model import learning_rate_callbacks
+    training = dataclasses.replace(PRESETS["demo"].training, learning_rate=1e-3, learning_rate_schedule="cosine")
+    assert learning_rate_callbacks(dataclasses.replace(training, learning_rate_schedule="constant"), 4) == []
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
+    rates = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: rates.append(
+        float(keras.backend.get_value(model.optimizer.learning_rate))))
+    data = tf.data.Dataset.from_tensor_slices((np.zeros((4, 2)), np.zeros((4, 1)))).batch(2)
+    model.fit(data, epochs=4, verbose=0, callbacks=[*learning_rate_callbacks(training, 4, replicas=2), record])
+    assert rates == pytest.approx([2e-3 * 0.5 * (1 + np.cos(np.pi * epoch / 4)) for epoch in range(4)])
+    assert rates[0] == pytest.approx(2e-3) and rates[-1] < 0.2 * rates[0]

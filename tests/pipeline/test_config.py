@@ -61,3 +61,12 @@ def test_local_folders_become_absolute_for_a_local_run_and_bucket_paths_stay(tmp
     assert config.metadata_path == str(tmp_path / "demo" / "metadata.sqlite")
     assert config.data.tfrecords_dir == str(tmp_path / "demo" / "tfrecords")
     assert config.serving_dir == "gs://bucket/serving" and config.drift.baseline_dir == ""
+
+
+@pytest.mark.parametrize("override, message", [
+    ("model.kernel_initializer=zeros", "model.kernel_initializer must be one of glorot_uniform, he_normal, got 'zeros'"),
+    ("training.learning_rate_schedule=step", "training.learning_rate_schedule must be one of constant, cosine"),
+])
+def test_an_initializer_or_schedule_the_model_does_not_know_is_refused_by_name(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("demo", overrides=[override])
