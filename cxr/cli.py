@@ -258,13 +258,27 @@ def _add_serve(commands) -> None:
                          help="replay assets.extra/tf_serving_warmup_requests on load (default %(default)s)")
     command.add_argument("--address_file", help="once answering, write the server's URL to this file (with "
                                                 "--rest_api_port 0, how a caller learns the port)")
+    logged = command.add_argument_group(
+        "request log", "a sample of the answered requests as TF Serving's PredictionLog records, for monitoring; "
+                       "they hold patient images, so keep the root where the images may be kept")
+    logged.add_argument("--request_log_root", help="a folder or gs:// path to log under (default: no log)")
+    logged.add_argument("--request_log_sample_rate", type=float, default=defaults.request_log_sample_rate,
+                        help="share of answered requests logged (default %(default)s)")
+    logged.add_argument("--request_log_label_rate", dest="request_log_label_rates", action="append",
+                        default=list(defaults.request_log_label_rates), metavar="LABEL=RATE",
+                        help="another share for requests to a version label, e.g. canary=1.0; repeat for several")
+    logged.add_argument("--request_log_max_age_hours", type=float, default=defaults.request_log_max_age_hours,
+                        help="log files older than this are removed (default %(default)s: 30 days)")
+    logged.add_argument("--request_log_max_total_bytes", type=int, default=defaults.request_log_max_total_bytes,
+                        help="the oldest log files are removed past this total (default %(default)s: 20 GiB)")
     command.set_defaults(run=_run_serve)
 
 
 def _run_serve(args) -> None:
     from cxr.serving.dev_server import serve
     from cxr.serving.server_settings import ServerSettings
-    serve(ServerSettings(**{field.name: getattr(args, field.name) for field in dataclasses.fields(ServerSettings)}))
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(ServerSettings)}
+    serve(ServerSettings(**{name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}))
 
 
 def _defaults(cls) -> Dict[str, object]:

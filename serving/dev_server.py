@@ -20,7 +20,7 @@ import logging
 import os
 import re
 import sys
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
@@ -28,6 +28,7 @@ from cxr import contract
 from cxr.serving.errors import ServingError
 from cxr.serving.http_server import HttpServer
 from cxr.serving.model_store import LoadedVersion, ModelSource, ModelStore
+from cxr.serving.request_log import RequestLogger, Served
 from cxr.serving.rest_json import error_body, input_values, parse_body, predict_response, signature_name
 from cxr.serving.server_settings import ServerSettings
 
@@ -51,10 +52,13 @@ class RunningServer:
     url: str
     store: ModelStore
     http: HttpServer
+    request_log: Optional[RequestLogger] = None
 
     def stop(self) -> None:
         self.store.stop()
         self.http.stop()
+        if self.request_log is not None:
+            self.request_log.close()
 
 
 def start(settings: ServerSettings) -> RunningServer:
@@ -63,12 +67,14 @@ def start(settings: ServerSettings) -> RunningServer:
     store = ModelStore(model_source(settings), warm_up=settings.enable_model_warmup)
     store.refresh()
     store.require_a_version()
-    http = HttpServer(lambda method, path, body: handle(store, method, path, body),
+    log_settings = settings.request_log()
+    request_log = RequestLogger(log_settings) if log_settings else None
+    http = HttpServer(lambda method, path, body: handle(store, method, path, body, request_log),
                       settings.host, settings.rest_api_port, settings.http_limits())
     store.poll_forever(settings.file_system_poll_wait_seconds)
     http.start()
     host, port = http.server_address
-    return RunningServer(f"http://{host}:{port}", store, http)
+    return RunningServer(f"http://{host}:{port}", store, http, request_log)
 
 
 def serve(settings: ServerSettings) -> None:
@@ -94,17 +100,21 @@ def _write_address(path: str, url: str) -> None:
     os.replace(partial, path)
 
 
-def handle(store: ModelStore, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
-    """One request of TF Serving's REST API: (HTTP status, JSON body)."""
+def handle(store: ModelStore, method: str, path: str, body: bytes,
+           request_log: Optional[RequestLogger] = None) -> Tuple[int, bytes]:
+    """One request of TF Serving's REST API: (HTTP status, JSON body); answered :predict requests are
+    offered to the request log, refused ones counted there."""
     try:
         if method == "GET":
             answer = _get(store, path)
         elif method == "POST":
-            answer = _post(store, path, body)
+            answer = _post(store, path, body, request_log)
         else:
             raise ServingError("INVALID_ARGUMENT", f"Unsupported HTTP method {method}; GET or POST")
         return 200, json.dumps(answer).encode("utf-8")
     except ServingError as error:
+        if request_log is not None:
+            request_log.refused(error.http_status, error.code)
         return error.http_status, error_body(error.message)
 
 
@@ -120,14 +130,19 @@ def _get(store: ModelStore, path: str) -> dict:
     return model_status(store, model, _int(version))
 
 
-def _post(store: ModelStore, path: str, body: bytes) -> dict:
+def _post(store: ModelStore, path: str, body: bytes, request_log: Optional[RequestLogger] = None) -> dict:
     match = _POST.fullmatch(path)
     if not match:
         raise ServingError("INVALID_ARGUMENT", f"Malformed request: POST {path}")
     model, version, label, method = match.groups()
     if method.lower() != "predict":
         raise ServingError("UNIMPLEMENTED", f"the development server answers :predict only, not :{method}")
-    return predict(store.get(model, _int(version), label), body)
+    loaded = store.get(model, _int(version), label)
+    answered = None
+    if request_log is not None:
+        def answered(signature: str, inputs: dict, outputs: dict) -> None:
+            request_log.offer(Served(model, loaded.version, label, signature), lambda: (inputs, outputs))
+    return predict(loaded, body, answered)
 
 
 def model_status(store: ModelStore, model: str, version: Optional[int]) -> dict:
@@ -142,7 +157,9 @@ def model_metadata(loaded: LoadedVersion, model: str) -> dict:
             "metadata": {"signature_def": {"signature_def": loaded.signature_defs}}}
 
 
-def predict(loaded: LoadedVersion, body: bytes) -> dict:
+def predict(loaded: LoadedVersion, body: bytes,
+            answered: Optional[Callable[[str, dict, dict], None]] = None) -> dict:
+    """The answer to a :predict body; `answered(signature, inputs, outputs)` sees the values of an answered one."""
     document = parse_body(body)
     name = signature_name(document)
     if name not in loaded.signatures:
@@ -155,7 +172,10 @@ def predict(loaded: LoadedVersion, body: bytes) -> dict:
         outputs = function(**tensors)
     except tf.errors.OpError as error:
         raise ServingError(_code_name(error), _clean(error.message)) from error
-    return predict_response({key: value.numpy() for key, value in outputs.items()}, row_format)
+    arrays = {key: value.numpy() for key, value in outputs.items()}
+    if answered is not None:
+        answered(name, values, arrays)
+    return predict_response(arrays, row_format)
 
 
 def _tensor(name: str, values: list, spec: tf.TensorSpec) -> tf.Tensor:

@@ -1,10 +1,35 @@
-"""`cxr serve`'s settings, under TF Serving's flag names. Plain Python: the command line takes its
-defaults from here without importing TensorFlow."""
+"""`cxr serve`'s settings, under TF Serving's flag names, and its request log's. Plain Python: the
+command line takes its defaults from here without importing TensorFlow."""
 import dataclasses
-from typing import Optional
+from typing import Mapping, Optional, Tuple
 
 from cxr import contract
 from cxr.serving.http_server import HttpLimits
+
+UNLABELLED = ""  # the rate key of requests that named no version label
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLogSettings:
+    root: str  # a folder or bucket path: <root>/<model>/<YYYY-MM-DD>/<HH>/requests-*.tfrecord
+    # The share of answered :predict requests kept, by the version label they asked for ("" none).
+    sample_rate: float = 0.1
+    label_rates: Mapping[str, float] = dataclasses.field(default_factory=dict)
+    max_file_bytes: int = 64 << 20  # a file is closed past this size, and at the turn of each hour
+    max_queued: int = 256  # records waiting to be written; past this, samples are dropped and counted
+    max_age_hours: float = 24 * 30
+    max_total_bytes: int = 20 << 30
+
+    def __post_init__(self):
+        for label, rate in {UNLABELLED: self.sample_rate, **self.label_rates}.items():
+            if not 0 <= rate <= 1:
+                raise ValueError(f"request log sample rate{f' of label {label!r}' if label else ''} must lie in "
+                                 f"0..1, got {rate}")
+        if self.max_file_bytes < 1 or self.max_queued < 1:
+            raise ValueError("request log file size and queue length must be positive")
+
+    def rate(self, label: Optional[str]) -> float:
+        return self.label_rates.get(label or UNLABELLED, self.sample_rate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +49,28 @@ class ServerSettings:
     # Not TF Serving's: once answering, the server writes its URL (http://host:port) to this file, so
     # that whoever started it on port 0 learns the port it got.
     address_file: Optional[str] = None
+    # A sample of the answered requests as PredictionLog records (serving/request_log.py); none unless a root is given.
+    request_log_root: Optional[str] = None
+    request_log_sample_rate: float = 0.1
+    request_log_label_rates: Tuple[str, ...] = ()  # label=rate, e.g. canary=1.0
+    request_log_max_age_hours: float = 24 * 30
+    request_log_max_total_bytes: int = 20 << 30
+
+    def request_log(self) -> Optional[RequestLogSettings]:
+        if not self.request_log_root:
+            return None
+        rates = {}
+        for entry in self.request_log_label_rates:
+            label, sep, rate = entry.partition("=")
+            try:
+                rates[label] = float(rate)
+            except ValueError:
+                sep = ""
+            if not sep or not label:
+                raise ValueError(f"--request_log_label_rate {entry!r} must look like label=rate, e.g. canary=1.0")
+        return RequestLogSettings(root=self.request_log_root, sample_rate=self.request_log_sample_rate,
+                                  label_rates=rates, max_age_hours=self.request_log_max_age_hours,
+                                  max_total_bytes=self.request_log_max_total_bytes)
 
     def http_limits(self) -> HttpLimits:
         return HttpLimits(max_body_bytes=self.max_body_bytes, header_timeout_s=self.read_timeout_seconds,

@@ -139,6 +139,7 @@ def test_the_flags_defaults_are_the_settings_types_own():
     from cxr.serving.server_settings import ServerSettings
     serve = _flag_defaults("serve")
     assert serve.pop("model_base_path") == "demo/serving/cxr"  # where make demo pushes, not the type's None
+    serve["request_log_label_rates"] = tuple(serve["request_log_label_rates"])  # appended to, so a list
     assert serve == {name: value for name, value in dataclasses.asdict(ServerSettings()).items()
                      if name != "model_base_path"}
     predict = _flag_defaults("predict")
