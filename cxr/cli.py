@@ -63,6 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_run(commands)
     _add_predict(commands)
     _add_serve(commands)
+    _add_log_proxy(commands)
     _add_kfp(commands)
     _add_report(commands)
     return parser
@@ -258,6 +259,11 @@ def _add_serve(commands) -> None:
                          help="replay assets.extra/tf_serving_warmup_requests on load (default %(default)s)")
     command.add_argument("--address_file", help="once answering, write the server's URL to this file (with "
                                                 "--rest_api_port 0, how a caller learns the port)")
+    _add_request_log_flags(command, defaults)
+    command.set_defaults(run=_run_serve)
+
+
+def _add_request_log_flags(command, defaults) -> None:
     logged = command.add_argument_group(
         "request log", "a sample of the answered requests as TF Serving's PredictionLog records, for monitoring; "
                        "they hold patient images, so keep the root where the images may be kept")
@@ -271,14 +277,50 @@ def _add_serve(commands) -> None:
                         help="log files older than this are removed (default %(default)s: 30 days)")
     logged.add_argument("--request_log_max_total_bytes", type=int, default=defaults.request_log_max_total_bytes,
                         help="the oldest log files are removed past this total (default %(default)s: 20 GiB)")
-    command.set_defaults(run=_run_serve)
+
+
+def _settings_from(cls, args):
+    """A settings dataclass from the flags named after its fields (repeated flags arrive as lists)."""
+    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(cls)}
+    return cls(**{name: tuple(value) if isinstance(value, list) else value for name, value in given.items()})
 
 
 def _run_serve(args) -> None:
     from cxr.serving.dev_server import serve
     from cxr.serving.server_settings import ServerSettings
-    given = {field.name: getattr(args, field.name) for field in dataclasses.fields(ServerSettings)}
-    serve(ServerSettings(**{name: tuple(value) if isinstance(value, list) else value for name, value in given.items()}))
+    serve(_settings_from(ServerSettings, args))
+
+
+def _add_log_proxy(commands) -> None:
+    from cxr.serving.server_settings import ProxySettings
+    defaults = ProxySettings()
+    command = commands.add_parser(
+        "log-proxy", help="pass TF Serving's REST API through and log a sample of what it answers",
+        description="A front for TF Serving's REST API (a sidecar in the serving pod): every request goes to "
+                    "TF Serving as it came, and a sample of the answered :predict requests is written as "
+                    "PredictionLog records for `cxr monitor`. Logging never slows or fails a request.")
+    command.add_argument("--upstream", default=defaults.upstream, help="TF Serving's REST address (default %(default)s)")
+    command.add_argument("--port", type=int, default=defaults.port, help="(default %(default)s; 0 picks a free port)")
+    command.add_argument("--host", default=defaults.host, help="address to bind (default %(default)s; 0.0.0.0 in a pod)")
+    command.add_argument("--upstream_timeout_seconds", type=float, default=defaults.upstream_timeout_seconds,
+                         help="TF Serving's answer must come within this (default %(default)s)")
+    command.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
+                         help="refuse larger request bodies with HTTP 413 (default %(default)s)")
+    command.add_argument("--read_timeout_seconds", type=float, default=defaults.read_timeout_seconds,
+                         help="a request's headers must arrive within this (default %(default)s)")
+    command.add_argument("--body_timeout_seconds", type=float, default=defaults.body_timeout_seconds,
+                         help="a request's body must arrive within this (default %(default)s)")
+    command.add_argument("--workers", type=int, default=defaults.workers,
+                         help="requests forwarded at once (default %(default)s)")
+    command.add_argument("--address_file", help="once answering, write the proxy's URL to this file")
+    _add_request_log_flags(command, defaults)
+    command.set_defaults(run=_run_log_proxy)
+
+
+def _run_log_proxy(args) -> None:
+    from cxr.serving.log_proxy import serve_proxy
+    from cxr.serving.server_settings import ProxySettings
+    serve_proxy(_settings_from(ProxySettings, args))
 
 
 def _defaults(cls) -> Dict[str, object]:

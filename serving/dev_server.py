@@ -17,7 +17,6 @@ a fixed pool of workers.
 import dataclasses
 import json
 import logging
-import os
 import re
 import sys
 from typing import Callable, Optional, Tuple
@@ -26,7 +25,7 @@ import tensorflow as tf
 
 from cxr import contract
 from cxr.serving.errors import ServingError
-from cxr.serving.http_server import HttpServer
+from cxr.serving.http_server import HttpServer, write_address
 from cxr.serving.model_store import LoadedVersion, ModelSource, ModelStore
 from cxr.serving.request_log import RequestLogger, Served
 from cxr.serving.rest_json import error_body, input_values, parse_body, predict_response, signature_name
@@ -83,21 +82,13 @@ def serve(settings: ServerSettings) -> None:
     source = running.store.source
     print(f"serving {source.name} from {source.base_path} at {running.url}/v1/models/{source.name}", flush=True)
     if settings.address_file:
-        _write_address(settings.address_file, running.url)
+        write_address(settings.address_file, running.url)
     try:
         running.http.thread.join()
     except KeyboardInterrupt:
         pass
     finally:
         running.stop()
-
-
-def _write_address(path: str, url: str) -> None:
-    """Whole or not at all: the reader polls for the file and must never see half a URL."""
-    partial = f"{path}.partial"
-    with open(partial, "w", encoding="utf-8") as f:
-        f.write(url + "\n")
-    os.replace(partial, path)
 
 
 def handle(store: ModelStore, method: str, path: str, body: bytes,
@@ -141,7 +132,7 @@ def _post(store: ModelStore, path: str, body: bytes, request_log: Optional[Reque
     answered = None
     if request_log is not None:
         def answered(signature: str, inputs: dict, outputs: dict) -> None:
-            request_log.offer(Served(model, loaded.version, label, signature), lambda: (inputs, outputs))
+            request_log.offer(label, lambda: (Served(model, loaded.version, label, signature), inputs, outputs))
     return predict(loaded, body, answered)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import errno
 import logging
+import os
 import socket
 import threading
 import time
@@ -24,7 +25,8 @@ log = logging.getLogger("cxr.serve")
 Handler = Callable[[str, str, bytes], Tuple[int, bytes]]
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 411: "Length Required",
             413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
-            500: "Internal Server Error", 501: "Not Implemented", 503: "Service Unavailable"}
+            500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
+            504: "Gateway Timeout"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,3 +212,12 @@ def _bound_socket(host: str, port: int) -> socket.socket:
                          if error.errno == errno.EADDRINUSE else "")) from None
     sock.listen(128)
     return sock
+
+
+def write_address(path: str, url: str) -> None:
+    """The server's URL in a file, whole or not at all: whoever started it on port 0 polls for the file
+    and must never read half a URL."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8") as f:
+        f.write(url + "\n")
+    os.replace(partial, path)

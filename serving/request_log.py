@@ -23,7 +23,7 @@ import re
 import threading
 import time
 from collections import Counter
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -97,23 +97,23 @@ class RequestLogger:
         self._thread = threading.Thread(target=self._write_forever, name="request-log", daemon=True)
         self._thread.start()
 
-    def offer(self, served: Served, build: Callable[[], tuple]) -> bool:
-        """Samples the request; `build()` -> (inputs, outputs) runs later, on the writer thread.
-        Returns whether the sample was queued; never blocks and never raises."""
-        rate = self.settings.rate(served.label)
+    def offer(self, label: Optional[str], build: Callable[[], Tuple[Served, Mapping, Mapping]]) -> bool:
+        """Samples a request made to this version label (None: none); `build()` -> (served, inputs, outputs)
+        runs later, on the writer thread. Returns whether the sample was queued; never blocks, never raises."""
+        rate = self.settings.rate(label)
         if rate <= 0 or self._rng.random() >= rate:
             return False
         try:
-            self._queue.put_nowait((served, build, self._clock(), rate))
+            self._queue.put_nowait((build, self._clock(), rate))
         except queue.Full:
             self._count("dropped: queue full")
             return False
         self._count("sampled")
         return True
 
-    def refused(self, status: int, code: str) -> None:
-        """A request answered with an error: counted by status and code, never stored."""
-        self._count(f"refused: {status} {code}")
+    def refused(self, status: int, reason: str) -> None:
+        """A request answered with an error: counted by status and reason, never stored."""
+        self._count(f"refused: {status} {reason}")
 
     def counts(self) -> Dict[str, int]:
         with self._lock:
@@ -140,8 +140,8 @@ class RequestLogger:
                 log.warning("request log: a sample was dropped: %s", error)
                 self._close_file(enforce=False)
 
-    def _write(self, served: Served, build: Callable[[], tuple], when: float, rate: float) -> None:
-        inputs, outputs = build()
+    def _write(self, build: Callable[[], tuple], when: float, rate: float) -> None:
+        served, inputs, outputs = build()
         record = prediction_log(served, inputs, outputs, when, rate).SerializeToString()
         if self._file is not None and not self._file.takes(served.model, when, len(record),
                                                           self.settings.max_file_bytes):

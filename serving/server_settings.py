@@ -33,23 +33,8 @@ class RequestLogSettings:
 
 
 @dataclasses.dataclass(frozen=True)
-class ServerSettings:
-    model_base_path: Optional[str] = None
-    model_name: str = contract.MODEL_NAME
-    model_config_file: Optional[str] = None
-    rest_api_port: int = contract.DEFAULT_REST_PORT  # 0 picks a free port
-    host: str = "127.0.0.1"
-    file_system_poll_wait_seconds: float = 1.0
-    # A request's JSON carries its images in base64 (4/3 of the files): 16 NIH PNGs are ~15 MB.
-    max_body_bytes: int = 32 * 1024 * 1024
-    enable_model_warmup: bool = True
-    read_timeout_seconds: float = 10.0  # a request's headers; an idle connection is closed after it
-    body_timeout_seconds: float = 60.0
-    workers: int = 4  # requests computed at once (TF Serving: --rest_api_num_threads)
-    # Not TF Serving's: once answering, the server writes its URL (http://host:port) to this file, so
-    # that whoever started it on port 0 learns the port it got.
-    address_file: Optional[str] = None
-    # A sample of the answered requests as PredictionLog records (serving/request_log.py); none unless a root is given.
+class RequestLogFlags:
+    """The request log's flags, shared by `cxr serve` and `cxr log-proxy`; no log unless a root is given."""
     request_log_root: Optional[str] = None
     request_log_sample_rate: float = 0.1
     request_log_label_rates: Tuple[str, ...] = ()  # label=rate, e.g. canary=1.0
@@ -71,6 +56,43 @@ class ServerSettings:
         return RequestLogSettings(root=self.request_log_root, sample_rate=self.request_log_sample_rate,
                                   label_rates=rates, max_age_hours=self.request_log_max_age_hours,
                                   max_total_bytes=self.request_log_max_total_bytes)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings(RequestLogFlags):
+    model_base_path: Optional[str] = None
+    model_name: str = contract.MODEL_NAME
+    model_config_file: Optional[str] = None
+    rest_api_port: int = contract.DEFAULT_REST_PORT  # 0 picks a free port
+    host: str = "127.0.0.1"
+    file_system_poll_wait_seconds: float = 1.0
+    # A request's JSON carries its images in base64 (4/3 of the files): 16 NIH PNGs are ~15 MB.
+    max_body_bytes: int = 32 * 1024 * 1024
+    enable_model_warmup: bool = True
+    read_timeout_seconds: float = 10.0  # a request's headers; an idle connection is closed after it
+    body_timeout_seconds: float = 60.0
+    workers: int = 4  # requests computed at once (TF Serving: --rest_api_num_threads)
+    # Not TF Serving's: once answering, the server writes its URL (http://host:port) to this file, so
+    # that whoever started it on port 0 learns the port it got.
+    address_file: Optional[str] = None
+
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(max_body_bytes=self.max_body_bytes, header_timeout_s=self.read_timeout_seconds,
+                          body_timeout_s=self.body_timeout_seconds, workers=self.workers)
+
+
+@dataclasses.dataclass(frozen=True)
+class ProxySettings(RequestLogFlags):
+    """`cxr log-proxy`: TF Serving's REST API passed through to `upstream`, a sample of it logged."""
+    upstream: str = f"http://localhost:{contract.DEFAULT_REST_PORT}"
+    port: int = 8511  # 0 picks a free port
+    host: str = "127.0.0.1"
+    upstream_timeout_seconds: float = 120.0
+    max_body_bytes: int = 32 * 1024 * 1024
+    read_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 60.0
+    workers: int = 8  # requests forwarded at once
+    address_file: Optional[str] = None
 
     def http_limits(self) -> HttpLimits:
         return HttpLimits(max_body_bytes=self.max_body_bytes, header_timeout_s=self.read_timeout_seconds,

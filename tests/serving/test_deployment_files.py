@@ -13,7 +13,9 @@ import yaml
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format, wrappers_pb2
 from tensorflow_serving.config.model_server_config_pb2 import ModelServerConfig
 
+from cxr import cli
 from cxr.pipeline.config import PipelineConfig, load_config
+from cxr.serving.server_settings import ProxySettings
 
 SERVING = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "serving")
 CPU_ENTRY = SERVING
@@ -251,12 +253,40 @@ def test_the_container_declares_the_ports_the_server_listens_on():
     assert (grpc_port(), rest_port()) == (8500, 8501)
 
 
-def test_the_service_forwards_to_the_servers_ports():
+def test_the_service_forwards_grpc_to_the_server_and_rest_through_the_request_log_s_proxy():
     svc = service()
     assert svc["spec"]["type"] == "ClusterIP"
-    targets = {p["name"]: container_port(p["targetPort"]) for p in svc["spec"]["ports"]}
-    assert targets == {"grpc": grpc_port(), "http": rest_port()}
+    targets = {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]}
+    assert container_port(targets["grpc"]) == grpc_port()
+    proxy = proxy_container()
+    (proxy_port,) = [p["containerPort"] for p in proxy["ports"] if p["name"] == targets["http"]]
+    assert proxy_port == proxy_settings().port
     assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 8500, "http": 8501}
+
+
+def test_the_proxy_runs_cxr_s_own_command_line_against_tf_serving_in_the_same_pod():
+    """Its arguments are parsed by the parser `cxr log-proxy` uses, so a flag that drifts fails here."""
+    settings = proxy_settings()
+    assert settings.upstream == f"http://localhost:{rest_port()}" and settings.host == "0.0.0.0"
+    request_log = settings.request_log()
+    assert request_log.label_rates == {"canary": 1.0} and 0 < request_log.sample_rate < 1
+    (volume,) = [v for v in pod_spec(deployment())["volumes"] if v["name"] == "request-logs"]
+    (mount,) = [m for m in proxy_container()["volumeMounts"] if m["name"] == volume["name"]]
+    assert mount["mountPath"] == settings.request_log_root and not mount.get("readOnly")
+    assert volume["persistentVolumeClaim"]["claimName"] in {
+        doc["metadata"]["name"] for doc in resource_docs(CPU_ENTRY) if doc["kind"] == "PersistentVolumeClaim"}
+    assert proxy_container()["securityContext"] == {"allowPrivilegeEscalation": False, "runAsNonRoot": True}
+
+
+def proxy_container():
+    (found,) = [c for c in pod_spec(deployment())["containers"] if c["name"] == "request-log-proxy"]
+    return found
+
+
+def proxy_settings():
+    proxy = proxy_container()
+    assert proxy["command"] == ["cxr", "log-proxy"]
+    return cli._settings_from(ProxySettings, cli._parser().parse_args(proxy["command"][1:] + proxy["args"]))
 
 
 def test_the_service_and_the_deployment_select_the_deployments_pods():
@@ -312,7 +342,7 @@ def test_every_file_the_kustomizations_list_exists():
             for name in listed:
                 path = os.path.join(directory, name)
                 assert os.path.isfile(path) or os.path.isfile(os.path.join(path, "kustomization.yaml")), path
-    assert len(resource_docs(GPU_ENTRY)) == len(resource_docs(CPU_ENTRY)) == 3
+    assert len(resource_docs(GPU_ENTRY)) == len(resource_docs(CPU_ENTRY)) == 4  # two claims, the Deployment, the Service
 
 
 def test_the_config_files_parse_as_tf_serving_reads_them():

@@ -21,8 +21,8 @@ from trained_model import demo_png
 SERVED = Served(model="cxr", version=3, label="canary", signature=contract.PREDICT_SIGNATURE)
 
 
-def _build(images):
-    return lambda: ({contract.IMAGES_INPUT: images}, {contract.PROBABILITIES: np.full((len(images), 4), 0.25)})
+def _build(images, served=SERVED):
+    return lambda: (served, {contract.IMAGES_INPUT: images}, {contract.PROBABILITIES: np.full((len(images), 4), 0.25)})
 
 
 def test_every_answered_request_of_a_served_model_is_a_prediction_log_tf_serving_s_reader_parses(
@@ -55,9 +55,9 @@ def test_a_label_s_rate_overrides_the_default_and_the_sample_is_uniform(tmp_path
     settings = RequestLogSettings(root=str(tmp_path), sample_rate=0.2, label_rates={"canary": 1.0}, max_queued=4096)
     logger = RequestLogger(settings, rng=random.Random(7))
     try:
-        taken = sum(logger.offer(SERVED, _build([b"x"])) for _ in range(50))
+        taken = sum(logger.offer("canary", _build([b"x"])) for _ in range(50))
         plain = Served("cxr", 3, None, contract.PREDICT_SIGNATURE)
-        sampled = sum(logger.offer(plain, _build([b"x"])) for _ in range(2000))
+        sampled = sum(logger.offer(None, _build([b"x"], plain)) for _ in range(2000))
     finally:
         logger.close()
     assert taken == 50
@@ -67,15 +67,15 @@ def test_a_label_s_rate_overrides_the_default_and_the_sample_is_uniform(tmp_path
 
 def test_files_roll_by_size_and_by_hour_and_name_their_model_day_and_hour(tmp_path):
     now = [calendar.timegm((2026, 12, 1, 9, 59, 0, 0, 0, 0))]
-    record = prediction_log(SERVED, *_build([bytes(600)])(), now[0], 1.0).ByteSize() + 16  # with TFRecord's framing
+    record = prediction_log(*_build([bytes(600)])(), now[0], 1.0).ByteSize() + 16  # with TFRecord's framing
     logger = RequestLogger(RequestLogSettings(root=str(tmp_path), sample_rate=1.0, max_file_bytes=2 * record + 10),
                            clock=lambda: now[0])
     try:
         for index in range(4):
-            logger.offer(SERVED, _build([bytes(600)]))  # two per file
+            logger.offer("canary", _build([bytes(600)]))  # two per file
         _drain(logger, 4)
         now[0] += 120  # 10:01
-        logger.offer(SERVED, _build([bytes(10)]))
+        logger.offer("canary", _build([bytes(10)]))
     finally:
         logger.close()
     files = log_files(str(tmp_path))
@@ -96,7 +96,7 @@ def test_a_failing_store_drops_samples_and_counts_them_and_requests_never_wait(t
     monkeypatch.setattr(request_log_module.tf.io, "TFRecordWriter", stuck_then_broken)
     logger = RequestLogger(RequestLogSettings(root=str(tmp_path), sample_rate=1.0, max_queued=4))
     started = time.monotonic()
-    offered = [logger.offer(SERVED, _build([b"x"])) for _ in range(20)]
+    offered = [logger.offer("canary", _build([b"x"])) for _ in range(20)]
     assert time.monotonic() - started < 0.5
     release.set()
     logger.close()

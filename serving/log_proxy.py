@@ -1,0 +1,166 @@
+"""`cxr log-proxy`: a front for TF Serving's REST API that logs a sample of what the model answers.
+
+Every request is passed to TF Serving (the `upstream`) as it came and its answer returned as it
+went, status and body; a sidecar in the serving pod, the Service pointing at it
+(serving/k8s/). Answered :predict requests are offered to the request log
+(serving/request_log.py), which samples them, and builds and writes their PredictionLog on its
+own thread: the JSON is parsed there, not on the request's path. Refused ones (4xx) are counted
+by status and reason. The version that answered a request for the latest version or a label is
+read from TF Serving's metadata of the same path (cached for a while, so a push within that
+while may be logged under the previous version).
+"""
+import json
+import logging
+import re
+import sys
+import threading
+import time
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+import requests
+
+from cxr import contract
+from cxr.serving.http_server import HttpServer, write_address
+from cxr.serving.request_log import RequestLogger, Served
+from cxr.serving.rest_json import decode_b64, error_body, input_values, parse_body, signature_name
+from cxr.serving.server_settings import ProxySettings
+
+log = logging.getLogger("cxr.log_proxy")
+_PREDICT = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:predict")
+VERSION_CACHE_S = 30.0
+
+
+class LogProxy:
+    def __init__(self, settings: ProxySettings):
+        self.settings = settings
+        self.upstream = settings.upstream.rstrip("/")
+        if "://" not in self.upstream:
+            self.upstream = f"http://{self.upstream}"
+        log_settings = settings.request_log()
+        self.request_log = RequestLogger(log_settings) if log_settings else None
+        self._sessions = threading.local()
+        self._versions: Dict[str, Tuple[float, int]] = {}
+        self._versions_lock = threading.Lock()
+        self.http = HttpServer(self.handle, settings.host, settings.port, settings.http_limits())
+
+    def start(self) -> "LogProxy":
+        self.http.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        host, port = self.http.server_address
+        return f"http://{host}:{port}"
+
+    def stop(self) -> None:
+        self.http.stop()
+        if self.request_log is not None:
+            self.request_log.close()
+
+    def handle(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
+        status, answer = self._forward(method, path, body)
+        if self.request_log is not None and method == "POST":
+            self._log(path, body, status, answer)
+        return status, answer
+
+    def _forward(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
+        session = getattr(self._sessions, "session", None)
+        if session is None:
+            session = self._sessions.session = requests.Session()
+        try:
+            response = session.request(method, self.upstream + path, data=body or None,
+                                       headers={"Content-Type": "application/json"},
+                                       timeout=self.settings.upstream_timeout_seconds)
+        except requests.Timeout:
+            return 504, error_body(f"TF Serving at {self.upstream} did not answer within "
+                                   f"{self.settings.upstream_timeout_seconds:g} s")
+        except requests.ConnectionError as error:
+            return 502, error_body(f"cannot reach TF Serving at {self.upstream}: {error}")
+        return response.status_code, response.content
+
+    def _log(self, path: str, body: bytes, status: int, answer: bytes) -> None:
+        match = _PREDICT.fullmatch(path)
+        if not match:
+            return
+        if 400 <= status < 500:
+            self.request_log.refused(status, refusal_reason(answer))
+            return
+        if status != 200:
+            return
+        model, version, label = match.groups()
+        self.request_log.offer(label, lambda: self._logged(model, version, label, path, body, answer))
+
+    def _logged(self, model: str, version: Optional[str], label: Optional[str], path: str, body: bytes,
+                answer: bytes):
+        """On the request log's thread: the request and its answer as (served, inputs, outputs)."""
+        document = parse_body(body)
+        inputs, _ = input_values(document, _input_names(document))
+        answered = int(version) if version else self._version_of(path.rsplit(":", 1)[0])
+        return Served(model, answered, label, signature_name(document)), inputs, outputs_of(json.loads(answer))
+
+    def _version_of(self, model_path: str) -> int:
+        with self._versions_lock:
+            cached = self._versions.get(model_path)
+        if cached and time.monotonic() - cached[0] < VERSION_CACHE_S:
+            return cached[1]
+        metadata = requests.get(f"{self.upstream}{model_path}/metadata", timeout=10).json()
+        version = int(metadata["model_spec"]["version"])
+        with self._versions_lock:
+            self._versions[model_path] = (time.monotonic(), version)
+        return version
+
+
+def _input_names(document: dict):
+    """The inputs a request names; one unnamed input is the model's images (the exported signatures')."""
+    first = (document.get("instances") or [None])[0] if "instances" in document else document.get("inputs")
+    if isinstance(first, dict) and set(first) != {"b64"}:
+        return sorted(first)
+    return [contract.IMAGES_INPUT]
+
+
+def outputs_of(answer: dict) -> Dict[str, np.ndarray]:
+    """TF Serving's JSON answer (row or columnar) as {output: array, one row per example}."""
+    if "predictions" in answer:
+        rows = answer["predictions"]
+        if rows and isinstance(rows[0], dict):
+            return {name: _array([row[name] for row in rows]) for name in rows[0]}
+        return {"outputs": _array(rows)}
+    outputs = answer["outputs"]
+    if isinstance(outputs, dict):
+        return {name: _array(values) for name, values in outputs.items()}
+    return {"outputs": _array(outputs)}
+
+
+def _array(values) -> np.ndarray:
+    decoded = decode_b64(values)
+    array = np.asarray(decoded)
+    if array.dtype.kind in "SU":  # bytes whole (numpy's fixed-width type drops trailing zero bytes); JSON text as UTF-8
+        return np.vectorize(lambda value: value if isinstance(value, bytes) else value.encode("utf-8"),
+                            otypes=[object])(np.array(decoded, dtype=object))
+    return array
+
+
+def refusal_reason(answer: bytes) -> str:
+    """TF Serving's error message cut to its kind ('Servable not found', 'JSON Parse error'...), so that
+    refusals count by kind: no image, file name or number is kept."""
+    try:
+        message = json.loads(answer).get("error", "")
+    except (ValueError, AttributeError):
+        return "not JSON"
+    kind = re.split(r"[:.\"'{(\[]", str(message), maxsplit=1)[0]
+    return re.sub(r"\d+", "N", kind).strip()[:60] or "no message"
+
+
+def serve_proxy(settings: ProxySettings) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    proxy = LogProxy(settings).start()
+    print(f"logging proxy at {proxy.url} for TF Serving at {proxy.upstream}", flush=True)
+    if settings.address_file:
+        write_address(settings.address_file, proxy.url)
+    try:
+        proxy.http.thread.join()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        proxy.stop()

@@ -1,0 +1,79 @@
+"""cxr log-proxy in front of a server with TF Serving's REST API (cxr serve stands in for TF Serving)."""
+import numpy as np
+import pytest
+import requests
+import tensorflow as tf
+
+from cxr import contract
+from cxr.serving.client import ServingClient, ServingRequestError
+from cxr.serving.dev_server import ServerSettings, start
+from cxr.serving.log_proxy import LogProxy, outputs_of, refusal_reason
+from cxr.serving.request_log import log_files, read_logs
+from cxr.serving.server_settings import ProxySettings
+from trained_model import demo_png
+
+
+@pytest.fixture
+def upstream(model_base_path):
+    running = start(ServerSettings(model_base_path=model_base_path, rest_api_port=0))
+    yield running
+    running.stop()
+
+
+def _proxy(upstream_url, root, **settings):
+    return LogProxy(ProxySettings(upstream=upstream_url, port=0, request_log_root=str(root),
+                                  request_log_sample_rate=1.0, **settings)).start()
+
+
+def test_answers_pass_through_unchanged_and_each_is_logged_with_the_version_that_answered(upstream, tmp_path):
+    proxy = _proxy(upstream.url, tmp_path / "log")
+    images = [demo_png(seed) for seed in range(4)]
+    try:
+        direct = ServingClient(upstream.url).predict(images, contract.EXPLAIN_SIGNATURE)
+        through = ServingClient(proxy.url).predict(images, contract.EXPLAIN_SIGNATURE)
+        assert ServingClient(proxy.url).status() == ServingClient(upstream.url).status()
+        with pytest.raises(ServingRequestError, match="Servable not found"):
+            ServingClient(proxy.url, model="nope", retries=0).predict(images[:1])
+    finally:
+        proxy.stop()
+    assert through == direct
+    [record] = read_logs(log_files(str(tmp_path / "log")))
+    spec = record.log_metadata.model_spec
+    assert (spec.name, spec.signature_name, spec.version.value) == ("cxr", contract.EXPLAIN_SIGNATURE, 1)
+    assert list(tf.make_ndarray(record.predict_log.request.inputs[contract.IMAGES_INPUT])) == images
+    outputs = record.predict_log.response.outputs
+    assert np.allclose(tf.make_ndarray(outputs[contract.HEATMAP]), [d[contract.HEATMAP] for d in direct], atol=1e-6)
+    assert [name.decode() for name in tf.make_ndarray(outputs[contract.CLASS_NAME])] == [
+        d[contract.CLASS_NAME] for d in direct]
+    counts = proxy.request_log.counts()
+    assert counts["written"] == 1 and counts["refused: 404 Servable not found for request"] == 1
+
+
+def test_a_server_that_cannot_be_reached_is_a_bad_gateway_and_nothing_is_logged(tmp_path):
+    proxy = _proxy("http://127.0.0.1:9", tmp_path / "log")  # the discard port: nothing listens
+    try:
+        response = requests.post(f"{proxy.url}/v1/models/cxr:predict", json={"instances": [1]}, timeout=30)
+    finally:
+        proxy.stop()
+    assert response.status_code == 502 and "cannot reach TF Serving at http://127.0.0.1:9" in response.json()["error"]
+    assert log_files(str(tmp_path / "log")) == [] and proxy.request_log.counts() == {}
+
+
+def test_tf_serving_s_answers_become_one_array_per_output_in_either_format():
+    rows = {"predictions": [{"class_name": "COVID", "probabilities": [0.1, 0.9]},
+                            {"class_name": "NORMAL", "probabilities": [0.8, 0.2]}]}
+    outputs = outputs_of(rows)
+    assert list(outputs["class_name"]) == [b"COVID", b"NORMAL"]
+    assert outputs["probabilities"].shape == (2, 2)
+    columns = outputs_of({"outputs": {"image_bytes": [{"b64": "AAEAAA=="}], "score": [0.5]}})
+    assert list(columns["image_bytes"]) == [b"\x00\x01\x00\x00"]  # trailing zero bytes kept
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (b'{"error": "Servable not found for request: Latest(nope)"}', "Servable not found for request"),
+    (b'{"error": "JSON Parse error: Invalid value. at offset: 0"}', "JSON Parse error"),
+    (b'{"error": "Expected 4 bytes, 17 given"}', "Expected N bytes, N given"),
+    (b"<html>", "not JSON"),
+])
+def test_refusals_count_by_the_kind_of_error_without_what_the_request_carried(answer, reason):
+    assert refusal_reason(answer) == reason
