@@ -12,7 +12,7 @@ import math
 import os
 import shutil
 import tempfile
-from typing import Dict, List
+from typing import Dict
 
 from google.protobuf import json_format
 from kfp import dsl

@@ -23,7 +23,6 @@ from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
-from cxr import contract
 from cxr.serving.errors import ServingError
 from cxr.serving.http_server import HttpServer, write_address
 from cxr.serving.model_store import LoadedVersion, ModelSource, ModelStore
