@@ -185,13 +185,8 @@ PRESETS = {
     "demo": PipelineConfig(
         pipeline_root="demo/pipeline", metadata_path="demo/metadata.sqlite", serving_dir="demo/serving",
         data=DataConfig(tfrecords_dir="demo/tfrecords"),
-        # 25 epochs of batches of 8 with He's initialization and a cosine schedule instead of 40 epochs of 16
-        # with Glorot's and a constant rate: the same test accuracy within the runs' spread, in about 40 s
-        # less training (bench/RESULTS.md, "Where make demo's time goes").
-        model=ModelSettings(image_size=96, filters=(32, 64, 128, 128), dense_units=(128, 128), dropout=0.2,
-                            kernel_initializer="he_normal"),
-        training=TrainingSettings(learning_rate=3e-4, learning_rate_schedule="cosine", batch_size=8, epochs=25,
-                                  early_stopping_patience=10,
+        model=ModelSettings(image_size=96, filters=(32, 64, 128, 128), dense_units=(128, 128), dropout=0.2),
+        training=TrainingSettings(learning_rate=3e-4, batch_size=16, epochs=40, early_stopping_patience=10,
                                   augmentation=AugmentationSettings(rotation=0.02, zoom=0.05, brightness=0.05,
                                                                     contrast=0.05)),
         gate=GateSettings(min_accuracy=0.6, min_class_recall=0.3, max_accuracy_regression=0.05),
