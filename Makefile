@@ -4,7 +4,7 @@ PY := .venv/bin/python
 # The demo preset's folders (pipeline/config.py): cxr run, report and serve find them with no flags.
 DEMO_DIR := demo
 
-.PHONY: setup demo test test-fast test-slow bench lock clean image
+.PHONY: setup compile-all demo test test-fast test-slow bench lock clean image
 
 .venv/.installed: requirements.lock setup.py scripts/bootstrap.sh
 	scripts/bootstrap.sh
@@ -23,13 +23,17 @@ demo: setup
 	scripts/demo_predict.sh $(DEMO_DIR)
 	.venv/bin/cxr report
 
-test: setup
+# The tests import more than make demo, which is all bootstrap compiles (scripts/bytecode.py).
+compile-all: setup
+	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') > /dev/null || true
+
+test: compile-all
 	$(PY) -m pytest tests
 
-test-fast: setup
+test-fast: compile-all
 	$(PY) -m pytest tests -m "not slow"
 
-test-slow: setup
+test-slow: compile-all
 	$(PY) -m pytest tests -m slow
 
 bench: setup

@@ -33,9 +33,11 @@ if [ ! -x .venv/bin/python ] || [ ! -x .venv/bin/pip ] \
   uv venv --quiet --seed --python "$python" .venv
 fi
 
-# --compile-bytecode: every process that imports TFX reads ~9,600 modules; without .pyc files
-# (PYTHONDONTWRITEBYTECODE set, as on CI machines, or a read-only environment) each one compiles
-# them again, about 19 s per process on two cores (bench/RESULTS.md, make demo).
-uv pip sync --quiet --compile-bytecode --python .venv/bin/python requirements.lock
-uv pip install --quiet --compile-bytecode --python .venv/bin/python --no-deps --editable .
+# Every process that imports TFX reads ~8,800 modules; without .pyc files (PYTHONDONTWRITEBYTECODE set,
+# as on CI machines, or a read-only environment) each one compiles them again, about 19 s per process on
+# two cores (bench/RESULTS.md, make demo). Compiling all ~20,900 modules of the lock takes ~33 s, so only
+# the folders make demo imports are compiled here (scripts/bytecode.py); `make test` compiles the rest.
+uv pip sync --quiet --python .venv/bin/python requirements.lock
+uv pip install --quiet --python .venv/bin/python --no-deps --editable .
+.venv/bin/python scripts/bytecode.py compile .venv
 echo "bootstrap: .venv ready ($(.venv/bin/python --version))" >&2

@@ -100,3 +100,11 @@ def loaded_model(model_base_path):
 def image(tmp_path_factory) -> image_env.ImageEnvironment:
     """kubeflow/Dockerfile's last stage, rebuilt without Docker (image_env.py): what the cluster's tasks run."""
     return image_env.build(str(tmp_path_factory.mktemp("image")))
+
+
+def pytest_collection_modifyitems(items):
+    # Rebuilding the image's environment (the `image` fixture) takes about 90 s: what needs it runs in
+    # make test and make test-slow, not in make test-fast.
+    for item in items:
+        if "image" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
