@@ -11,7 +11,7 @@ import os
 
 from setuptools import setup
 
-FOLDERS_UNDER_CXR = ("pipeline", "components", "dataprep", "kubeflow", "serving")
+FOLDERS_UNDER_CXR = ("pipeline", "components", "dataprep", "kubeflow", "serving", "monitoring")
 # Data files the code reads at run time, by package; the pipeline image installs the built wheel.
 PACKAGE_DATA = {"cxr.dataprep": ["mappings/*.yaml"], "cxr.pipeline": ["schema/*.pbtxt"]}
 

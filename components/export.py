@@ -78,6 +78,12 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
     def explain(images):
         return explain_pixels(pixels_of(images))
 
+    @tf.function(input_signature=[images_spec])
+    def embed(images):
+        pixels = pixels_of(images)
+        hidden = tf.cast(model.grad_cam_model(pixels, training=False)[1], tf.float32)
+        return {contract.EMBEDDING: hidden, **predict(pixels)}
+
     @tf.function(input_signature=[images_spec, tf.TensorSpec([None], tf.int64, name=contract.CLASS_ID_INPUT)])
     def explain_class(images, class_id):
         known = tf.logical_and(class_id >= 0, class_id < contract.NUM_CLASSES)
@@ -100,6 +106,7 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
     return {contract.PREDICT_SIGNATURE: serve_images.get_concrete_function(),
             contract.EXPLAIN_SIGNATURE: explain.get_concrete_function(),
             contract.EXPLAIN_CLASS_SIGNATURE: explain_class.get_concrete_function(),
+            contract.EMBED_SIGNATURE: embed.get_concrete_function(),
             contract.EXAMPLES_SIGNATURE: serve_examples.get_concrete_function(),
             contract.TRANSFORM_SIGNATURE: transform_features.get_concrete_function()}
 

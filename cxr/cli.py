@@ -5,10 +5,12 @@ imports them inside its function, after its checks), so a typo is answered at on
 """
 import argparse
 import dataclasses
+import datetime
 import glob
 import logging
 import os
 import sys
+import time
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -66,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_log_proxy(commands)
     _add_kfp(commands)
     _add_report(commands)
+    _add_monitor(commands)
     return parser
 
 
@@ -494,3 +497,57 @@ def _run_report(args) -> None:
     connection = grpc_connection(args.metadata_grpc) if args.metadata_grpc else sqlite_connection(args.metadata)
     path = write_report(collect(connection, args.run_id), args.out)
     print(f"report: {os.path.abspath(path)}")
+
+
+def _add_monitor(commands) -> None:
+    command = commands.add_parser(
+        "monitor", help="compare what the served model received (its request log) with its training split",
+        description="Cuts the logged requests between --since and --until into windows and judges each against "
+                    "the training split, as the model version that answered sees it (TFDV skew, MMD on "
+                    "embeddings), and against the window before (TFDV drift). Writes monitoring.json, index.html "
+                    "and queue/ (images to label) into --out. Exit status 3 when a window raises an alarm.")
+    _add_configuration(command)
+    command.add_argument("--logs", required=True, help="the request log root (cxr serve's or cxr log-proxy's "
+                                                       "--request_log_root; a folder or gs://)")
+    command.add_argument("--training", required=True, action="append", metavar="FILES",
+                         help="the raw TFRecords of the served model's training split, a glob, e.g. "
+                              "'demo/pipeline/ImportExampleGen/examples/<id>/Split-train/*'; repeat for several")
+    command.add_argument("--model_base_path", help="the pushed model folder whose versions answered (default "
+                                                   "<serving_dir>/<model_name> of the configuration)")
+    command.add_argument("--since", help="start, UTC: ISO 8601 (2026-12-02T08:00) or seconds since 1970 "
+                                         "(default: --until minus one day)")
+    command.add_argument("--until", help="end, the same way (default: now)")
+    command.add_argument("--window", type=float, default=3600.0, metavar="SECONDS",
+                         help="length of each window (default %(default)s)")
+    command.add_argument("--out", default="demo/monitoring", help="folder to write into (default %(default)s)")
+    command.set_defaults(run=_run_monitor)
+
+
+def _run_monitor(args) -> int:
+    config = load_config(args.preset, args.config, args.set)
+    until = _moment(args.until, "--until") if args.until else time.time()
+    since = _moment(args.since, "--since") if args.since else until - 86400
+    model_base_path = args.model_base_path or os.path.join(config.serving_dir, config.model_name)
+    import tensorflow as tf
+    from cxr.monitoring.monitor import monitor
+
+    training = sorted({path for pattern in args.training for path in tf.io.gfile.glob(pattern)})
+    if not training:
+        raise ValueError(f"--training {args.training}: no file matches")
+    result = monitor(args.logs, model_base_path, training, since, until, args.window, config.monitoring, args.out)
+    print(output.monitoring_summary(result, args.out))
+    return output.EXIT_ALARM if result["alarm"] else 0
+
+
+def _moment(text: str, flag: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{flag} {text!r}: expected ISO 8601 (2026-12-02T08:00) or seconds since 1970") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    return moment.timestamp()

@@ -105,6 +105,8 @@ PREDICT_SIGNATURE = "serving_default"
 EXPLAIN_SIGNATURE = "explain"
 # Grad-CAM for a class the caller names instead of the predicted one.
 EXPLAIN_CLASS_SIGNATURE = "explain_class"
+# What the softmax layer receives, per image: what monitoring compares between training and serving.
+EMBED_SIGNATURE = "embed"
 # tf.Examples in, probabilities out: what TFMA evaluates.
 EXAMPLES_SIGNATURE = "serving_examples"
 # Transform's graph alone: what TFMA preprocesses with.
@@ -118,6 +120,7 @@ PROBABILITIES = "probabilities"  # [N, NUM_CLASSES] float32, in the order of LAB
 CLASS_NAME = "class_name"  # [N] string
 PROBABILITY = "probability"  # [N] float32, of the explained class
 HEATMAP = "heatmap"  # [N, size, size] float32 in [0, 1], Grad-CAM of the explained class
+EMBEDDING = "embedding"  # [N, width of the last dense layer] float32, the embed signature's output
 # CLASS_ID above is also an output: [N] int64, the predicted (or explained) class.
 
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"

@@ -4,6 +4,7 @@ Plain Python over plain data (summaries, results, manifests): no TensorFlow, no 
 """
 import json
 import os
+import time
 from typing import Dict, Mapping, Sequence
 
 from cxr import contract
@@ -11,6 +12,7 @@ from cxr.contract import GATE_RECALL, LABELS, OUTCOMES, Nodes, class_metric_name
 
 EXIT_FAILED = 1
 EXIT_NOT_BLESSED = 3
+EXIT_ALARM = 4  # cxr monitor: a window differs from training or from the window before
 EXIT_INTERRUPTED = 130  # as shells report a command ended by Ctrl-C
 
 
@@ -143,3 +145,20 @@ def schedules_table(schedules) -> str:
                        for s in schedules]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+
+def monitoring_summary(result: dict, out_dir: str) -> str:
+    """One line per window of cxr monitor: the version that answered, when, how many images, the verdict."""
+    lines = [f"{'version':>12}  {'from (UTC)':19}  {'images':>6}  verdict"]
+    for window in result["windows"]:
+        alarms = [f"{f['check']} {f['feature']}" for f in window["findings"] if f["alarm"]]
+        verdict = (window.get("too_small") or "no requests") if not window["judged"] else \
+            ("ALARM: " + ", ".join(alarms)) if window["alarm"] else "as in training"
+        lines.append(f"{window['version']:>12}  {_utc(window['start'])}  {window['images']:>6}  {verdict}")
+    lines.append(f"{result.get('queued_for_labelling', 0)} images queued for labelling; "
+                 f"page: {os.path.join(out_dir, 'index.html')}")
+    return "\n".join(lines)
+
+
+def _utc(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))

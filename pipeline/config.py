@@ -17,6 +17,7 @@ from cxr import contract
 from cxr.components.settings import (
     AugmentationSettings, DriftSettings, GateSettings, InputLimits, ModelSettings, SettingsError, TrainerSettings,
     TrainingSettings, TunerSettings, ValidationSettings, read)
+from cxr.monitoring.settings import MonitoringSettings
 
 # A configuration file or override that does not fit the configuration: one error type for every
 # setting, the pipeline's own and the components' (whose types are the sections below).
@@ -89,6 +90,7 @@ class PipelineConfig:
     serving: InputLimits = InputLimits()  # what the exported model refuses before decoding
     tuner: TunerSettings = TunerSettings()
     drift: DriftSettings = DriftSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()  # cxr monitor's thresholds (monitoring/settings.py)
     kubeflow: KubeflowConfig = KubeflowConfig()
 
     def __post_init__(self):

@@ -192,7 +192,7 @@ class _OpenFile:
 
 def enforce_retention(root: str, max_age_hours: float, max_total_bytes: int, now: float) -> List[str]:
     """Removes the log files older than max_age_hours, then the oldest until the rest fit max_total_bytes."""
-    files = [(path, _file_time(path), tf.io.gfile.stat(path).length) for path in log_files(root)]
+    files = [(path, file_time(path), tf.io.gfile.stat(path).length) for path in log_files(root)]
     removed = [path for path, started, _ in files if started is not None and now - started > max_age_hours * 3600]
     kept = [(path, size) for path, started, size in files if path not in set(removed)]
     total = sum(size for _, size in kept)
@@ -206,7 +206,7 @@ def enforce_retention(root: str, max_age_hours: float, max_total_bytes: int, now
     return removed
 
 
-def _file_time(path: str) -> Optional[float]:
+def file_time(path: str) -> Optional[float]:
     found = _FILE_TIME.search(os.path.basename(path))
     if not found:
         return None

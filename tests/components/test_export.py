@@ -13,7 +13,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from cxr import contract
 from helpers import encode, phantom_picture
-from trained_model import IMAGE_SIZE, LIMITS, MAX_IMAGE_PIXELS, demo_png
+from trained_model import IMAGE_SIZE, LIMITS, MAX_IMAGE_PIXELS, SMALL_MODEL, demo_png
 
 CLASSES = len(contract.LABELS)
 
@@ -39,7 +39,26 @@ def test_the_signatures_have_the_names_dtypes_and_shapes_of_the_contract(model_b
     assert table[contract.EXPLAIN_SIGNATURE] == {"inputs": images, "outputs": explained}
     assert table[contract.EXPLAIN_CLASS_SIGNATURE] == {
         "inputs": {**images, contract.CLASS_ID_INPUT: ("int64", [-1])}, "outputs": explained}
+    predicted = table[contract.PREDICT_SIGNATURE]["outputs"]
+    assert table[contract.EMBED_SIGNATURE] == {"inputs": images, "outputs": {
+        **predicted, contract.EMBEDDING: ("float32", [-1, SMALL_MODEL.dense_units[-1]])}}
     assert {"serving_examples", "transform_features"} <= set(table)
+
+
+def test_the_embedding_is_what_the_softmax_layer_turns_into_the_served_probabilities(loaded_model):
+    images = tf.constant([demo_png(seed, label) for seed, label in enumerate(contract.LABELS)])
+    embedded = loaded_model.signatures[contract.EMBED_SIGNATURE](images=images)
+    served = loaded_model.signatures[contract.PREDICT_SIGNATURE](images=images)
+    weights = {v.name.split(":")[0]: v.numpy() for v in loaded_model.variables
+               if v.name.startswith(contract.PROBABILITIES + "/")}
+    logits = embedded[contract.EMBEDDING].numpy() @ weights[contract.PROBABILITIES + "/kernel"] \
+        + weights[contract.PROBABILITIES + "/bias"]
+    softmax = np.exp(logits - logits.max(axis=1, keepdims=True))
+    np.testing.assert_allclose(softmax / softmax.sum(axis=1, keepdims=True),
+                               served[contract.PROBABILITIES].numpy(), atol=1e-4)
+    np.testing.assert_allclose(embedded[contract.PROBABILITIES].numpy(), served[contract.PROBABILITIES].numpy(),
+                               atol=1e-6)
+    assert embedded[contract.EMBEDDING].numpy().min() >= 0  # the last dense layer's relu
 
 
 def test_no_output_alias_claims_to_be_binary(model_base_path):
@@ -143,7 +162,7 @@ def test_every_signature_refuses_a_bomb_before_decoding_it(loaded_model):
     bomb = _png_declaring(20_000, 20_000)
     arguments = {contract.IMAGES_INPUT: tf.constant([bomb]), "examples": tf.constant([_example(bomb)]),
                  contract.CLASS_ID_INPUT: tf.constant([0], tf.int64)}
-    assert len(loaded_model.signatures) == 5
+    assert len(loaded_model.signatures) == 6
     for name, function in loaded_model.signatures.items():
         inputs = function.structured_input_signature[1]
         assert {contract.IMAGES_INPUT, "examples"} & set(inputs), f"{name} takes neither images nor tf.Examples"

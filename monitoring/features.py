@@ -1,0 +1,150 @@
+"""What the monitor compares, per image: the facts ingestion records, pixel statistics, the model's
+answer and its embedding. The same functions describe logged requests and the training split, so
+no difference between the two comes from how they were described.
+"""
+import dataclasses
+import hashlib
+import io
+import math
+from typing import Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+from PIL import Image
+
+from cxr import contract
+from cxr.dataprep.probe import ImageFacts, probe
+
+# Logged requests are images the model answered, so they fit its input limits; this only keeps a
+# malformed record from decoding without bound.
+MAX_PIXELS = 1 << 26
+PIXEL_SAMPLE = 128  # pixel statistics read about this many rows and columns of each image
+EMBED_BATCH = 32
+
+# The features the monitor describes each image by (its TFDV statistics and the page use these names).
+PIXEL_MEAN, PIXEL_STD, PIXEL_P05, PIXEL_P95 = "pixel_mean", "pixel_std", "pixel_p05", "pixel_p95"
+PREDICTED_CLASS, TOP_PROBABILITY, ENTROPY = "predicted_class", "top_probability", "entropy"
+CATEGORICAL = (contract.FORMAT, PREDICTED_CLASS)
+NUMERIC = (contract.HEIGHT, contract.WIDTH, contract.CHANNELS, contract.BIT_DEPTH,
+           PIXEL_MEAN, PIXEL_STD, PIXEL_P05, PIXEL_P95, TOP_PROBABILITY, ENTROPY)
+
+
+@dataclasses.dataclass(frozen=True)
+class Received:
+    """One image as the served model received it (or, for the training split, would have)."""
+    image: bytes
+    time: float = 0.0
+    version: int = 0
+    probabilities: Optional[Sequence[float]] = None  # what was answered; None: ask the model
+    label: Optional[str] = None  # the training split's only
+
+
+@dataclasses.dataclass
+class Described:
+    """Images as rows of features, their embeddings, and the images no feature could be read from."""
+    received: List[Received]
+    table: pd.DataFrame
+    embeddings: np.ndarray
+    unreadable: List[str]  # why, one line per image left out
+
+    def __len__(self) -> int:
+        return len(self.received)
+
+
+def received_from_logs(logs: Iterable) -> List[Received]:
+    """Each image of each logged :predict that sent images and got probabilities back, one per row."""
+    found = []
+    for record in logs:
+        request, response = record.predict_log.request, record.predict_log.response
+        if contract.IMAGES_INPUT not in request.inputs or contract.PROBABILITIES not in response.outputs:
+            continue
+        images = tf.make_ndarray(request.inputs[contract.IMAGES_INPUT]).reshape(-1)
+        probabilities = tf.make_ndarray(response.outputs[contract.PROBABILITIES]).reshape(len(images), -1)
+        version = record.log_metadata.model_spec.version.value
+        found += [Received(bytes(image), float(record.log_metadata.timestamp_secs), version, tuple(row))
+                  for image, row in zip(images, probabilities)]
+    return found
+
+
+def describe(received: Sequence[Received], embed) -> Described:
+    """`embed(images)` -> the model's embed signature's outputs (embedding, probabilities) for a batch."""
+    kept, rows, unreadable = [], [], []
+    for item in received:
+        facts = probe(item.image, MAX_PIXELS)
+        if isinstance(facts, str):
+            unreadable.append(f"{contract.SHA256} {hashlib.sha256(item.image).hexdigest()}: {facts}")
+            continue
+        kept.append(item)
+        rows.append({**_facts(facts), **pixel_statistics(item.image, facts.bit_depth)})
+    embeddings, probabilities = _embedded(kept, embed)
+    for row, item, computed in zip(rows, kept, probabilities):
+        row.update(answer(item.probabilities if item.probabilities is not None else computed))
+    table = pd.DataFrame(rows, columns=list(CATEGORICAL + NUMERIC))
+    return Described(kept, table, embeddings, unreadable)
+
+
+def _facts(facts: ImageFacts) -> Dict[str, object]:
+    return {contract.FORMAT: facts.format, contract.HEIGHT: facts.height, contract.WIDTH: facts.width,
+            contract.CHANNELS: facts.channels, contract.BIT_DEPTH: facts.bit_depth}
+
+
+def pixel_statistics(image: bytes, bit_depth: int) -> Dict[str, float]:
+    """Mean, spread and 5th / 95th percentiles of the gray level, as a share of the bit depth's range:
+    an inverted or rescaled image moves them even where Transform's min-max scaling hides it from the model."""
+    with Image.open(io.BytesIO(image)) as opened:
+        pixels = np.asarray(opened, dtype=np.float64)
+    if pixels.ndim == 3:
+        pixels = pixels[..., :3].mean(axis=-1) if pixels.shape[-1] >= 3 else pixels[..., 0]
+    step = max(1, min(pixels.shape) // PIXEL_SAMPLE)
+    gray = pixels[::step, ::step] / float((1 << bit_depth) - 1)
+    p05, p95 = np.percentile(gray, [5, 95])
+    return {PIXEL_MEAN: float(gray.mean()), PIXEL_STD: float(gray.std()), PIXEL_P05: float(p05),
+            PIXEL_P95: float(p95)}
+
+
+def answer(probabilities: Sequence[float]) -> Dict[str, object]:
+    p = np.asarray(probabilities, dtype=np.float64)
+    entropy = -sum(v * math.log(v) for v in p if v > 0)
+    return {PREDICTED_CLASS: contract.LABELS[int(p.argmax())], TOP_PROBABILITY: float(p.max()),
+            ENTROPY: float(entropy)}
+
+
+def _embedded(received: Sequence[Received], embed):
+    if not received:
+        return np.zeros((0, 0), np.float32), []
+    embeddings, probabilities = [], []
+    for start in range(0, len(received), EMBED_BATCH):
+        outputs = embed([item.image for item in received[start:start + EMBED_BATCH]])
+        embeddings.append(np.asarray(outputs[contract.EMBEDDING], np.float32))
+        probabilities += list(np.asarray(outputs[contract.PROBABILITIES]))
+    return np.concatenate(embeddings), probabilities
+
+
+def saved_model_embedder(model_dir: str):
+    """The embed signature of one exported model version, as describe() calls it."""
+    signature = tf.saved_model.load(model_dir).signatures[contract.EMBED_SIGNATURE]
+
+    def embed(images: List[bytes]) -> Dict[str, np.ndarray]:
+        outputs = signature(**{contract.IMAGES_INPUT: tf.constant(images, tf.string)})
+        return {name: value.numpy() for name, value in outputs.items()}
+    return embed
+
+
+def received_from_examples(paths: Sequence[str]) -> List[Received]:
+    """The training split's images (raw tf.Examples, as ExampleGen writes them) with their labels."""
+    spec = {contract.IMAGE: tf.io.FixedLenFeature([], tf.string),
+            contract.LABEL: tf.io.FixedLenFeature([], tf.string)}
+    found = []
+    for record in tf.data.TFRecordDataset(list(paths), compression_type=_compression(paths)):
+        example = tf.io.parse_single_example(record, spec)
+        found.append(Received(example[contract.IMAGE].numpy(), label=example[contract.LABEL].numpy().decode()))
+    return found
+
+
+def _compression(paths: Sequence[str]) -> str:
+    gzipped = {path.endswith(".gz") for path in paths}
+    if len(gzipped) > 1:
+        raise ValueError(f"training files mix gzipped and plain TFRecords: {list(paths)[:4]}")
+    return "GZIP" if gzipped == {True} else ""
+

@@ -1,0 +1,187 @@
+"""cxr monitor: the logged requests of a time span, cut into windows, each judged against the training
+split as the model version that answered it saw it, and against the window before.
+
+Writes into its output folder monitoring.json (every distance, threshold and alarm), index.html
+(monitoring/page.py), and queue/ (the images to label: outlying or uncertain, with queue.csv).
+"""
+import csv
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+import tensorflow as tf
+
+from cxr import contract
+from cxr.monitoring import compare, features, page
+from cxr.monitoring.features import Described, Received
+from cxr.monitoring.settings import MonitoringSettings
+from cxr.serving import request_log
+
+MONITORING_JSON = "monitoring.json"
+PAGE = "index.html"
+QUEUE_DIR = "queue"
+QUEUE_CSV = "queue.csv"
+QUEUE_COLUMNS = ("sha256", "file", "time", "version", "predicted_class", "top_probability", "distance", "reason")
+UNCERTAIN, OUTLYING = "uncertain", "outlying"
+
+
+@dataclasses.dataclass
+class Reference:
+    """The training split as one model version sees it."""
+    version: int
+    described: Described
+    statistics: object
+    schema: object
+    embedding: compare.Embedding
+
+
+def monitor(logs_root: str, serving_dir: str, training_files: Sequence[str], since: float, until: float,
+            window_s: float, settings: MonitoringSettings, out_dir: str, seed: int = 0) -> dict:
+    if until <= since or window_s <= 0:
+        raise ValueError(f"--until must be after --since and the window positive (got {since}..{until}, {window_s} s)")
+    received = [item for item in features.received_from_logs(request_log.read_logs(_log_files(logs_root, since)))
+                if since <= item.time < until]
+    training = features.received_from_examples(training_files)
+    if not training:
+        raise ValueError(f"no training images in {list(training_files)[:4]}")
+    rng = np.random.default_rng(seed)
+    result = {"logs": logs_root, "since": since, "until": until, "window_s": window_s,
+              "settings": dataclasses.asdict(settings), "training_images": len(training),
+              "logged_images": len(received), "versions": {}, "windows": []}
+    queued: List[dict] = []
+    shown: page.Shown = {}
+    for version in sorted({item.version for item in received}):
+        model_dir = os.path.join(serving_dir, str(version))
+        embed = features.saved_model_embedder(model_dir)
+        reference = describe_reference(version, training, embed, settings)
+        result["versions"][str(version)] = {"model": model_dir, "training_unreadable": reference.described.unreadable,
+                                            "outlier_distance": reference.embedding.outlier_distance}
+        mine = [item for item in received if item.version == version]
+        windows, queue = judge_windows(mine, reference, embed, since, until, window_s, settings, rng)
+        result["windows"] += windows
+        queued += queue
+        shown.update(_explained(windows, mine, model_dir))
+    result["alarm"] = any(window["alarm"] for window in result["windows"])
+    write_outputs(result, queued, shown, out_dir)
+    return result
+
+
+def _explained(windows: List[dict], received: Sequence[Received], model_dir: str) -> page.Shown:
+    """The outlying images shown on the page, with the Grad-CAM of the version that answered them."""
+    wanted = {outlier["sha256"] for window in windows for outlier in window["outliers"]}
+    images = {_sha256(item.image): item.image for item in received if _sha256(item.image) in wanted}
+    if not images:
+        return {}
+    explain = tf.saved_model.load(model_dir).signatures[contract.EXPLAIN_SIGNATURE]
+    heatmaps = explain(**{contract.IMAGES_INPUT: tf.constant(list(images.values()), tf.string)})[contract.HEATMAP]
+    return {sha: (image, heatmap) for (sha, image), heatmap in zip(images.items(), heatmaps.numpy())}
+
+
+def _log_files(root: str, since: float) -> List[str]:
+    """The log files that can hold requests from `since` on: each file covers at most the hour it starts in."""
+    return [path for path in request_log.log_files(root)
+            if (request_log.file_time(path) or since) >= since - 3600]
+
+
+def describe_reference(version: int, training: Sequence[Received], embed, settings: MonitoringSettings) -> Reference:
+    described = features.describe(training, embed)
+    table = described.table.assign(**{contract.LABEL: [item.label for item in described.received]})
+    statistics = compare.statistics(table)
+    return Reference(version, described, statistics, compare.reference_schema(statistics, settings),
+                     compare.fit_embedding(described.embeddings, settings))
+
+
+def judge_windows(received: Sequence[Received], reference: Reference, embed, since: float, until: float,
+                  window_s: float, settings: MonitoringSettings, rng: np.random.Generator):
+    windows, queue, previous = [], [], None
+    start = since
+    while start < until:
+        end = min(start + window_s, until)
+        inside = [item for item in received if start <= item.time < end]
+        window = {"version": reference.version, "start": start, "end": end, "images": len(inside),
+                  "judged": False, "alarm": False, "findings": [], "unreadable": [], "outliers": []}
+        if inside:
+            described = features.describe(inside, embed)
+            window_statistics = compare.statistics(described.table)
+            window.update(_judged(described, window_statistics, previous, reference, settings, rng))
+            queue += _to_label(described, reference, settings)
+            window["outliers"] = _most_outlying(described, reference, settings.outliers_shown)
+            previous = window_statistics
+        windows.append(window)
+        start = end
+    return windows, queue
+
+
+def _judged(described: Described, window_statistics, previous, reference: Reference,
+            settings: MonitoringSettings, rng: np.random.Generator) -> dict:
+    findings = (compare.skew(reference.statistics, window_statistics, reference.schema)
+                + compare.drift(window_statistics, previous, reference.schema))
+    if len(described):
+        findings.append(compare.mmd_test(reference.embedding.project(reference.described.embeddings),
+                                         reference.embedding.project(described.embeddings), settings, rng))
+    judged = len(described) >= settings.min_window_images
+    return {"judged": judged, "alarm": judged and any(finding.alarm for finding in findings),
+            "too_small": None if judged else
+            f"{len(described)} images, fewer than monitoring.min_window_images ({settings.min_window_images})",
+            "findings": [compare.as_dict(finding) for finding in findings], "unreadable": described.unreadable,
+            "class_shares": _class_shares(described)}
+
+
+def _class_shares(described: Described) -> Dict[str, float]:
+    counts = described.table[features.PREDICTED_CLASS].value_counts()
+    return {label: float(counts.get(label, 0)) / len(described) for label in contract.LABELS}
+
+
+def _to_label(described: Described, reference: Reference, settings: MonitoringSettings) -> List[dict]:
+    distances = reference.embedding.distance(described.embeddings)
+    queued = []
+    for item, (_, row), distance in zip(described.received, described.table.iterrows(), distances):
+        reasons = ([UNCERTAIN] if row[features.TOP_PROBABILITY] < settings.uncertain_below else []) \
+            + ([OUTLYING] if distance > reference.embedding.outlier_distance else [])
+        if reasons:
+            queued.append({"item": item, "predicted_class": row[features.PREDICTED_CLASS],
+                           "top_probability": float(row[features.TOP_PROBABILITY]), "distance": float(distance),
+                           "reason": "+".join(reasons)})
+    return queued
+
+
+def _most_outlying(described: Described, reference: Reference, shown: int) -> List[dict]:
+    distances = reference.embedding.distance(described.embeddings)
+    order = np.argsort(-distances)[:shown]
+    return [{"index": int(i), "sha256": _sha256(described.received[i].image), "distance": float(distances[i]),
+             "predicted_class": described.table[features.PREDICTED_CLASS].iloc[i],
+             "top_probability": float(described.table[features.TOP_PROBABILITY].iloc[i])} for i in order]
+
+
+def write_outputs(result: dict, queued: List[dict], shown: page.Shown, out_dir: str) -> None:
+    tf.io.gfile.makedirs(os.path.join(out_dir, QUEUE_DIR))
+    rows = []
+    for entry in queued:
+        item: Received = entry["item"]
+        sha = _sha256(item.image)
+        name = f"{sha}.{'png' if item.image.startswith(contract.PNG_SIGNATURE) else 'jpg'}"
+        with tf.io.gfile.GFile(os.path.join(out_dir, QUEUE_DIR, name), "wb") as f:
+            f.write(item.image)
+        rows.append({"sha256": sha, "file": name, "time": item.time, "version": item.version,
+                     **{key: entry[key] for key in ("predicted_class", "top_probability", "distance", "reason")}})
+    with tf.io.gfile.GFile(os.path.join(out_dir, QUEUE_DIR, QUEUE_CSV), "w") as f:
+        writer = csv.DictWriter(f, QUEUE_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    result["queued_for_labelling"] = len(rows)
+    with tf.io.gfile.GFile(os.path.join(out_dir, MONITORING_JSON), "w") as f:
+        json.dump(result, f, indent=1, default=_plain)
+    with tf.io.gfile.GFile(os.path.join(out_dir, PAGE), "w") as f:
+        f.write(page.render(result, shown))
+
+
+def _plain(value):
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()

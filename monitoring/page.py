@@ -1,0 +1,87 @@
+"""index.html of cxr monitor, in the run report's style: the verdict per window, each feature's distance
+to training across windows, and the most outlying images with their Grad-CAM. Opens from disk."""
+import base64
+import html
+import io
+import time
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+from PIL import Image
+
+from cxr.monitoring import compare
+from cxr.serving.overlay import overlay
+
+STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
+th{background:#f3f3f3} figure{display:inline-block;margin:4px;font-size:12px} figure img{width:160px}
+.bad{color:#b00;font-weight:bold} .good{color:#070} .muted{color:#888}"""
+
+
+Shown = Dict[str, Tuple[bytes, Optional[np.ndarray]]]  # sha256 -> the image and its Grad-CAM heatmap
+
+
+def render(result: dict, shown: Shown) -> str:
+    windows = result["windows"]
+    verdict = ("<p class='bad'>Alarm: at least one window differs from training or from the window before.</p>"
+               if result["alarm"] else "<p class='good'>No alarm.</p>")
+    sections = [f"<h1>Monitoring {html.escape(result['logs'])}</h1>", verdict, _windows_table(windows),
+                _trend_table(windows, compare.SKEW), _trend_table(windows, compare.DRIFT),
+                _outliers(windows, shown)]
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>cxr monitor</title><style>{STYLE}</style>"
+            f"</head><body>{''.join(sections)}</body></html>")
+
+
+def _when(seconds: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def _windows_table(windows: List[dict]) -> str:
+    rows = []
+    for w in windows:
+        alarms = [f"{f['check']} {f['feature']}" for f in w["findings"] if f["alarm"]]
+        state = ("<span class='muted'>" + html.escape(w.get("too_small") or "no requests") + "</span>"
+                 if not w["judged"] else
+                 f"<span class='bad'>{html.escape(', '.join(alarms))}</span>" if w["alarm"] else
+                 "<span class='good'>as in training</span>")
+        rows.append(f"<tr><td>{w['version']}</td><td>{_when(w['start'])}</td><td>{_when(w['end'])}</td>"
+                    f"<td>{w['images']}</td><td style='text-align:left'>{state}</td></tr>")
+    return ("<h2>Windows</h2><table><tr><th>version</th><th>from (UTC)</th><th>to</th><th>images</th>"
+            f"<th>verdict</th></tr>{''.join(rows)}</table>")
+
+
+def _trend_table(windows: List[dict], check: str) -> str:
+    """One row per feature, one column per window: the distance, red where it passes its threshold."""
+    features = sorted({f["feature"] for w in windows for f in w["findings"] if f["check"] == check})
+    if not features:
+        return ""
+    header = "".join(f"<th>{_when(w['start'])[11:]}</th>" for w in windows)
+    rows = []
+    for name in features:
+        cells = []
+        for w in windows:
+            found = [f for f in w["findings"] if f["check"] == check and f["feature"] == name]
+            cells.append("<td class='muted'>-</td>" if not found else
+                         f"<td class='{'bad' if found[0]['alarm'] else ''}'>{found[0]['distance']:.3f}</td>")
+        threshold = next(f["threshold"] for w in windows for f in w["findings"]
+                         if f["check"] == check and f["feature"] == name)
+        rows.append(f"<tr><th style='text-align:left'>{html.escape(name)}</th><td>{threshold:g}</td>{''.join(cells)}</tr>")
+    title = "Against training (skew)" if check == compare.SKEW else "Against the window before (drift)"
+    return f"<h2>{title}</h2><table><tr><th>feature</th><th>threshold</th>{header}</tr>{''.join(rows)}</table>"
+
+
+def _outliers(windows: List[dict], shown: Shown) -> str:
+    figures = []
+    for w in windows:
+        for outlier in w["outliers"]:
+            if outlier["sha256"] not in shown:
+                continue
+            image, heatmap = shown[outlier["sha256"]]
+            picture = overlay(image, heatmap) if heatmap is not None else Image.open(io.BytesIO(image)).convert("RGB")
+            png = io.BytesIO()
+            picture.save(png, format="PNG")
+            figures.append(f"<figure><img src='data:image/png;base64,{base64.b64encode(png.getvalue()).decode()}'>"
+                           f"<figcaption>{_when(w['start'])[11:]} &middot; {html.escape(outlier['predicted_class'])} "
+                           f"{outlier['top_probability']:.2f}<br>distance {outlier['distance']:.1f}</figcaption></figure>")
+    return "<h2>Most outlying images (Grad-CAM of the predicted class)</h2>" + ("".join(figures) or "<p>none</p>")
+

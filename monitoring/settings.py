@@ -1,0 +1,31 @@
+"""The monitor's thresholds: the `monitoring` section of the pipeline's configuration.
+
+Each check records its raw distance whatever the threshold; the thresholds only say when a
+distance is an alarm. Their defaults were calibrated on windows of training data, where nothing
+drifts (bench/monitor.py, README "Monitoring"): there every alarm is a false one.
+"""
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class MonitoringSettings:
+    # A window with fewer logged images is reported as too small to judge: its distances are
+    # recorded, no alarm is raised.
+    min_window_images: int = 30
+    # TFDV's comparators, the same for skew (window vs training) and drift (window vs the previous
+    # window): L-infinity distance for categorical features (format, the predicted class), Jensen-Shannon
+    # divergence for numeric ones (size, depth, pixel statistics, top probability, entropy).
+    categorical_threshold: float = 0.3
+    numeric_threshold: float = 0.3
+    # The embeddings (the softmax layer's input, reduced to embedding_components principal components
+    # fitted on the training split): a maximum mean discrepancy between window and training whose
+    # permutation p-value (mmd_permutations permutations) is below mmd_p_value is an alarm.
+    embedding_components: int = 5
+    mmd_p_value: float = 0.01
+    mmd_permutations: int = 200
+    mmd_max_reference: int = 300  # training images the test draws from (its cost grows with the square)
+    # Queued for labelling: images whose top probability is below this, or whose embedding lies
+    # farther from the training split's than all but outlier_quantile of training images do.
+    uncertain_below: float = 0.5
+    outlier_quantile: float = 0.99
+    outliers_shown: int = 8  # per window, on the page, with their Grad-CAM

@@ -1,0 +1,170 @@
+"""cxr monitor on what cxr serve really logged: a window like training passes, a shifted one raises alarms."""
+import csv
+import io
+import json
+import math
+import os
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image, ImageOps
+
+from cxr import contract, output
+from cxr.cli import main
+from cxr.monitoring import compare
+from cxr.monitoring.settings import MonitoringSettings
+from cxr.serving.client import ServingClient
+from cxr.serving.dev_server import ServerSettings, start
+from helpers import encode, phantom_picture
+from trained_model import FINDINGS, demo_png
+
+PER_CLASS_TRAINING = 30
+PER_CLASS_WINDOW = 10
+
+
+def _write_training_split(path):
+    """Raw tf.Examples as ExampleGen writes them (gzipped), of phantoms the model never trained on."""
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for class_id, label in enumerate(contract.LABELS):
+            for i in range(PER_CLASS_TRAINING):
+                example = tf.train.Example(features=tf.train.Features(feature={
+                    contract.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[demo_png(5000 + 100 * class_id + i, label)])),
+                    contract.LABEL: tf.train.Feature(bytes_list=tf.train.BytesList(value=[label.encode()]))}))
+                writer.write(example.SerializeToString())
+
+
+def _like_training():
+    return [demo_png(7000 + 100 * class_id + i, label) for class_id, label in enumerate(contract.LABELS)
+            for i in range(PER_CLASS_WINDOW)]
+
+
+def _screen_photo(seed, label):
+    """A stand-in for a phone photo of a monitor: colour, a dark bezel, another shape, JPEG."""
+    picture = phantom_picture(seed, finding=FINDINGS[label]).convert("RGB")
+    tinted = Image.merge("RGB", [channel.point(lambda v, k=k: int(v * k)) for channel, k in
+                                 zip(picture.split(), (0.8, 0.95, 1.0))])
+    framed = ImageOps.expand(tinted.resize((110, 84)), border=12, fill=(20, 20, 24))
+    return encode(framed, "JPEG", quality=80)
+
+
+def _shifted():
+    """Inverted, dimmed, and photographed-screen versions of unseen phantoms."""
+    images = []
+    for class_id, label in enumerate(contract.LABELS):
+        for i in range(PER_CLASS_WINDOW):
+            seed = 8000 + 100 * class_id + i
+            picture = phantom_picture(seed, finding=FINDINGS[label])
+            kind = i % 3
+            if kind == 0:
+                images.append(encode(ImageOps.invert(picture), "PNG"))
+            elif kind == 1:
+                images.append(encode(picture.point(lambda v: int(v * 0.4)), "PNG"))
+            else:
+                images.append(_screen_photo(seed, label))
+    return images
+
+
+def _send(client, images, batch=8):
+    for start_at in range(0, len(images), batch):
+        client.predict(images[start_at:start_at + batch])
+
+
+@pytest.fixture(scope="module")
+def logged(model_base_path, tmp_path_factory):
+    """Three windows of requests to cxr serve, logged in full: like training, shifted, and too few shifted."""
+    root = tmp_path_factory.mktemp("monitoring")
+    running = start(ServerSettings(model_base_path=model_base_path, rest_api_port=0,
+                                   request_log_root=str(root / "log"), request_log_sample_rate=1.0))
+    batches = [_like_training(), _shifted(), _shifted()[:9]]
+    try:
+        client = ServingClient(running.url)
+        since = math.floor(time.time())
+        began = time.time()
+        _send(client, batches[0])
+        window = math.ceil(2 * (time.time() - began)) + 2
+        for index, images in enumerate(batches[1:], start=1):
+            time.sleep(max(0.0, since + index * window - time.time()))
+            _send(client, images)
+            assert time.time() < since + (index + 1) * window, "a batch overran its window: the test cannot judge"
+    finally:
+        running.stop()  # and the logger writes what it holds
+    _write_training_split(str(root / "train.tfrecord.gz"))
+    return {"root": root, "since": since, "window": window, "until": since + 3 * window}
+
+
+@pytest.fixture(scope="module")
+def monitored(logged, model_base_path):
+    out = logged["root"] / "out"
+    status = main(["monitor", "--logs", str(logged["root"] / "log"), "--training", str(logged["root"] / "train.tfrecord.gz"),
+                   "--model_base_path", model_base_path, "--since", str(logged["since"]),
+                   "--until", str(logged["until"]), "--window", str(logged["window"]), "--out", str(out)])
+    with open(out / "monitoring.json") as f:
+        return {"status": status, "result": json.load(f), "out": out}
+
+
+def _alarms(window):
+    return {(f["check"], f["feature"]) for f in window["findings"] if f["alarm"]}
+
+
+def test_the_window_like_training_passes_and_the_shifted_one_raises_alarms(monitored):
+    like, shifted, few = monitored["result"]["windows"]
+    assert (like["images"], shifted["images"], few["images"]) == (40, 40, 9)
+    assert like["judged"] and not like["alarm"], _alarms(like)
+    assert shifted["judged"] and shifted["alarm"]
+    alarms = _alarms(shifted)
+    assert {(compare.SKEW, "pixel_mean"), (compare.EMBEDDING, contract.EMBEDDING)} <= alarms, alarms
+    assert (compare.SCHEMA, contract.FORMAT) in alarms  # JPEG, which the training split never had
+    assert monitored["status"] == output.EXIT_ALARM
+
+
+def test_every_distance_is_recorded_with_its_threshold_alarm_or_not(monitored):
+    like = monitored["result"]["windows"][0]
+    skewed = {f["feature"]: f for f in like["findings"] if f["check"] == compare.SKEW}
+    assert {"pixel_mean", "pixel_std", "top_probability", "entropy", contract.FORMAT, "predicted_class"} <= set(skewed)
+    assert all(f["distance"] is not None and f["threshold"] > 0 for f in skewed.values())
+    [embedding] = [f for f in like["findings"] if f["check"] == compare.EMBEDDING]
+    assert embedding["p_value"] >= MonitoringSettings().mmd_p_value
+
+
+def test_the_shifted_window_drifts_from_the_one_before_and_a_window_too_small_is_not_judged(monitored):
+    _, shifted, few = monitored["result"]["windows"]
+    assert any(f["check"] == compare.DRIFT and f["alarm"] for f in shifted["findings"])
+    assert not few["judged"] and not few["alarm"]
+    assert "fewer than monitoring.min_window_images" in few["too_small"]
+
+
+def test_outlying_and_uncertain_images_are_queued_for_labelling_with_their_bytes(monitored):
+    queue = monitored["out"] / "queue"
+    with open(queue / "queue.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows
+    shifted = set(map(_sha256, _shifted()))
+    assert sum(row["sha256"] in shifted for row in rows) > len(rows) / 2
+    for row in rows:
+        with open(queue / row["file"], "rb") as f:
+            assert _sha256(f.read()) == row["sha256"]
+        assert row["reason"] in ("uncertain", "outlying", "uncertain+outlying")
+
+
+def test_the_page_shows_the_verdicts_and_the_outlying_images(monitored):
+    page = (monitored["out"] / "index.html").read_text()
+    assert "Alarm" in page and "as in training" in page and "fewer than" in page
+    assert page.count("data:image/png;base64,") >= MonitoringSettings().outliers_shown
+
+
+def test_the_embedding_test_alarms_at_its_p_value_on_no_shift_and_finds_a_shift():
+    settings = MonitoringSettings(mmd_p_value=0.1, mmd_permutations=50, mmd_max_reference=150)
+    rng = np.random.default_rng(0)
+    reference = rng.normal(size=(150, 5))
+    same = [compare.mmd_test(reference, rng.normal(size=(30, 5)), settings, rng).alarm for _ in range(40)]
+    moved = [compare.mmd_test(reference, rng.normal(size=(30, 5)) + [1.0, 0, 0, 0, 0], settings, rng).alarm
+             for _ in range(10)]
+    assert sum(same) <= 8  # 10 % expected: 4 of 40
+    assert sum(moved) == 10
+
+
+def _sha256(data):
+    import hashlib
+    return hashlib.sha256(data).hexdigest()
