@@ -69,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_kfp(commands)
     _add_report(commands)
     _add_monitor(commands)
+    _add_feedback(commands)
     return parser
 
 
@@ -551,3 +552,36 @@ def _moment(text: str, flag: str) -> float:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=datetime.timezone.utc)
     return moment.timestamp()
+
+
+def _add_feedback(commands) -> None:
+    from cxr.dataprep.config import IngestConfig
+    ingest = _defaults(IngestConfig)
+    default_dir = PRESETS[DEFAULT_PRESET].data.tfrecords_dir
+    command = commands.add_parser(
+        "feedback", help="labelled images the served model received -> a new span for the next run",
+        description="Takes confirmed labels (a CSV of sha256,label[,patient_id]) of images cxr monitor queued "
+                    "(--images, its queue/ folder) and publishes a new span: the latest span's records and the new "
+                    "images (source 'served'), de-duplicated against the span and each other as ingestion does. "
+                    "The next `cxr run` (or scheduled run) trains on it.")
+    command.add_argument("--labels", required=True, help="CSV with the columns sha256,label[,patient_id]")
+    command.add_argument("--images", required=True, help="folder holding the labelled images (cxr monitor's queue/)")
+    command.add_argument("--tfrecords-dir", default=default_dir, help="the spans' folder (default %(default)s)")
+    command.add_argument("--from-span", type=int, help="the span to extend (default: the latest)")
+    command.add_argument("--span", type=int, help="the new span's number (default: the latest plus one)")
+    command.add_argument("--near-duplicate-max-distance", type=int, default=ingest["near_duplicate_max_distance"],
+                         help="as cxr build-tfrecords (default %(default)s)")
+    command.set_defaults(run=_run_feedback)
+
+
+def _run_feedback(args) -> None:
+    from cxr.dataprep.config import IngestConfig
+    from cxr.dataprep.feedback import find_images, latest_span, read_labels, write_feedback_span
+
+    confirmed = find_images(read_labels(args.labels), args.images)
+    latest = latest_span(args.tfrecords_dir)
+    from_span = latest if args.from_span is None else args.from_span
+    span = latest + 1 if args.span is None else args.span
+    manifest = write_feedback_span(confirmed, args.tfrecords_dir, from_span, span, args.near_duplicate_max_distance,
+                                   _defaults(IngestConfig)["max_pixels"])
+    print(output.feedback_summary(manifest))

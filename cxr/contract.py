@@ -15,12 +15,14 @@ NUM_CLASSES = len(LABELS)
 COVID_RADIOGRAPHY = "covid_radiography"
 CURATED = "curated"
 NIH = "nih"
-SOURCES = (COVID_RADIOGRAPHY, CURATED, NIH)
+SOURCES = (COVID_RADIOGRAPHY, CURATED, NIH)  # the datasets ingestion reads
+SERVED = "served"  # images the served model received, labelled afterwards (cxr feedback)
+RECORD_SOURCES = SOURCES + (SERVED,)  # every value the records' source feature takes
 
 # Features of the records the builder writes (raw) and of Transform's output (transformed).
 IMAGE = "image"  # raw: the original PNG or JPEG bytes; transformed: size x size 8-bit gray pixels in one bytes value
 LABEL = "label"  # one of LABELS
-SOURCE = "source"  # one of SOURCES
+SOURCE = "source"  # one of RECORD_SOURCES
 CLASS_ID = "class_id"  # transformed: the label's position in LABELS (-1 unknown)
 # Raw only: where the image came from and what ingestion found in its header (dataprep/probe.py).
 PATIENT_ID = "patient_id"  # ExampleGen splits by it: no patient's images straddle two splits

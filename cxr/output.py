@@ -149,6 +149,9 @@ def schedules_table(schedules) -> str:
 
 def monitoring_summary(result: dict, out_dir: str) -> str:
     """One line per window of cxr monitor: the version that answered, when, how many images, the verdict."""
+    if not result["windows"]:
+        return (f"no logged :predict request with images between {_utc(result['since'])} and "
+                f"{_utc(result['until'])} UTC under {result['logs']}")
     lines = [f"{'version':>12}  {'from (UTC)':19}  {'images':>6}  verdict"]
     for window in result["windows"]:
         alarms = [f"{f['check']} {f['feature']}" for f in window["findings"] if f["alarm"]]
@@ -162,3 +165,15 @@ def monitoring_summary(result: dict, out_dir: str) -> str:
 
 def _utc(seconds: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+
+
+def feedback_summary(manifest: dict) -> str:
+    """What cxr feedback made of the labelled images, and the new span's classes by source."""
+    feedback = manifest["feedback"]
+    lines = [f"span {manifest['span']}: span {feedback['extends_span']} and {feedback['written']} of "
+             f"{feedback['labelled']} labelled images ({feedback['duplicate']} duplicates, {feedback['conflict']} "
+             f"conflicts, {feedback['quarantined']} quarantined)"]
+    lines += [f"  {entry['sha256'][:16]}  {entry['outcome']}" + (f" of {entry['of']} ({entry['its_label']})"
+                                                                 if "of" in entry else "")
+              for entry in feedback["images"] if entry["outcome"] != "written"]
+    return "\n".join(lines + [class_by_source_table(manifest["written"])])

@@ -51,6 +51,11 @@ class Described:
     def __len__(self) -> int:
         return len(self.received)
 
+    def subset(self, indices: Sequence[int]) -> "Described":
+        indices = list(indices)
+        return Described([self.received[i] for i in indices], self.table.iloc[indices].reset_index(drop=True),
+                         self.embeddings[indices], [])
+
 
 def received_from_logs(logs: Iterable) -> List[Received]:
     """Each image of each logged :predict that sent images and got probabilities back, one per row."""

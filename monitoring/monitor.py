@@ -55,6 +55,9 @@ def monitor(logs_root: str, serving_dir: str, training_files: Sequence[str], sin
     shown: page.Shown = {}
     for version in sorted({item.version for item in received}):
         model_dir = os.path.join(serving_dir, str(version))
+        if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
+            raise ValueError(f"version {version} answered logged requests, but {model_dir} holds no SavedModel: "
+                             f"give the folder the served versions are pushed to with --model_base_path")
         embed = features.saved_model_embedder(model_dir)
         reference = describe_reference(version, training, embed, settings)
         result["versions"][str(version)] = {"model": model_dir, "training_unreadable": reference.described.unreadable,
@@ -87,7 +90,10 @@ def _log_files(root: str, since: float) -> List[str]:
 
 
 def describe_reference(version: int, training: Sequence[Received], embed, settings: MonitoringSettings) -> Reference:
-    described = features.describe(training, embed)
+    return reference_of(version, features.describe(training, embed), settings)
+
+
+def reference_of(version: int, described: Described, settings: MonitoringSettings) -> Reference:
     table = described.table.assign(**{contract.LABEL: [item.label for item in described.received]})
     statistics = compare.statistics(table)
     return Reference(version, described, statistics, compare.reference_schema(statistics, settings),
@@ -106,7 +112,7 @@ def judge_windows(received: Sequence[Received], reference: Reference, embed, sin
         if inside:
             described = features.describe(inside, embed)
             window_statistics = compare.statistics(described.table)
-            window.update(_judged(described, window_statistics, previous, reference, settings, rng))
+            window.update(judge(described, window_statistics, previous, reference, settings, rng))
             queue += _to_label(described, reference, settings)
             window["outliers"] = _most_outlying(described, reference, settings.outliers_shown)
             previous = window_statistics
@@ -115,8 +121,9 @@ def judge_windows(received: Sequence[Received], reference: Reference, embed, sin
     return windows, queue
 
 
-def _judged(described: Described, window_statistics, previous, reference: Reference,
-            settings: MonitoringSettings, rng: np.random.Generator) -> dict:
+def judge(described: Described, window_statistics, previous, reference: Reference,
+          settings: MonitoringSettings, rng: np.random.Generator) -> dict:
+    """One window's findings against the reference (and the previous window's statistics, if any)."""
     findings = (compare.skew(reference.statistics, window_statistics, reference.schema)
                 + compare.drift(window_statistics, previous, reference.schema))
     if len(described):

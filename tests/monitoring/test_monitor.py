@@ -1,24 +1,21 @@
 """cxr monitor on what cxr serve really logged: a window like training passes, a shifted one raises alarms."""
 import csv
-import io
+import hashlib
 import json
 import math
-import os
 import time
 
 import numpy as np
 import pytest
 import tensorflow as tf
-from PIL import Image, ImageOps
 
 from cxr import contract, output
 from cxr.cli import main
-from cxr.monitoring import compare
+from cxr.monitoring import compare, shifts
 from cxr.monitoring.settings import MonitoringSettings
 from cxr.serving.client import ServingClient
 from cxr.serving.dev_server import ServerSettings, start
-from helpers import encode, phantom_picture
-from trained_model import FINDINGS, demo_png
+from trained_model import demo_png
 
 PER_CLASS_TRAINING = 30
 PER_CLASS_WINDOW = 10
@@ -40,30 +37,10 @@ def _like_training():
             for i in range(PER_CLASS_WINDOW)]
 
 
-def _screen_photo(seed, label):
-    """A stand-in for a phone photo of a monitor: colour, a dark bezel, another shape, JPEG."""
-    picture = phantom_picture(seed, finding=FINDINGS[label]).convert("RGB")
-    tinted = Image.merge("RGB", [channel.point(lambda v, k=k: int(v * k)) for channel, k in
-                                 zip(picture.split(), (0.8, 0.95, 1.0))])
-    framed = ImageOps.expand(tinted.resize((110, 84)), border=12, fill=(20, 20, 24))
-    return encode(framed, "JPEG", quality=80)
-
-
 def _shifted():
     """Inverted, dimmed, and photographed-screen versions of unseen phantoms."""
-    images = []
-    for class_id, label in enumerate(contract.LABELS):
-        for i in range(PER_CLASS_WINDOW):
-            seed = 8000 + 100 * class_id + i
-            picture = phantom_picture(seed, finding=FINDINGS[label])
-            kind = i % 3
-            if kind == 0:
-                images.append(encode(ImageOps.invert(picture), "PNG"))
-            elif kind == 1:
-                images.append(encode(picture.point(lambda v: int(v * 0.4)), "PNG"))
-            else:
-                images.append(_screen_photo(seed, label))
-    return images
+    return shifts.mixed([demo_png(8000 + 100 * class_id + i, label) for class_id, label in enumerate(contract.LABELS)
+                         for i in range(PER_CLASS_WINDOW)])
 
 
 def _send(client, images, batch=8):
@@ -165,6 +142,40 @@ def test_the_embedding_test_alarms_at_its_p_value_on_no_shift_and_finds_a_shift(
     assert sum(moved) == 10
 
 
+
 def _sha256(data):
-    import hashlib
     return hashlib.sha256(data).hexdigest()
+
+
+def _one_logged_request(root, version, when):
+    from cxr.serving.request_log import Served, prediction_log
+    path = root / "cxr" / "requests-20261202T000000-1-1.tfrecord"
+    path.parent.mkdir(parents=True)
+    record = prediction_log(Served("cxr", version, None, contract.PREDICT_SIGNATURE),
+                            {contract.IMAGES_INPUT: [demo_png(1)]},
+                            {contract.PROBABILITIES: np.array([[0.1, 0.2, 0.6, 0.1]], np.float32)}, when, 1.0)
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(record.SerializeToString())
+
+
+def test_a_version_the_model_folder_lacks_is_named(tmp_path, capsys):
+    _one_logged_request(tmp_path / "log", 7, 1_700_000_000)
+    _write_training_split(str(tmp_path / "train.gz"))
+    status = main(["monitor", "--logs", str(tmp_path / "log"), "--training", str(tmp_path / "train.gz"),
+                   "--model_base_path", str(tmp_path / "models"), "--since", "1699999000", "--until", "1700001000",
+                   "--out", str(tmp_path / "out")])
+    assert status == 2
+    assert f"version 7 answered logged requests, but {tmp_path / 'models' / '7'} holds no SavedModel" in \
+        capsys.readouterr().err
+
+
+def test_no_request_in_the_span_is_said_and_a_bad_moment_is_refused_by_flag(tmp_path, capsys):
+    _one_logged_request(tmp_path / "log", 1, 1_700_000_000)
+    _write_training_split(str(tmp_path / "train.gz"))
+    common = ["monitor", "--logs", str(tmp_path / "log"), "--training", str(tmp_path / "train.gz"),
+              "--out", str(tmp_path / "out")]
+    assert main(common + ["--since", "2026-01-01T00:00", "--until", "2026-01-02T00:00"]) == 0
+    assert "no logged :predict request with images between 2026-01-01 00:00:00 and 2026-01-02 00:00:00" in \
+        capsys.readouterr().out
+    assert main(common + ["--since", "yesterday"]) == 2
+    assert "--since 'yesterday': expected ISO 8601" in capsys.readouterr().err

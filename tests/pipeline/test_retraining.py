@@ -1,13 +1,20 @@
 """A scheduled retrain, reproduced locally: span 1 is trained and pushed; a span 2 whose class balance
-shifted is stopped by the drift check; a healthy span 2 is trained and judged against span 1's model."""
+shifted is stopped by the drift check; a healthy span 2 is trained and judged against span 1's model;
+labelled served images (cxr feedback) make span 3, which the next run trains on."""
 import glob
+import hashlib
 import os
 
 import pytest
+import tensorflow as tf
+
+from cxr import contract
+from cxr.cli import main
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
 from cxr.pipeline.local_runner import run_local
-from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, tiny_pipeline_config, write_tiny_data
+from helpers import (IN_PROCESS_BEAM, ORCHESTRATION_ONLY, encode, latest_artifact_uris, phantom_picture,
+                     tiny_pipeline_config, write, write_tiny_data)
 
 pytestmark = pytest.mark.slow
 
@@ -62,3 +69,26 @@ def test_a_shifted_span_is_stopped_and_a_healthy_one_is_retrained_against_the_bl
     baseline, [span_2_model] = _evaluator_baseline_and_trained_models(tiny_pipeline_config(base))
     assert baseline == [span_1_model] and span_2_model != span_1_model
     assert healthy.blessed and len(os.listdir(base / "serving" / "cxr")) == 2
+
+
+def test_labelled_served_images_become_the_span_the_next_run_trains_on(base):
+    # After the healthy span 2 above: images the served model received, labelled by a person, as cxr monitor
+    # queues them (<sha256>.png), come back through cxr feedback as span 3, and the next run reads it.
+    images = [encode(phantom_picture(4000 + i, size=64, finding=finding), "PNG")
+              for i, finding in enumerate(["normal", "pneumothorax"] * 3)]
+    rows = []
+    for data, finding in zip(images, ["NORMAL", "PNEUMOTHORAX"] * 3):
+        sha = hashlib.sha256(data).hexdigest()
+        write(str(base / "queue" / f"{sha}.png"), data)
+        rows.append(f"{sha},{finding}\n")
+    write(str(base / "labels.csv"), ("sha256,label\n" + "".join(rows)).encode())
+    assert main(["feedback", "--labels", str(base / "labels.csv"), "--images", str(base / "queue"),
+                 "--tfrecords-dir", str(base / "tfrecords")]) == 0
+    retrained = run_local(tiny_pipeline_config(base, *DRIFT))
+    assert retrained.error is None, retrained.error
+    assert retrained.statuses["Trainer"] == "COMPLETE"
+    [examples] = latest_artifact_uris(tiny_pipeline_config(base), "ImportExampleGen", "examples")
+    shards = glob.glob(os.path.join(examples, "Split-*", "*.gz"))
+    sources = [tf.train.Example.FromString(record.numpy()).features.feature[contract.SOURCE].bytes_list.value[0]
+               for record in tf.data.TFRecordDataset(shards, compression_type="GZIP")]
+    assert sources.count(contract.SERVED.encode()) == len(images)
