@@ -67,5 +67,5 @@ setup(
         "requests",
         "scipy",
     ],
-    entry_points={"console_scripts": ["cxr = cxr.cli:main"]},
+    entry_points={"console_scripts": ["cxr = cxr.cli:entry"]},
 )

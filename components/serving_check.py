@@ -34,9 +34,6 @@ from cxr.components.settings import GateSettings, from_json
 from cxr.contract import LABELS
 from cxr.serving.client import ServingClient, ServingRequestError
 
-# The Pusher reads this property of an InfraBlessing (tfx/components/util/model_utils.py, is_infra_validated).
-BLESSED = "blessed"
-VERDICT = "verdict"
 LATENCY_REQUESTS = 30  # single-image requests timed for the median
 BATCH = 16
 START_TIMEOUT_S = 300
@@ -186,5 +183,5 @@ def ServingCheck(model: tfx.dsl.components.InputArtifact[tfx.types.standard_arti
         blessing.set_float_custom_property("p50_ms", found["p50_ms"])
     except ServingCheckFailed as failure:
         verdict, blessed = str(failure), 0
-    blessing.set_int_custom_property(BLESSED, blessed)
-    blessing.set_string_custom_property(VERDICT, verdict)
+    blessing.set_int_custom_property(contract.INFRA_BLESSED, blessed)
+    blessing.set_string_custom_property(contract.SERVING_CHECK_VERDICT, verdict)

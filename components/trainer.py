@@ -16,6 +16,7 @@ import tensorflow_transform as tft
 import tf_keras as keras
 from tfx import v1 as tfx
 
+from cxr import contract
 from cxr.components import model as model_lib
 from cxr.components.export import export_serving_model
 from cxr.components.settings import MIB, TRAINER_KEY, TrainerSettings, read
@@ -119,13 +120,12 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     export_serving_model(model, transform_output, fn_args.serving_model_dir, settings.input_limits)
 
 
-SETTINGS_FILE = "trainer_settings.json"
 
 
 def _write_settings(settings: TrainerSettings, model_run_dir: str) -> None:
     """The settings training used, beside its TensorBoard logs, for the run report."""
     tf.io.gfile.makedirs(model_run_dir)
-    with tf.io.gfile.GFile(os.path.join(model_run_dir, SETTINGS_FILE), "w") as f:
+    with tf.io.gfile.GFile(os.path.join(model_run_dir, contract.TRAINER_SETTINGS_FILE), "w") as f:
         json.dump(dataclasses.asdict(settings), f, indent=1, sort_keys=True)
 
 

@@ -1,5 +1,3 @@
-import sys
+from cxr.cli import entry
 
-from cxr.cli import main
-
-sys.exit(main())
+entry()

@@ -98,6 +98,14 @@ def class_probabilities(outputs: Dict[str, Any]) -> Dict[str, float]:
     return dict(zip(LABELS, (float(p) for p in outputs[PROBABILITIES])))
 
 
+# Beside the Trainer's model run: the settings it trained with, which the report reads back.
+TRAINER_SETTINGS_FILE = "trainer_settings.json"
+
+# The ServingCheck's InfraBlessing: whether the candidate passed (the Pusher reads this property,
+# tfx/components/util/model_utils.py is_infra_validated) and why; the run summary reads both.
+INFRA_BLESSED = "blessed"
+SERVING_CHECK_VERDICT = "verdict"
+
 # The served model (TF Serving's REST API).
 MODEL_NAME = "cxr"  # by default: the pipeline pushes to <serving_dir>/<model_name>, servers and clients use it
 DEFAULT_REST_PORT = 8501

@@ -7,8 +7,8 @@ from typing import Any, Dict, List, Optional, Tuple
 from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
-from cxr.components import artifacts, serving_check
-from cxr.contract import Nodes
+from cxr import contract
+from cxr.components import artifacts
 from cxr.pipeline.kfp_runs import kfp_workflow_of_run
 
 
@@ -110,14 +110,14 @@ def _read_drift(summary: RunSummary, outputs) -> None:
 
 def _read_serving_check(summary: RunSummary, outputs) -> None:
     blessing = outputs.get("blessing")
-    if blessing is not None and serving_check.VERDICT in blessing.custom_properties:
-        summary.serving_check = blessing.custom_properties[serving_check.VERDICT].string_value
-        summary.serving_check_passed = blessing.custom_properties[serving_check.BLESSED].int_value == 1
+    if blessing is not None and contract.SERVING_CHECK_VERDICT in blessing.custom_properties:
+        summary.serving_check = blessing.custom_properties[contract.SERVING_CHECK_VERDICT].string_value
+        summary.serving_check_passed = blessing.custom_properties[contract.INFRA_BLESSED].int_value == 1
 
 
 # What the summary takes from each node's outputs.
-_SUMMARIZED = {Nodes.EVALUATOR: _read_evaluation, Nodes.PUSHER: _read_push, Nodes.DRIFT_CHECK: _read_drift,
-               Nodes.SERVING_CHECK: _read_serving_check}
+_SUMMARIZED = {contract.Nodes.EVALUATOR: _read_evaluation, contract.Nodes.PUSHER: _read_push,
+               contract.Nodes.DRIFT_CHECK: _read_drift, contract.Nodes.SERVING_CHECK: _read_serving_check}
 
 
 def sqlite_connection(path: str):

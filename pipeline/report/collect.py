@@ -16,7 +16,6 @@ from cxr import contract
 from cxr.components import artifacts
 from cxr.components.evaluation import gate_of
 from cxr.components.settings import GateSettings, from_json
-from cxr.components.trainer import SETTINGS_FILE
 from cxr.contract import LABELS, Nodes
 from cxr.pipeline.metadata_reader import RunSummary, execution_properties, read_run
 
@@ -75,7 +74,7 @@ def collect(metadata_connection, run: str = "latest") -> RunReportData:
         summary=summary, span=span, counts=counts, patients=patients,
         manifest=_read_json(os.path.join(contract.span_dir(tfrecords_dir, span), contract.MANIFEST)),
         statistics=artifacts.load_statistics(statistics, contract.TRAIN) if statistics else None,
-        settings=_read_json(os.path.join(model_run, SETTINGS_FILE)),
+        settings=_read_json(os.path.join(model_run, contract.TRAINER_SETTINGS_FILE)),
         curves=learning_curves(model_run),
         tuner_trials=_tuner_trials(outputs.get(Nodes.TUNER, {})),
         predictions=predict_test_split(model_dir, examples.uri), gate=_recorded_gate(given))

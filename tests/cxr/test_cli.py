@@ -153,3 +153,16 @@ def test_the_flags_defaults_are_the_settings_types_own():
     ingest = IngestConfig(source_roots={"nih": "x"}, out_dir="x")
     assert (build["span"], build["near_duplicate_distance"], build["max_pixels"]) == (
         ingest.span, ingest.near_duplicate_max_distance, ingest.max_pixels)
+
+
+@pytest.mark.parametrize("args, status, said", [
+    (["--help"], 0, "usage: cxr"),
+    (["run", "--preset", "nope"], 2, "invalid choice: 'nope'"),
+    (["demo-data", "--out", "{tmp}", "--size", "8"], 2, "cxr demo-data: error:"),
+])
+def test_the_command_ends_with_main_s_status_and_all_it_printed(tmp_path, args, status, said):
+    # cli.entry leaves without Python's teardown (os._exit): nothing printed may be lost on the way out.
+    done = subprocess.run([sys.executable, "-m", "cxr", *[a.replace("{tmp}", str(tmp_path)) for a in args]],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == status
+    assert said in done.stdout + done.stderr

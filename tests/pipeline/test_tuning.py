@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from cxr.components.trainer import SETTINGS_FILE
+from cxr import contract
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
 from cxr.pipeline.local_runner import run_local
@@ -31,7 +31,7 @@ def test_the_best_hyperparameters_of_the_search_are_what_the_trainer_trains_with
         best = json.load(f)["values"]
     assert set(best) >= {"learning_rate", "width_multiplier", "batch_size", "augmentation_strength"}
     [model_run] = latest_artifact_uris(config, "Trainer", "model_run")
-    with open(os.path.join(model_run, SETTINGS_FILE)) as f:
+    with open(os.path.join(model_run, contract.TRAINER_SETTINGS_FILE)) as f:
         used = json.load(f)
     expected = config.trainer_settings().with_hyperparameters(best)
     assert used == json.loads(json.dumps(dataclasses.asdict(expected)))
