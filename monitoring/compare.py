@@ -46,11 +46,11 @@ def reference_schema(reference: statistics_pb2.DatasetFeatureStatisticsList,
         if feature.name in TRAINING_ONLY:
             feature.not_in_environment.append(SERVING)
         if feature.name in features.CATEGORICAL:
-            feature.skew_comparator.infinity_norm.threshold = settings.categorical_threshold
-            feature.drift_comparator.infinity_norm.threshold = settings.categorical_threshold
+            feature.skew_comparator.infinity_norm.threshold = settings.skew_categorical_threshold
+            feature.drift_comparator.infinity_norm.threshold = settings.drift_categorical_threshold
         elif feature.name in features.NUMERIC:
-            feature.skew_comparator.jensen_shannon_divergence.threshold = settings.numeric_threshold
-            feature.drift_comparator.jensen_shannon_divergence.threshold = settings.numeric_threshold
+            feature.skew_comparator.jensen_shannon_divergence.threshold = settings.skew_numeric_threshold
+            feature.drift_comparator.jensen_shannon_divergence.threshold = settings.drift_numeric_threshold
     return schema
 
 
