@@ -9,12 +9,15 @@ by status and reason. The version that answered a request for the latest version
 read from TF Serving's metadata of the same path (cached for a while, so a push within that
 while may be logged under the previous version).
 """
+import http.client
 import json
 import logging
 import re
+import socket
 import sys
 import threading
 import time
+import urllib.parse
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -65,19 +68,41 @@ class LogProxy:
         return status, answer
 
     def _forward(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
-        session = getattr(self._sessions, "session", None)
-        if session is None:
-            session = self._sessions.session = requests.Session()
         try:
-            response = session.request(method, self.upstream + path, data=body or None,
-                                       headers={"Content-Type": "application/json"},
-                                       timeout=self.settings.upstream_timeout_seconds)
-        except requests.Timeout:
+            try:
+                return self._exchange(method, path, body)
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self._close_connection()  # an idle kept-alive connection the server closed: once more, on a new one
+                return self._exchange(method, path, body)
+        except socket.timeout:
+            self._close_connection()
             return 504, error_body(f"TF Serving at {self.upstream} did not answer within "
                                    f"{self.settings.upstream_timeout_seconds:g} s")
-        except requests.ConnectionError as error:
+        except (OSError, http.client.HTTPException) as error:
+            self._close_connection()
             return 502, error_body(f"cannot reach TF Serving at {self.upstream}: {error}")
-        return response.status_code, response.content
+
+    def _exchange(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
+        # http.client on a kept-alive connection per worker thread: `requests` cost 2.2 ms more a request
+        # (p50, one 224 px image); bench/RESULTS.md, "Request log proxy".
+        connection = self._connection()
+        connection.request(method, path, body=body or None, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        return response.status, response.read()
+
+    def _connection(self) -> http.client.HTTPConnection:
+        connection = getattr(self._sessions, "connection", None)
+        if connection is None:
+            parsed = urllib.parse.urlsplit(self.upstream)
+            connection = self._sessions.connection = http.client.HTTPConnection(
+                parsed.hostname, parsed.port or 80, timeout=self.settings.upstream_timeout_seconds)
+        return connection
+
+    def _close_connection(self) -> None:
+        connection = getattr(self._sessions, "connection", None)
+        if connection is not None:
+            connection.close()
+            self._sessions.connection = None
 
     def _log(self, path: str, body: bytes, status: int, answer: bytes) -> None:
         match = _PREDICT.fullmatch(path)

@@ -1,4 +1,6 @@
 """cxr log-proxy in front of a server with TF Serving's REST API (cxr serve stands in for TF Serving)."""
+import time
+
 import numpy as np
 import pytest
 import requests
@@ -77,3 +79,18 @@ def test_tf_serving_s_answers_become_one_array_per_output_in_either_format():
 ])
 def test_refusals_count_by_the_kind_of_error_without_what_the_request_carried(answer, reason):
     assert refusal_reason(answer) == reason
+
+
+def test_a_kept_alive_connection_the_server_closed_is_opened_again(model_base_path, tmp_path):
+    # The proxy keeps one connection per worker to the server; the server closes idle ones (here after
+    # 0.5 s, TF Serving's REST server after its own idle time): the next request must not fail for it.
+    running = start(ServerSettings(model_base_path=model_base_path, rest_api_port=0, read_timeout_seconds=0.5))
+    proxy = LogProxy(ProxySettings(upstream=running.url, port=0, workers=1)).start()
+    try:
+        client = ServingClient(proxy.url, retries=0)
+        first = client.predict([demo_png(1)])
+        time.sleep(1.5)
+        assert client.predict([demo_png(1)]) == first
+    finally:
+        proxy.stop()
+        running.stop()
