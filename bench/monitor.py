@@ -3,6 +3,7 @@ shifted (its false-alarm rate), and how often it finds a window that did.
 
 The training split is described once by the model (monitoring/features.py). Each repeat draws half of it
 as the reference and cuts the other half into windows: data like training, so every alarm there is false.
+The model's answers on the test split (what the ServingCheck records) are the answers check's reference.
 The same windows shifted (monitoring/shifts.py: inverted, dimmed, screen photos) must raise alarms.
 
     .venv/bin/python bench/monitor.py --write bench/RESULTS.md   # after make demo (the demo's model and split)
@@ -31,10 +32,12 @@ def _latest(pattern: str) -> str:
     return found[-1]
 
 
-def calibrate(model_dir, training_files, window, repeats, settings, seed=0):
+def calibrate(model_dir, training_files, test_files, window, repeats, settings, seed=0):
     rng = np.random.default_rng(seed)
     embed = features.saved_model_embedder(model_dir)
     described = features.describe(features.received_from_examples(training_files), embed)
+    test = features.describe(features.received_from_examples(test_files), embed)
+    test_answers = compare.statistics(test.table[list(features.ANSWER)])
     half = len(described) // 2
     if half < window:
         raise SystemExit(f"{len(described)} training images: too few for windows of {window} beside a reference")
@@ -42,7 +45,7 @@ def calibrate(model_dir, training_files, window, repeats, settings, seed=0):
     distances = collections.defaultdict(list)  # (check, feature) -> distances on unshifted windows
     for _ in range(repeats):
         order = rng.permutation(len(described))
-        reference = monitor.reference_of(0, described.subset(order[:half]), settings)
+        reference = monitor.reference_of(0, described.subset(order[:half]), settings, test_answers)
         previous = None
         for start in range(half, len(described) - window + 1, window):
             plain = described.subset(order[start:start + window])
@@ -54,12 +57,15 @@ def calibrate(model_dir, training_files, window, repeats, settings, seed=0):
                 _record(outcomes, None, kind, monitor.judge(moved, compare.statistics(moved.table), plain_statistics,
                                                             reference, settings, rng))
             previous = plain_statistics
-    return len(described), outcomes, distances
+    return (len(described), len(test)), outcomes, distances
+
+
+CHECKS = (compare.SKEW, compare.ANSWERS, compare.DRIFT, compare.SCHEMA, compare.EMBEDDING)
 
 
 def _record(outcomes, distances, shift, judged):
     outcomes[(shift, "any")].append(judged["alarm"])
-    for check in (compare.SKEW, compare.DRIFT, compare.SCHEMA, compare.EMBEDDING):
+    for check in CHECKS:
         outcomes[(shift, check)].append(any(f["alarm"] for f in judged["findings"] if f["check"] == check))
     if distances is not None:
         for f in judged["findings"]:
@@ -73,14 +79,15 @@ def report(images, outcomes, distances, window, repeats, seed, settings, model_d
     lines = ["# Monitoring: false alarms and detections", "",
              f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, {platform.node()}, "
              f"`bench/monitor.py --window {window} --repeats {repeats} --seed {seed}` ({seconds:.0f} s), model {model_dir}, "
-             f"{images} training images: each repeat takes half as the reference and cuts the other half into "
-             f"windows of {window} (drift: against the unshifted window before). Thresholds as configured: skew "
+             f"{images[0]} training images: each repeat takes half as the reference and cuts the other half into "
+             f"windows of {window} (drift: against the unshifted window before; answers: against the model's on "
+             f"the {images[1]} test images). Thresholds as configured: skew and answers "
              f"{settings.skew_categorical_threshold} (categorical, L-inf) and {settings.skew_numeric_threshold} "
              f"(numeric, Jensen-Shannon), drift {settings.drift_categorical_threshold} and "
              f"{settings.drift_numeric_threshold}, MMD p-value {settings.mmd_p_value}.", "",
              "Share of windows with an alarm (\"none\": unshifted, so every alarm is false):", "",
              "| check | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
-    for check in ("any", compare.SKEW, compare.DRIFT, compare.SCHEMA, compare.EMBEDDING):
+    for check in ("any",) + CHECKS:
         cells = [f"{np.mean(outcomes[(kind, check)]):.2f} ({len(outcomes[(kind, check)])})" for kind in kinds]
         lines.append(f"| {check} | " + " | ".join(cells) + " |")
     lines += ["", "Distances on unshifted windows (median / 99th percentile / max; the embedding's: its p-value, "
@@ -96,7 +103,8 @@ def report(images, outcomes, distances, window, repeats, seed, settings, model_d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="an exported model version (default: the demo's latest push)")
-    parser.add_argument("--training", help="glob of the raw training split (default: the demo's latest)")
+    parser.add_argument("--training", help="glob of the raw training split (default: the demo's latest); the test "
+                                           "split is its Split-test")
     parser.add_argument("--window", type=int, default=MonitoringSettings().min_window_images)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--seed", type=int, default=1,
@@ -107,8 +115,9 @@ def main() -> None:
     split = args.training or os.path.join(_latest("demo/pipeline/ImportExampleGen/examples/*"), "Split-train", "*")
     settings = MonitoringSettings()
     began = time.monotonic()
-    images, outcomes, distances = calibrate(model_dir, sorted(glob.glob(split)), args.window, args.repeats, settings,
-                                            args.seed)
+    test_split = split.replace("Split-train", "Split-test")
+    images, outcomes, distances = calibrate(model_dir, sorted(glob.glob(split)), sorted(glob.glob(test_split)),
+                                            args.window, args.repeats, settings, args.seed)
     text = report(images, outcomes, distances, args.window, args.repeats, args.seed, settings, model_dir,
                   time.monotonic() - began)
     print(text)

@@ -14,8 +14,11 @@ the project's REST client (`serving.client`, what `cxr predict` uses), and check
   This rule lives here rather than in the Evaluator's thresholds because TFMA cannot leave out
   slices by size, and small slices would fail on chance alone; here the per-image answers are at hand.
 Its InfraBlessing is what the Pusher requires besides the Evaluator's blessing: a model that fails
-the check is not pushed, and the artifact says why.
+the check is not pushed, and the artifact says why. A model that passes leaves its answers on the
+test split beside it (contract.SERVING_CHECK_ANSWERS_FILE): `cxr monitor` compares the answers the
+pushed version gives in service with them.
 """
+import json
 import os
 import shutil
 import subprocess
@@ -25,6 +28,7 @@ import time
 from typing import List, Tuple
 
 import numpy as np
+import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.utils import path_utils
 
@@ -67,7 +71,7 @@ def check_candidate(model_dir: str, examples_uri: str, evaluated_accuracy: float
     if p50_ms > gate.max_latency_ms:
         raise ServingCheckFailed(f"median latency {p50_ms:.0f} ms per image over REST, over gate.max_latency_ms "
                                  f"{gate.max_latency_ms:g}")
-    return {"images": len(images), "p50_ms": p50_ms, "accuracy": served_accuracy}
+    return {"images": len(images), "p50_ms": p50_ms, "accuracy": served_accuracy, "probabilities": probabilities}
 
 
 def weak_slices(predicted, labels: List[int], sources: List[str], gate: GateSettings) -> List[str]:
@@ -159,6 +163,12 @@ def _check_distributions(probabilities: np.ndarray) -> None:
         raise ServingCheckFailed(f"probabilities do not sum to 1: {sums[np.abs(sums - 1) > 1e-3][:5]}")
 
 
+def _write_answers(folder: str, probabilities: np.ndarray) -> None:
+    tf.io.gfile.makedirs(folder)
+    with tf.io.gfile.GFile(os.path.join(folder, contract.SERVING_CHECK_ANSWERS_FILE), "w") as f:
+        json.dump({contract.PROBABILITIES: np.round(probabilities, 6).tolist()}, f)
+
+
 def evaluated_accuracy(evaluation_uri: str) -> float:
     accuracy = artifacts.evaluation_metrics(evaluation_uri).get(contract.OVERALL, {}).get(contract.ACCURACY)
     if accuracy is None:
@@ -181,6 +191,7 @@ def ServingCheck(model: tfx.dsl.components.InputArtifact[tfx.types.standard_arti
                             f"the Evaluator (accuracy {found['accuracy']:.4f}); median {found['p50_ms']:.0f} ms "
                             f"per image"), 1
         blessing.set_float_custom_property("p50_ms", found["p50_ms"])
+        _write_answers(blessing.uri, found["probabilities"])
     except ServingCheckFailed as failure:
         verdict, blessed = str(failure), 0
     blessing.set_int_custom_property(contract.INFRA_BLESSED, blessed)

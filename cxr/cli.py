@@ -5,7 +5,6 @@ imports them inside its function, after its checks), so a typo is answered at on
 """
 import argparse
 import dataclasses
-import datetime
 import glob
 import logging
 import os
@@ -364,7 +363,12 @@ def _add_kfp(commands) -> None:
     compile_.add_argument("--target", choices=("kfp", "vertex"), default="kfp",
                           help="kfp: open-source Kubeflow Pipelines 2.x, one container task per TFX node; "
                                "vertex: a Vertex AI PipelineJob JSON from KubeflowV2DagRunner (default kfp)")
-    compile_.add_argument("--out", default="build", help="folder to write pipeline.yaml / pipeline.json into")
+    compile_.add_argument("--job", choices=("training", "monitoring"), default="training",
+                          help="training: the TFX pipeline; monitoring: cxr monitor on the request log "
+                               "(monitoring.logs_root) as a one-task pipeline for a recurring run, kfp only "
+                               "(default training)")
+    compile_.add_argument("--out", default="build", help="folder to write pipeline.yaml / pipeline.json / "
+                                                         "monitoring.yaml into")
     compile_.set_defaults(run=_run_kfp_compile)
 
     submit = _kfp_action(actions, "submit", "upload the compiled pipeline as a new version and start a run",
@@ -424,8 +428,8 @@ def _run_kfp_compile(args) -> None:
     from cxr.kubeflow.cluster_checks import check_cluster_config
     check_cluster_config(config, args.target)  # before TFX is imported: a left-over YOUR-... is answered at once
     from cxr.kubeflow.runner import compile_pipeline
-    path = compile_pipeline(config, args.target, args.out)
-    print(f"compiled for {args.target}: {path}")
+    path = compile_pipeline(config, args.target, args.out, args.job)
+    print(f"compiled the {args.job} job for {args.target}: {path}")
 
 
 def _client(args):
@@ -523,53 +527,68 @@ def _add_monitor(commands) -> None:
         "monitor", help="compare what the served model received (its request log) with its training split",
         description="Cuts the logged requests between --since and --until into windows and judges each against "
                     "the training split, as the model version that answered sees it (TFDV skew, MMD on "
-                    "embeddings), and against the window before (TFDV drift). Writes monitoring.json, index.html "
-                    "and queue/ (images to label) into --out. Exit status 3 when a window raises an alarm.")
+                    "embeddings), against the ServingCheck's answers on its test split, and against the window "
+                    "before (TFDV drift). Each version's training split and test answers come from the pipeline "
+                    "run that pushed it, in ML Metadata, unless --training is given. Writes monitoring.json, "
+                    f"index.html and queue/ (images to label) into --out. Exit status {output.EXIT_ALARM} when a "
+                    "window raises an alarm.")
     _add_configuration(command)
-    command.add_argument("--logs", required=True, help="the request log root (cxr serve's or cxr log-proxy's "
-                                                       "--request_log_root; a folder or gs://)")
-    command.add_argument("--training", required=True, action="append", metavar="FILES",
-                         help="the raw TFRecords of the served model's training split, a glob, e.g. "
-                              "'demo/pipeline/ImportExampleGen/examples/<id>/Split-train/*'; repeat for several")
+    command.add_argument("--logs", help="the request log root (cxr serve's or cxr log-proxy's --request_log_root; "
+                                        "a folder or gs://; default monitoring.logs_root of the configuration)")
+    where = command.add_mutually_exclusive_group()
+    where.add_argument("--metadata", help="the pipeline's ML Metadata SQLite file (default metadata_path of the "
+                                          "configuration)")
+    where.add_argument("--metadata-grpc", metavar="HOST:PORT", help="ML Metadata's gRPC service instead")
+    where.add_argument("--training", action="append", metavar="FILES",
+                       help="instead of ML Metadata: the raw TFRecords of the served model's training split, a glob, "
+                            "e.g. 'demo/pipeline/ImportExampleGen/examples/<id>/Split-train/*'; repeat for several "
+                            "(there are no test answers to compare with then)")
     command.add_argument("--model_base_path", help="the pushed model folder whose versions answered (default "
                                                    "<serving_dir>/<model_name> of the configuration)")
     command.add_argument("--since", help="start, UTC: ISO 8601 (2026-12-02T08:00) or seconds since 1970 "
-                                         "(default: --until minus one day)")
+                                         "(default: --until minus monitoring.lookback_s)")
     command.add_argument("--until", help="end, the same way (default: now)")
-    command.add_argument("--window", type=float, default=3600.0, metavar="SECONDS",
-                         help="length of each window (default %(default)s)")
+    command.add_argument("--window", type=float, metavar="SECONDS",
+                         help="length of each window (default monitoring.window_s)")
     command.add_argument("--out", default="demo/monitoring", help="folder to write into (default %(default)s)")
     command.set_defaults(run=_run_monitor)
 
 
 def _run_monitor(args) -> int:
+    from cxr.monitoring.moments import parse_moment
     config = load_config(args.preset, args.config, args.set)
-    until = _moment(args.until, "--until") if args.until else time.time()
-    since = _moment(args.since, "--since") if args.since else until - 86400
+    logs = args.logs or config.monitoring.logs_root
+    if not logs:
+        raise ValueError("no request log: give --logs or set monitoring.logs_root")
+    until = parse_moment(args.until, "--until") if args.until else time.time()
+    since = parse_moment(args.since, "--since") if args.since else until - config.monitoring.lookback_s
     model_base_path = args.model_base_path or os.path.join(config.serving_dir, config.model_name)
-    import tensorflow as tf
+    sources = _version_sources(args, config)
     from cxr.monitoring.monitor import monitor
-
-    training = sorted({path for pattern in args.training for path in tf.io.gfile.glob(pattern)})
-    if not training:
-        raise ValueError(f"--training {args.training}: no file matches")
-    result = monitor(args.logs, model_base_path, training, since, until, args.window, config.monitoring, args.out)
+    result = monitor(logs, model_base_path, sources, since, until, args.window or config.monitoring.window_s,
+                     config.monitoring, args.out)
     print(output.monitoring_summary(result, args.out))
     return output.EXIT_ALARM if result["alarm"] else 0
 
 
-def _moment(text: str, flag: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        pass
-    try:
-        moment = datetime.datetime.fromisoformat(text)
-    except ValueError:
-        raise ValueError(f"{flag} {text!r}: expected ISO 8601 (2026-12-02T08:00) or seconds since 1970") from None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    return moment.timestamp()
+def _version_sources(args, config):
+    """Where each served version's training split (and test answers) lie: --training, or ML Metadata."""
+    if args.training:
+        import tensorflow as tf
+        from cxr.monitoring.monitor import VersionSources
+        training = sorted({path for pattern in args.training for path in tf.io.gfile.glob(pattern)})
+        if not training:
+            raise ValueError(f"--training {args.training}: no file matches")
+        return lambda version: VersionSources(training, origin="--training")
+    from cxr.pipeline.metadata_reader import grpc_connection, sqlite_connection
+    from cxr.pipeline.served_versions import sources_from_metadata
+    if args.metadata_grpc:
+        return sources_from_metadata(grpc_connection(args.metadata_grpc))
+    path = args.metadata or config.metadata_path
+    if not os.path.isfile(path):
+        raise ValueError(f"no ML Metadata at {path}: give the pipeline's with --metadata or --metadata-grpc, or the "
+                         f"training split with --training")
+    return sources_from_metadata(sqlite_connection(path))
 
 
 def _add_feedback(commands) -> None:

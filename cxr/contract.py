@@ -105,6 +105,9 @@ TRAINER_SETTINGS_FILE = "trainer_settings.json"
 # tfx/components/util/model_utils.py is_infra_validated) and why; the run summary reads both.
 INFRA_BLESSED = "blessed"
 SERVING_CHECK_VERDICT = "verdict"
+# In the InfraBlessing's folder, when the candidate passed: the probabilities it answered for each
+# test image over REST, which monitoring compares the served model's answers with.
+SERVING_CHECK_ANSWERS_FILE = "test_split_answers.json"
 
 # The served model (TF Serving's REST API).
 MODEL_NAME = "cxr"  # by default: the pipeline pushes to <serving_dir>/<model_name>, servers and clients use it

@@ -152,7 +152,10 @@ def monitoring_summary(result: dict, out_dir: str) -> str:
     if not result["windows"]:
         return (f"no logged :predict request with images between {_utc(result['since'])} and "
                 f"{_utc(result['until'])} UTC under {result['logs']}")
-    lines = [f"{'version':>12}  {'from (UTC)':19}  {'images':>6}  verdict"]
+    lines = [f"version {version}: {found['training_images']} training images ({found['from']}), "
+             + ("the ServingCheck's test answers" if found["test_answers"] else "no test answers to compare with")
+             for version, found in result["versions"].items()]
+    lines.append(f"{'version':>12}  {'from (UTC)':19}  {'images':>6}  verdict")
     for window in result["windows"]:
         alarms = [f"{f['check']} {f['feature']}" for f in window["findings"] if f["alarm"]]
         verdict = (window.get("too_small") or "no requests") if not window["judged"] else \

@@ -38,7 +38,7 @@ def _pipeline_function(config: PipelineConfig, dependencies: Dict[str, List[str]
         for node_id, upstream in dependencies.items():
             task = _node_component(node_id, settings.image)(config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
             task.set_display_name(node_id).set_caching_options(False).after(*(tasks[u] for u in upstream))
-            _mount_volumes(task, settings)
+            mount_volumes(task, settings)
             if node_id in GPU_NODES:
                 _place_on_gpu_nodes(task, settings)
             elif node_id in BEAM_NODES:
@@ -47,7 +47,7 @@ def _pipeline_function(config: PipelineConfig, dependencies: Dict[str, List[str]
             tasks[node_id] = task
         outputs = _ui_outputs_component(settings.image)(config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         outputs.set_display_name("KFP UI outputs").set_caching_options(False).after(*tasks.values())
-        _mount_volumes(outputs, settings)
+        mount_volumes(outputs, settings)
 
     return dsl.pipeline(name=config.name, pipeline_root=default_pipeline_root(config), description=(
         "The cxr chest X-ray pipeline: one task per TFX node, state in ML Metadata"))(cxr_pipeline)
@@ -78,7 +78,7 @@ def _ui_outputs_component(image: str):
     return dsl.container_component(kfp_ui_outputs)
 
 
-def _mount_volumes(task, settings: KubeflowConfig) -> None:
+def mount_volumes(task, settings: KubeflowConfig) -> None:
     for mount_path, claim in settings.mounts().items():
         kubernetes.mount_pvc(task, pvc_name=claim, mount_path=mount_path)
 

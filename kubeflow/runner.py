@@ -5,7 +5,8 @@
 - target `vertex`: Vertex AI Pipelines, the PipelineJob JSON of TFX's KubeflowV2DagRunner, the path
   TFX itself tests on Vertex (its drivers run as Vertex's lifecycle hooks, its Resolver as Vertex's
   resolver executor, which open-source KFP implements neither of).
-Both compile the very pipeline the local runner runs. Component code is not shipped at compile
+Both compile the very pipeline the local runner runs. Job `monitoring` (target kfp) is `cxr monitor` as a
+pipeline of one task, for a recurring run (kubeflow/monitoring_job.py). Component code is not shipped at compile
 time: it is installed in the image and referred to by dotted paths (cxr.components...).
 """
 import json
@@ -19,16 +20,27 @@ from cxr.pipeline.config import KubeflowConfig, PipelineConfig
 from cxr.pipeline.pipeline import create_pipeline
 
 PACKAGE_FILES = {"kfp": "pipeline.yaml", "vertex": "pipeline.json"}
+TRAINING, MONITORING = "training", "monitoring"  # the jobs
+MONITORING_PACKAGE = "monitoring.yaml"
 
 ResourceSpec = pipeline_spec_pb2.PipelineDeploymentConfig.PipelineContainerSpec.ResourceSpec
 
 
-def compile_pipeline(config: PipelineConfig, target: str, out_dir: str) -> str:
+def compile_pipeline(config: PipelineConfig, target: str, out_dir: str, job: str = TRAINING) -> str:
     """Writes the compiled pipeline into out_dir and returns its path."""
     if target not in PACKAGE_FILES:
         raise ValueError(f"unknown target {target!r}; expected one of {', '.join(PACKAGE_FILES)}")
-    path = os.path.join(out_dir, PACKAGE_FILES[target])
+    if job not in (TRAINING, MONITORING):
+        raise ValueError(f"unknown job {job!r}; expected {TRAINING} or {MONITORING}")
     os.makedirs(out_dir, exist_ok=True)
+    if job == MONITORING:
+        if target != "kfp":
+            raise ValueError(f"the {MONITORING} job compiles for kfp only, not {target!r}")
+        from cxr.kubeflow.monitoring_job import compile_monitoring
+        path = os.path.join(out_dir, MONITORING_PACKAGE)
+        compile_monitoring(config, path)
+        return path
+    path = os.path.join(out_dir, PACKAGE_FILES[target])
     if target == "kfp":
         compile_kfp(config, path)
     else:

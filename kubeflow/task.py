@@ -2,6 +2,7 @@
 
     python -m cxr.kubeflow.task node --node-id Trainer --config '<json>' --run-id <KFP run id>
     python -m cxr.kubeflow.task outputs --executor-input '<json>' --config '<json>' --run-id <KFP run id>
+    python -m cxr.kubeflow.task monitor --executor-input '<json>' --config '<json>' --run-id <id> --until <time>
 
 `node` runs one TFX node. The configuration arrives as the pipeline's parameter; the task rebuilds
 `create_pipeline(config)` with the code in the image, compiles it to TFX's IR and runs that one
@@ -12,6 +13,9 @@ the local runner. All tasks of one run share KFP's run id as TFX's pipeline run 
 
 `outputs` reads the finished run from ML Metadata and hands KFP's UI the evaluation as `Metrics`
 and `ClassificationMetrics`, and the run report as `HTML` (kubeflow/ui_outputs.py).
+
+`monitor` is the monitoring job's one task (kubeflow/monitoring_job.py): `cxr monitor` on the span
+that ends at --until, the page and the distances for KFP's UI.
 """
 import argparse
 import os
@@ -33,6 +37,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     run_id = pipeline_run_id(args.run_id, os.environ)
     if args.step == "node":
         run_node(config, args.node_id, run_id)
+    elif args.step == "monitor":
+        from cxr.kubeflow.monitoring_job import run_monitoring
+        run_monitoring(config, metadata_connection(config), run_id, args.until, args.executor_input)
     else:
         from cxr.kubeflow.ui_outputs import write_ui_outputs
         write_ui_outputs(config, metadata_connection(config), run_id, args.executor_input)
@@ -45,8 +52,12 @@ def _parser() -> argparse.ArgumentParser:
     node = steps.add_parser("node", help="run one TFX node of the pipeline")
     node.add_argument("--node-id", required=True)
     outputs = steps.add_parser("outputs", help="write the run's evaluation for KFP's UI")
-    outputs.add_argument("--executor-input", required=True, help="KFP's {{$}}: the task's ExecutorInput as JSON")
-    for step in (node, outputs):
+    monitor = steps.add_parser("monitor", help="judge the served model's logged requests (the monitoring job)")
+    monitor.add_argument("--until", required=True, help="the span's end: KFP's schedule time, or its placeholder "
+                                                        "unresolved (then now)")
+    for step in (outputs, monitor):
+        step.add_argument("--executor-input", required=True, help="KFP's {{$}}: the task's ExecutorInput as JSON")
+    for step in (node, outputs, monitor):
         step.add_argument("--config", required=True, help="the PipelineConfig as JSON")
         step.add_argument("--run-id", required=True, help=f"KFP's {RUN_ID_PLACEHOLDER}")
     return parser

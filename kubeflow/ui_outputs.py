@@ -29,16 +29,16 @@ METRICS, CONFUSION_MATRIX, REPORT = "metrics", "confusion_matrix", "report"  # t
 def write_ui_outputs(config: PipelineConfig, metadata_connection, run_id: str, executor_input_json: str) -> None:
     executor_input = json_format.Parse(executor_input_json, pipeline_spec_pb2.ExecutorInput())
     summary, outputs = read_run(metadata_connection, run_id)
-    metrics = _artifact(dsl.Metrics, executor_input, METRICS)
+    metrics = output_artifact(dsl.Metrics, executor_input, METRICS)
     for name, value in run_metrics(summary).items():
         metrics.log_metric(name, value)
-    confusion = _artifact(dsl.ClassificationMetrics, executor_input, CONFUSION_MATRIX)
+    confusion = output_artifact(dsl.ClassificationMetrics, executor_input, CONFUSION_MATRIX)
     evaluation = outputs.get(Nodes.EVALUATOR, {}).get("evaluation")
     if evaluation is not None:
         confusion.log_confusion_matrix(list(LABELS), artifacts.confusion_matrix(evaluation.uri))
-    report = _artifact(dsl.HTML, executor_input, REPORT)
+    report = output_artifact(dsl.HTML, executor_input, REPORT)
     _write_report(metadata_connection, run_id, report.path)
-    _write_executor_output(executor_input.outputs.output_file,
+    write_executor_output(executor_input.outputs.output_file,
                            {METRICS: metrics, CONFUSION_MATRIX: confusion}, files={REPORT: report})
 
 
@@ -77,12 +77,12 @@ def _write_report(metadata_connection, run_id: str, path: str) -> None:
         shutil.copyfile(index, path)
 
 
-def _artifact(kind, executor_input: pipeline_spec_pb2.ExecutorInput, name: str):
+def output_artifact(kind, executor_input: pipeline_spec_pb2.ExecutorInput, name: str):
     [runtime] = executor_input.outputs.artifacts[name].artifacts
     return kind(name=runtime.name, uri=runtime.uri, metadata={})
 
 
-def _write_executor_output(path: str, metrics: Dict[str, dsl.Artifact], files: Dict[str, dsl.Artifact]) -> None:
+def write_executor_output(path: str, metrics: Dict[str, dsl.Artifact], files: Dict[str, dsl.Artifact]) -> None:
     """The artifacts' metadata for KFP; KFP uploads each artifact's file, so metrics get theirs too."""
     for artifact in metrics.values():
         os.makedirs(os.path.dirname(artifact.path), exist_ok=True)

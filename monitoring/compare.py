@@ -19,11 +19,12 @@ TRAINING, SERVING = "TRAINING", "SERVING"
 # Features only the training split has: the schema's SERVING environment leaves them out.
 TRAINING_ONLY = (contract.LABEL,)
 SKEW, DRIFT, SCHEMA, EMBEDDING = "skew", "drift", "schema", "embedding"
+ANSWERS = "answers"  # the served answers against the ServingCheck's on the test split
 
 
 @dataclasses.dataclass(frozen=True)
 class Finding:
-    check: str  # SKEW, DRIFT, SCHEMA or EMBEDDING
+    check: str  # SKEW, DRIFT, SCHEMA, ANSWERS or EMBEDDING
     feature: str
     distance: Optional[float]
     threshold: Optional[float]
@@ -57,6 +58,17 @@ def reference_schema(reference: statistics_pb2.DatasetFeatureStatisticsList,
 def skew(reference, window, schema) -> List[Finding]:
     anomalies = tfdv.validate_statistics(reference, schema, environment=TRAINING, serving_statistics=window)
     return _measured(anomalies, SKEW)
+
+
+def against_test_answers(test_answers, window, schema: schema_pb2.Schema) -> List[Finding]:
+    """The model's answers in the window against those the ServingCheck recorded on the test split,
+    with the skew comparators and thresholds of the answer's features."""
+    answers_only = schema_pb2.Schema()
+    answers_only.CopyFrom(schema)
+    del answers_only.feature[:]
+    answers_only.feature.extend(feature for feature in schema.feature if feature.name in features.ANSWER)
+    anomalies = tfdv.validate_statistics(test_answers, answers_only, environment=TRAINING, serving_statistics=window)
+    return [dataclasses.replace(finding, check=ANSWERS) for finding in _measured(anomalies, SKEW)]
 
 
 def drift(window, previous, schema) -> List[Finding]:

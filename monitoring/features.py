@@ -5,6 +5,7 @@ no difference between the two comes from how they were described.
 import dataclasses
 import hashlib
 import io
+import json
 import math
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -25,6 +26,7 @@ EMBED_BATCH = 32
 # The features the monitor describes each image by (its TFDV statistics and the page use these names).
 PIXEL_MEAN, PIXEL_STD, PIXEL_P05, PIXEL_P95 = "pixel_mean", "pixel_std", "pixel_p05", "pixel_p95"
 PREDICTED_CLASS, TOP_PROBABILITY, ENTROPY = "predicted_class", "top_probability", "entropy"
+ANSWER = (PREDICTED_CLASS, TOP_PROBABILITY, ENTROPY)  # what the model said, as answer() describes it
 CATEGORICAL = (contract.FORMAT, PREDICTED_CLASS)
 NUMERIC = (contract.HEIGHT, contract.WIDTH, contract.CHANNELS, contract.BIT_DEPTH,
            PIXEL_MEAN, PIXEL_STD, PIXEL_P05, PIXEL_P95, TOP_PROBABILITY, ENTROPY)
@@ -113,6 +115,21 @@ def answer(probabilities: Sequence[float]) -> Dict[str, object]:
     entropy = -sum(v * math.log(v) for v in p if v > 0)
     return {PREDICTED_CLASS: contract.LABELS[int(p.argmax())], TOP_PROBABILITY: float(p.max()),
             ENTROPY: float(entropy)}
+
+
+def read_test_answers(path: str) -> np.ndarray:
+    """The ServingCheck's answers on the test split: [images, classes] probabilities."""
+    with tf.io.gfile.GFile(path) as f:
+        recorded = json.load(f)
+    probabilities = np.asarray(recorded.get(contract.PROBABILITIES, []), np.float64)
+    if probabilities.ndim != 2 or probabilities.shape[1] != len(contract.LABELS) or not len(probabilities):
+        raise ValueError(f"{path}: expected {{{contract.PROBABILITIES!r}: [[{len(contract.LABELS)} probabilities "
+                         f"per test image], ...]}}, got an array of shape {probabilities.shape}")
+    return probabilities
+
+
+def answers_table(probabilities: np.ndarray) -> pd.DataFrame:
+    return pd.DataFrame([answer(row) for row in probabilities], columns=list(ANSWER))
 
 
 def _embedded(received: Sequence[Received], embed):

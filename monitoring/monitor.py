@@ -9,7 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -28,29 +28,36 @@ QUEUE_COLUMNS = ("sha256", "file", "time", "version", "predicted_class", "top_pr
 UNCERTAIN, OUTLYING = "uncertain", "outlying"
 
 
+@dataclasses.dataclass(frozen=True)
+class VersionSources:
+    """What one served version is compared with: its training split and, where the pipeline recorded it, the
+    ServingCheck's answers on its test split (contract.SERVING_CHECK_ANSWERS_FILE)."""
+    training_files: Sequence[str]
+    test_answers: Optional[str] = None
+    origin: str = ""  # where they were found, for the reader: "pipeline run <id>", "--training"
+
+
 @dataclasses.dataclass
 class Reference:
-    """The training split as one model version sees it."""
+    """The training split as one model version sees it, and its answers on the test split."""
     version: int
     described: Described
     statistics: object
     schema: object
     embedding: compare.Embedding
+    test_answers: Optional[object] = None  # TFDV statistics of the ServingCheck's answers
 
 
-def monitor(logs_root: str, serving_dir: str, training_files: Sequence[str], since: float, until: float,
+def monitor(logs_root: str, serving_dir: str, sources: Callable[[int], VersionSources], since: float, until: float,
             window_s: float, settings: MonitoringSettings, out_dir: str, seed: int = 0) -> dict:
+    """sources(version): where that version's training split and test answers are."""
     if until <= since or window_s <= 0:
         raise ValueError(f"--until must be after --since and the window positive (got {since}..{until}, {window_s} s)")
     received = [item for item in features.received_from_logs(request_log.read_logs(_log_files(logs_root, since)))
                 if since <= item.time < until]
-    training = features.received_from_examples(training_files)
-    if not training:
-        raise ValueError(f"no training images in {list(training_files)[:4]}")
     rng = np.random.default_rng(seed)
     result = {"logs": logs_root, "since": since, "until": until, "window_s": window_s,
-              "settings": dataclasses.asdict(settings), "training_images": len(training),
-              "logged_images": len(received), "versions": {}, "windows": []}
+              "settings": dataclasses.asdict(settings), "logged_images": len(received), "versions": {}, "windows": []}
     queued: List[dict] = []
     shown: page.Shown = {}
     for version in sorted({item.version for item in received}):
@@ -59,9 +66,12 @@ def monitor(logs_root: str, serving_dir: str, training_files: Sequence[str], sin
             raise ValueError(f"version {version} answered logged requests, but {model_dir} holds no SavedModel: "
                              f"give the folder the served versions are pushed to with --model_base_path")
         embed = features.saved_model_embedder(model_dir)
-        reference = describe_reference(version, training, embed, settings)
-        result["versions"][str(version)] = {"model": model_dir, "training_unreadable": reference.described.unreadable,
-                                            "outlier_distance": reference.embedding.outlier_distance}
+        found = sources(version)
+        reference = describe_reference(version, found, embed, settings)
+        result["versions"][str(version)] = {
+            "model": model_dir, "from": found.origin, "training_files": list(found.training_files),
+            "training_images": len(reference.described), "training_unreadable": reference.described.unreadable,
+            "test_answers": found.test_answers, "outlier_distance": reference.embedding.outlier_distance}
         mine = [item for item in received if item.version == version]
         windows, queue = judge_windows(mine, reference, embed, since, until, window_s, settings, rng)
         result["windows"] += windows
@@ -89,15 +99,22 @@ def _log_files(root: str, since: float) -> List[str]:
             if (request_log.file_time(path) or since) >= since - 3600]
 
 
-def describe_reference(version: int, training: Sequence[Received], embed, settings: MonitoringSettings) -> Reference:
-    return reference_of(version, features.describe(training, embed), settings)
+def describe_reference(version: int, sources: VersionSources, embed, settings: MonitoringSettings) -> Reference:
+    training = features.received_from_examples(sources.training_files)
+    if not training:
+        raise ValueError(f"version {version}: no training images in {list(sources.training_files)[:4]} "
+                         f"({sources.origin})")
+    test_answers = None
+    if sources.test_answers:
+        test_answers = compare.statistics(features.answers_table(features.read_test_answers(sources.test_answers)))
+    return reference_of(version, features.describe(training, embed), settings, test_answers)
 
 
-def reference_of(version: int, described: Described, settings: MonitoringSettings) -> Reference:
+def reference_of(version: int, described: Described, settings: MonitoringSettings, test_answers=None) -> Reference:
     table = described.table.assign(**{contract.LABEL: [item.label for item in described.received]})
     statistics = compare.statistics(table)
     return Reference(version, described, statistics, compare.reference_schema(statistics, settings),
-                     compare.fit_embedding(described.embeddings, settings))
+                     compare.fit_embedding(described.embeddings, settings), test_answers)
 
 
 def judge_windows(received: Sequence[Received], reference: Reference, embed, since: float, until: float,
@@ -126,6 +143,8 @@ def judge(described: Described, window_statistics, previous, reference: Referenc
     """One window's findings against the reference (and the previous window's statistics, if any)."""
     findings = (compare.skew(reference.statistics, window_statistics, reference.schema)
                 + compare.drift(window_statistics, previous, reference.schema))
+    if reference.test_answers is not None:
+        findings += compare.against_test_answers(reference.test_answers, window_statistics, reference.schema)
     if len(described):
         findings.append(compare.mmd_test(reference.embedding.project(reference.described.embeddings),
                                          reference.embedding.project(described.embeddings), settings, rng))

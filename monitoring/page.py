@@ -18,6 +18,10 @@ th{background:#f3f3f3} figure{display:inline-block;margin:4px;font-size:12px} fi
 .bad{color:#b00;font-weight:bold} .good{color:#070} .muted{color:#888}"""
 
 
+TREND_TITLES = {compare.SKEW: "Against training (skew)",
+                compare.ANSWERS: "The model's answers against its answers on the test split (ServingCheck)",
+                compare.DRIFT: "Against the window before (drift)"}
+
 Shown = Dict[str, Tuple[bytes, Optional[np.ndarray]]]  # sha256 -> the image and its Grad-CAM heatmap
 
 
@@ -26,7 +30,7 @@ def render(result: dict, shown: Shown) -> str:
     verdict = ("<p class='bad'>Alarm: at least one window differs from training or from the window before.</p>"
                if result["alarm"] else "<p class='good'>No alarm.</p>")
     sections = [f"<h1>Monitoring {html.escape(result['logs'])}</h1>", verdict, _windows_table(windows),
-                _trend_table(windows, compare.SKEW), _trend_table(windows, compare.DRIFT),
+                *(_trend_table(windows, check) for check in TREND_TITLES),
                 _outliers(windows, shown)]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>cxr monitor</title><style>{STYLE}</style>"
             f"</head><body>{''.join(sections)}</body></html>")
@@ -66,8 +70,7 @@ def _trend_table(windows: List[dict], check: str) -> str:
         threshold = next(f["threshold"] for w in windows for f in w["findings"]
                          if f["check"] == check and f["feature"] == name)
         rows.append(f"<tr><th style='text-align:left'>{html.escape(name)}</th><td>{threshold:g}</td>{''.join(cells)}</tr>")
-    title = "Against training (skew)" if check == compare.SKEW else "Against the window before (drift)"
-    return f"<h2>{title}</h2><table><tr><th>feature</th><th>threshold</th>{header}</tr>{''.join(rows)}</table>"
+    return f"<h2>{TREND_TITLES[check]}</h2><table><tr><th>feature</th><th>threshold</th>{header}</tr>{''.join(rows)}</table>"
 
 
 def _outliers(windows: List[dict], shown: Shown) -> str:

@@ -34,3 +34,18 @@ class MonitoringSettings:
     uncertain_below: float = 0.5
     outlier_quantile: float = 0.99
     outliers_shown: int = 8  # per window, on the page, with their Grad-CAM
+    # What cxr monitor reads by default, and each scheduled monitoring run on Kubeflow (cxr kfp compile
+    # --job monitoring): the log proxies' --request_log_root (a folder every task mounts through
+    # kubeflow.volumes, or gs://), the span each run judges (ending at its scheduled time, or when it
+    # starts) and the windows it cuts that span into. The proxies' retention must keep lookback_s.
+    logs_root: str = ""
+    lookback_s: float = 86400.0
+    window_s: float = 3600.0
+
+    def __post_init__(self):
+        for name in ("lookback_s", "window_s", "min_window_images", "mmd_permutations", "embedding_components"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"monitoring.{name} must be positive, got {getattr(self, name)}")
+        if self.window_s > self.lookback_s:
+            raise ValueError(f"monitoring.window_s ({self.window_s:g}) must not exceed monitoring.lookback_s "
+                             f"({self.lookback_s:g})")

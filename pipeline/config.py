@@ -116,6 +116,8 @@ class PipelineConfig:
                  "serving_dir": self.serving_dir, "metadata_path": self.metadata_path}
         if self.drift.baseline_dir:
             paths["drift.baseline_dir"] = self.drift.baseline_dir
+        if self.monitoring.logs_root:
+            paths["monitoring.logs_root"] = self.monitoring.logs_root
         return paths
 
 

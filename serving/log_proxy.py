@@ -32,6 +32,10 @@ from cxr.serving.server_settings import ProxySettings
 log = logging.getLogger("cxr.log_proxy")
 _PREDICT = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:predict")
 VERSION_CACHE_S = 30.0
+# The request log's writer thread builds each record in a burst of Python under the GIL (about 1.5 ms
+# for a 224 px image); at Python's default switch interval (5 ms) a request whose thread waits for the
+# GIL behind it waits through the burst. A shorter interval bounds that wait (bench/RESULTS.md).
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class LogProxy:
@@ -179,6 +183,7 @@ def refusal_reason(answer: bytes) -> str:
 
 def serve_proxy(settings: ProxySettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     proxy = LogProxy(settings).start()
     print(f"logging proxy at {proxy.url} for TF Serving at {proxy.upstream}", flush=True)
     if settings.address_file:

@@ -90,3 +90,19 @@ def latest_artifact_uris(config, node: str, key: str, output: bool = True):
         events = [e for e in store.get_events_by_execution_ids([execution.id])
                   if e.type == direction and e.path.steps[0].key == key]
         return [a.uri for a in store.get_artifacts_by_id([e.artifact_id for e in events])]
+
+
+def serve_and_log(model_base_path: str, log_root: str, requests: int) -> None:
+    """`requests` single-image requests of 64 px phantoms, four findings in turn, to cxr serve on the newest
+    version under model_base_path, every one logged under log_root."""
+    from cxr.serving.client import ServingClient
+    from cxr.serving.dev_server import ServerSettings, start
+    running = start(ServerSettings(model_base_path=model_base_path, rest_api_port=0, request_log_root=log_root,
+                                   request_log_sample_rate=1.0))
+    try:
+        client = ServingClient(running.url)
+        for i in range(requests):
+            finding = ("normal", "pneumothorax", "covid", "bacterial_pneumonia")[i % 4]
+            client.predict([encode(phantom_picture(6000 + i, size=64, finding=finding), "PNG")])
+    finally:
+        running.stop()

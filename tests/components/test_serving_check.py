@@ -4,6 +4,7 @@ import pytest
 
 from cxr.components.serving_check import ServingCheckFailed, _check_distributions, weak_slices
 from cxr.components.settings import GateSettings
+from cxr.contract import LABELS
 
 LIMITS = GateSettings(max_latency_ms=100.0, min_slice_recall=0.5, min_slice_examples=4)
 
@@ -55,6 +56,10 @@ def test_served_answers_that_disagree_with_the_evaluator_fail_the_check(model_ba
     served = float(failed.value.args[0].split("accuracy ")[1].split(";")[0])
     found = check_candidate(model_dir, examples, evaluated_accuracy=served, gate=lenient)
     assert found["images"] == 8 and found["accuracy"] == pytest.approx(served) and found["p50_ms"] > 0
+    labels = ["COVID", "NORMAL", "PNEUMOTHORAX", "BACTERIAL_PNEUMONIA"] * 2  # the answers monitoring compares with
+    assert found["probabilities"].shape == (8, 4)
+    assert found["accuracy"] == pytest.approx(
+        sum(LABELS[i] == label for i, label in zip(found["probabilities"].argmax(axis=1), labels)) / 8)
 
 
 def test_the_check_s_server_keeps_answering_past_a_pipe_s_worth_of_log(model_base_path):

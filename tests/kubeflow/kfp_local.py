@@ -6,6 +6,8 @@ KFP's backend gives a container (kubeflow/pipelines, backend/src/v2):
   at 2.5.0): pipeline parameters from the run's values or their defaults, and runtime constants
   that are exactly `{{$.pipeline_job_uuid}}` (and the other job and task placeholders) replaced
   by the run's values; with `kfp_version` before 2.5, passed through unresolved, as those drivers do;
+  `{{$.pipeline_job_schedule_time_utc}}` resolved to `schedule_time` where given (as drivers with
+  kubeflow/pipelines#13473 do), else passed through unresolved (as through 2.15, issue #12616);
 - with `metadata`, KFP's own records in ML Metadata (metadata/client.go, 2.0 to 2.5): the driver's
   context of type system.PipelineRun named by the run id, and for each task an execution of type
   system.ContainerExecution in it, with the pod's name the launcher writes when the task starts;
@@ -37,6 +39,8 @@ from cxr.pipeline.kfp_runs import KFP_POD_NAME, KFP_RUN_CONTEXT
 from image_env import ImageEnvironment
 
 _ARGO_TEMPLATE = "system-container-impl"
+_SCHEDULE_TIME = "{{$.pipeline_job_schedule_time_utc}}"
+_UNRESOLVED_SCHEDULE_TIME = "unresolved-pipeline-job-schedule-time-utc"
 
 
 @dataclasses.dataclass
@@ -88,12 +92,12 @@ class Zygote:
 
 
 def run_package(package_path: str, work_dir: str, zygote: Zygote, params: Optional[dict] = None,
-                fresh_processes=(), kfp_version=(2, 5), metadata=None) -> LocalRun:
+                fresh_processes=(), kfp_version=(2, 5), metadata=None, schedule_time: Optional[str] = None) -> LocalRun:
     with open(package_path, encoding="utf-8") as f:
         documents = list(yaml.safe_load_all(f))
     spec = json_format.ParseDict(documents[0], pipeline_spec_pb2.PipelineSpec())
     platform = documents[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if len(documents) > 1 else {}
-    run = _Run(spec, platform, work_dir, params or {}, zygote.image, kfp_version, metadata)
+    run = _Run(spec, platform, work_dir, params or {}, zygote.image, kfp_version, metadata, schedule_time)
     results = {}
     for task_name in _topological(spec.root.dag.tasks):
         results[task_name] = run.task(task_name, zygote if task_name not in fresh_processes else None)
@@ -115,9 +119,9 @@ def _topological(tasks) -> List[str]:
 
 class _Run:
     def __init__(self, spec, platform: dict, work_dir: str, params: dict, image: ImageEnvironment, kfp_version,
-                 metadata):
+                 metadata, schedule_time):
         self.spec, self.platform, self.work_dir, self.image = spec, platform, work_dir, image
-        self.kfp_version, self.metadata = kfp_version, metadata
+        self.kfp_version, self.metadata, self.schedule_time = kfp_version, metadata, schedule_time
         self.run_id = str(uuid.uuid4())
         self.workflow = f"{spec.pipeline_info.name}-{self.run_id[:5]}"
         self.executors = executors(spec)
@@ -137,6 +141,7 @@ class _Run:
             list(container.command) + list(container.args),
             executor_input_utils.executor_input_to_dict(executor_input, component),
             pipeline_resource_name=self.workflow, task_resource_name=name, pipeline_root=self.work_dir)
+        command = [part.replace(_UNRESOLVED_SCHEDULE_TIME, _SCHEDULE_TIME) for part in command]
         self._check_mounts(component.executor_label)
         os.makedirs(task_root, exist_ok=True)
         log_path = os.path.join(task_root, "log.txt")
@@ -168,6 +173,10 @@ class _Run:
         return arguments
 
     def _runtime_constant(self, value):
+        if value == _SCHEDULE_TIME:
+            # kfp.local would try to resolve the literal placeholder again inside the ExecutorInput ({{$}}),
+            # which KFP's launcher substitutes once: it travels as a token and is put back in the command.
+            return self.schedule_time or _UNRESOLVED_SCHEDULE_TIME
         if self.kfp_version < (2, 5):
             return value
         return {"{{$.pipeline_job_uuid}}": self.run_id, "{{$.pipeline_job_name}}": self.workflow,

@@ -198,6 +198,50 @@ def test_the_example_file_compiles_once_its_placeholders_are_replaced(tmp_path):
     path, spec, _ = _compiled(tmp_path, config)
     check_package(path)
     assert "YOUR-" not in open(path).read()
+    check_package(compile_pipeline(config, "kfp", str(tmp_path), job="monitoring"))
+
+
+def test_the_example_s_monitoring_reads_the_claim_and_folder_the_log_proxies_write():
+    with open(os.path.join(os.path.dirname(EXAMPLE), "..", "serving", "k8s", "deployment.yaml")) as f:
+        [pod] = [document["spec"]["template"]["spec"] for document in yaml.safe_load_all(f)
+                 if document and document.get("kind") == "Deployment"]
+    [proxy] = [container for container in pod["containers"] if container.get("command", [""])[-1] == "log-proxy"]
+    [root] = [arg.split("=", 1)[1] for arg in proxy["args"] if arg.startswith("--request_log_root=")]
+    [mount] = [m for m in proxy["volumeMounts"] if m["mountPath"] == root]
+    [volume] = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    config = load_config("study", EXAMPLE)
+    assert config.monitoring.logs_root == root
+    assert config.kubeflow.mounts()[root] == volume["persistentVolumeClaim"]["claimName"]
+
+
+def test_the_monitoring_job_is_one_task_with_kfp_s_ui_outputs_the_schedule_time_and_the_volumes(tmp_path):
+    config = _config("monitoring.logs_root=/mnt/cxr/request-logs")
+    path = compile_pipeline(config, "kfp", str(tmp_path), job="monitoring")
+    spec = check_package(path)
+    with open(path) as f:
+        platform = list(yaml.safe_load_all(f))[1]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert spec.pipeline_info.name == f"{NAME}-monitoring" and list(spec.root.dag.tasks) == ["cxr-monitor"]
+    task = spec.root.dag.tasks["cxr-monitor"]
+    assert task.inputs.parameters["until"].runtime_value.constant.string_value == "{{$.pipeline_job_schedule_time_utc}}"
+    outputs = spec.components[task.component_ref.name].output_definitions.artifacts
+    assert {name: a.artifact_type.schema_title for name, a in outputs.items()} == {
+        "metrics": "system.Metrics", "page": "system.HTML"}
+    [executor] = executors(spec).values()
+    assert executor.container.image == IMAGE and "monitor" in executor.container.args
+    [mounts] = [e["pvcMount"] for e in platform.values()]
+    assert {m["mountPath"] for m in mounts} == {"/mnt/cxr", "/models"}
+    compiled = from_json(spec.root.input_definitions.parameters[CONFIG_PARAMETER].default_value.string_value,
+                         "the spec")
+    assert compiled.monitoring == config.monitoring and compiled.serving_dir == "/models"
+
+
+def test_the_monitoring_job_needs_the_request_log_and_compiles_for_kfp_only(tmp_path):
+    with pytest.raises(ConfigError, match="monitoring.logs_root is empty"):
+        compile_pipeline(_config(), "kfp", str(tmp_path), job="monitoring")
+    with pytest.raises(ConfigError, match="monitoring.logs_root is '/var/log/cxr', which no task mounts"):
+        compile_pipeline(_config("monitoring.logs_root=/var/log/cxr"), "kfp", str(tmp_path), job="monitoring")
+    with pytest.raises(ValueError, match="compiles for kfp only"):
+        compile_pipeline(_config("monitoring.logs_root=gs://logs/cxr"), "vertex", str(tmp_path), job="monitoring")
 
 
 def test_a_kubeflow_v2_dag_runner_spec_is_refused_for_the_reasons_kfp_refuses_it(tmp_path):

@@ -1,7 +1,10 @@
 """The compiled `--target kfp` pipeline, run as a cluster runs it (kfp_local.py): each task in its own
 process of the pipeline image's environment (image_env.py), state in ML Metadata. One compiled spec,
 two runs: the second, after span 2 lands, reads span 2 with no recompile, is judged against the first
-run's blessed model, and pushes again."""
+run's blessed model, and pushes again. Then the monitoring job judges what the pushed model served."""
+import dataclasses
+import datetime
+import json
 import os
 
 import pytest
@@ -12,7 +15,8 @@ from cxr.kubeflow.cluster_checks import check_package
 from cxr.kubeflow.runner import compile_pipeline
 from cxr.pipeline.metadata_reader import read_run, sqlite_connection
 from cxr.pipeline.pipeline import create_pipeline
-from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, tiny_pipeline_config, write_tiny_data
+from helpers import (IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, serve_and_log, tiny_pipeline_config,
+                     write_tiny_data)
 from kfp_local import Zygote, file_of, metadata_of, run_package
 
 pytestmark = pytest.mark.slow
@@ -81,3 +85,30 @@ def test_two_runs_of_one_compiled_spec_train_on_the_newest_span_and_push(cluster
 
 def _task_name(node_id: str) -> str:
     return node_id.lower().replace("_", "-")
+
+
+def test_the_monitoring_job_judges_the_served_version_s_requests_against_the_run_that_pushed_it(cluster, tmp_path):
+    # After the two runs above: the newest pushed version serves and logs to the volume; the monitoring job,
+    # compiled once and run as a scheduled run, finds that version's training split and test answers in ML
+    # Metadata and hands KFP's UI its page and distances.
+    volume, config, _, zygote = cluster
+    summary, _ = read_run(sqlite_connection(config.metadata_path))
+    version = os.path.basename(summary.pushed_to)
+    logs = volume / "request-logs"
+    serve_and_log(str(volume / "serving" / "cxr"), str(logs), requests=32)
+    monitoring = dataclasses.replace(config, monitoring=dataclasses.replace(
+        config.monitoring, logs_root=str(logs), lookback_s=7200.0, window_s=3600.0))
+    package = compile_pipeline(monitoring, "kfp", str(tmp_path / "compiled"), job="monitoring")
+    check_package(package)
+    end = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(minutes=1)
+    for schedule_time in (end.strftime("%Y-%m-%dT%H:%M:%SZ"), None):  # resolved, and as KFP up to 2.15 leaves it
+        run = run_package(package, str(tmp_path / "kfp-root"), zygote, schedule_time=schedule_time)
+        assert run.succeeded, run.failures()
+        metrics = metadata_of(run.tasks["cxr-monitor"], "metrics")
+        assert metrics["logged images"] == 32 and metrics["windows"] == 2 and metrics["windows judged"] == 1
+        assert {"skew pixel_mean", "answers predicted_class", "embedding p-value"} <= set(metrics), metrics
+        assert "The model's answers against its answers on the test split" in file_of(run.tasks["cxr-monitor"], "page")
+        with open(os.path.join(config.pipeline_root, "monitoring", run.run_id, "monitoring.json")) as f:
+            judged = json.load(f)["versions"][version]
+        assert judged["from"] == f"pipeline run {summary.run_id}" and judged["test_answers"]
+

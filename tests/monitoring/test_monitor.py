@@ -142,6 +142,41 @@ def test_the_embedding_test_alarms_at_its_p_value_on_no_shift_and_finds_a_shift(
     assert sum(moved) == 10
 
 
+def _answers(rng, n, favoured):
+    """n answers of four classes, each image's top class drawn with the `favoured` shares, mostly confident."""
+    top = rng.choice(4, size=n, p=favoured)
+    probabilities = rng.dirichlet([0.5] * 4, size=n) * 0.3
+    probabilities[np.arange(n), top] += 0.7
+    return probabilities / probabilities.sum(axis=1, keepdims=True)
+
+
+def test_the_served_answers_are_compared_with_the_serving_check_s_and_a_shifted_mix_is_an_alarm(tmp_path):
+    from cxr.monitoring import features
+    rng = np.random.default_rng(0)
+    recorded = tmp_path / contract.SERVING_CHECK_ANSWERS_FILE
+    recorded.write_text(json.dumps({contract.PROBABILITIES: _answers(rng, 120, [0.25] * 4).tolist()}))
+    test_answers = compare.statistics(features.answers_table(features.read_test_answers(str(recorded))))
+    schema = compare.reference_schema(test_answers, MonitoringSettings())
+
+    def judged(favoured):
+        window = compare.statistics(features.answers_table(_answers(rng, 40, favoured)))
+        return {f.feature: f for f in compare.against_test_answers(test_answers, window, schema)}
+
+    alike, shifted = judged([0.25] * 4), judged([0.85, 0.05, 0.05, 0.05])
+    assert set(alike) == set(features.ANSWER) and all(f.check == compare.ANSWERS for f in alike.values())
+    assert not any(f.alarm for f in alike.values()), alike
+    assert shifted[features.PREDICTED_CLASS].alarm
+    assert shifted[features.PREDICTED_CLASS].distance > alike[features.PREDICTED_CLASS].distance
+    assert shifted[features.PREDICTED_CLASS].threshold == MonitoringSettings().skew_categorical_threshold
+
+
+def test_a_test_answers_file_of_the_wrong_shape_is_named(tmp_path):
+    from cxr.monitoring import features
+    recorded = tmp_path / "answers.json"
+    recorded.write_text(json.dumps({contract.PROBABILITIES: [[0.5, 0.5]]}))
+    with pytest.raises(ValueError, match=r"answers.json: expected .*4 probabilities per test image.*shape \(1, 2\)"):
+        features.read_test_answers(str(recorded))
+
 
 def _sha256(data):
     return hashlib.sha256(data).hexdigest()

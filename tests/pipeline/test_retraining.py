@@ -3,18 +3,21 @@ shifted is stopped by the drift check; a healthy span 2 is trained and judged ag
 labelled served images (cxr feedback) make span 3, which the next run trains on."""
 import glob
 import hashlib
+import json
 import os
+import time
 
 import pytest
 import tensorflow as tf
 
-from cxr import contract
+from cxr import contract, output
 from cxr.cli import main
+from cxr.components import artifacts
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
 from cxr.pipeline.local_runner import run_local
 from helpers import (IN_PROCESS_BEAM, ORCHESTRATION_ONLY, encode, latest_artifact_uris, phantom_picture,
-                     tiny_pipeline_config, write, write_tiny_data)
+                     serve_and_log, tiny_pipeline_config, write, write_tiny_data)
 
 pytestmark = pytest.mark.slow
 
@@ -92,3 +95,33 @@ def test_labelled_served_images_become_the_span_the_next_run_trains_on(base):
     sources = [tf.train.Example.FromString(record.numpy()).features.feature[contract.SOURCE].bytes_list.value[0]
                for record in tf.data.TFRecordDataset(shards, compression_type="GZIP")]
     assert sources.count(contract.SERVED.encode()) == len(images)
+
+
+def test_cxr_monitor_finds_the_served_version_s_training_split_and_test_answers_in_ml_metadata(base):
+    # After the runs above: the newest pushed version serves and logs; cxr monitor, given only ML Metadata,
+    # compares its requests with the training split and the ServingCheck's answers of the run that pushed it.
+    from cxr.pipeline.metadata_reader import read_run, sqlite_connection
+    summary, outputs = read_run(sqlite_connection(str(base / "metadata.sqlite")))
+    version = os.path.basename(summary.pushed_to)
+    since = time.time() - 1
+    serve_and_log(str(base / "serving" / "cxr"), str(base / "log"), requests=32)
+    out = base / "monitoring"
+    status = main(["monitor", "--logs", str(base / "log"), "--metadata", str(base / "metadata.sqlite"),
+                   "--model_base_path", str(base / "serving" / "cxr"), "--since", str(since),
+                   "--until", str(time.time() + 1), "--window", "3600", "--out", str(out)])
+    assert status in (0, output.EXIT_ALARM)
+    with open(out / "monitoring.json") as f:
+        result = json.load(f)
+    found = result["versions"][version]
+    assert found["from"] == f"pipeline run {summary.run_id}"
+    assert found["training_files"] == artifacts.split_files(outputs["ImportExampleGen"]["examples"].uri, contract.TRAIN)
+    assert found["test_answers"] == os.path.join(outputs["ServingCheck"]["blessing"].uri,
+                                                 contract.SERVING_CHECK_ANSWERS_FILE)
+    with open(found["test_answers"]) as f:
+        test_images = len(json.load(f)[contract.PROBABILITIES])
+    assert test_images == sum(1 for _ in tf.data.TFRecordDataset(
+        artifacts.split_files(outputs["ImportExampleGen"]["examples"].uri, contract.TEST), compression_type="GZIP"))
+    [window] = result["windows"]
+    assert window["images"] == 32 and window["judged"]
+    answers = {f["feature"] for f in window["findings"] if f["check"] == "answers" and f["distance"] is not None}
+    assert answers == {"predicted_class", "top_probability", "entropy"}
