@@ -81,9 +81,10 @@ def report(images, outcomes, distances, window, repeats, seed, settings, model_d
              f"`bench/monitor.py --window {window} --repeats {repeats} --seed {seed}` ({seconds:.0f} s), model {model_dir}, "
              f"{images[0]} training images: each repeat takes half as the reference and cuts the other half into "
              f"windows of {window} (drift: against the unshifted window before; answers: against the model's on "
-             f"the {images[1]} test images). Thresholds as configured: skew and answers "
+             f"the {images[1]} test images). Thresholds as configured: skew "
              f"{settings.skew_categorical_threshold} (categorical, L-inf) and {settings.skew_numeric_threshold} "
-             f"(numeric, Jensen-Shannon), drift {settings.drift_categorical_threshold} and "
+             f"(numeric, Jensen-Shannon), answers {settings.answers_categorical_threshold} and "
+             f"{settings.answers_numeric_threshold}, drift {settings.drift_categorical_threshold} and "
              f"{settings.drift_numeric_threshold}, MMD p-value {settings.mmd_p_value}.", "",
              "Share of windows with an alarm (\"none\": unshifted, so every alarm is false):", "",
              "| check | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]

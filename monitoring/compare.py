@@ -60,13 +60,19 @@ def skew(reference, window, schema) -> List[Finding]:
     return _measured(anomalies, SKEW)
 
 
-def against_test_answers(test_answers, window, schema: schema_pb2.Schema) -> List[Finding]:
-    """The model's answers in the window against those the ServingCheck recorded on the test split,
-    with the skew comparators and thresholds of the answer's features."""
+def against_test_answers(test_answers, window, schema: schema_pb2.Schema,
+                         settings: MonitoringSettings) -> List[Finding]:
+    """The model's answers in the window against those the ServingCheck recorded on the test split, with
+    skew comparators at the answers' thresholds."""
     answers_only = schema_pb2.Schema()
     answers_only.CopyFrom(schema)
     del answers_only.feature[:]
     answers_only.feature.extend(feature for feature in schema.feature if feature.name in features.ANSWER)
+    for feature in answers_only.feature:
+        if feature.name in features.CATEGORICAL:
+            feature.skew_comparator.infinity_norm.threshold = settings.answers_categorical_threshold
+        else:
+            feature.skew_comparator.jensen_shannon_divergence.threshold = settings.answers_numeric_threshold
     anomalies = tfdv.validate_statistics(test_answers, answers_only, environment=TRAINING, serving_statistics=window)
     return [dataclasses.replace(finding, check=ANSWERS) for finding in _measured(anomalies, SKEW)]
 

@@ -144,7 +144,8 @@ def judge(described: Described, window_statistics, previous, reference: Referenc
     findings = (compare.skew(reference.statistics, window_statistics, reference.schema)
                 + compare.drift(window_statistics, previous, reference.schema))
     if reference.test_answers is not None:
-        findings += compare.against_test_answers(reference.test_answers, window_statistics, reference.schema)
+        findings += compare.against_test_answers(reference.test_answers, window_statistics, reference.schema,
+                                                 settings)
     if len(described):
         findings.append(compare.mmd_test(reference.embedding.project(reference.described.embeddings),
                                          reference.embedding.project(described.embeddings), settings, rng))

@@ -23,6 +23,8 @@ log = logging.getLogger("cxr.serve")
 
 # handler(method, path, body) -> (HTTP status, JSON body); runs on a worker thread.
 Handler = Callable[[str, str, bytes], Tuple[int, bytes]]
+# answered(method, path, body, status, answer): on the event loop once the answer is sent; must be quick.
+Answered = Callable[[str, str, bytes, int, bytes], None]
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 411: "Length Required",
             413: "Content Too Large", 429: "Too Many Requests", 431: "Request Header Fields Too Large",
             500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
@@ -59,8 +61,8 @@ class _Request:
 class HttpServer:
     """`start()` binds (naming a busy port) and serves on a thread of its own until `stop()`."""
 
-    def __init__(self, handler: Handler, host: str, port: int, limits: HttpLimits):
-        self.handler, self.limits = handler, limits
+    def __init__(self, handler: Handler, host: str, port: int, limits: HttpLimits, answered: Optional[Answered] = None):
+        self.handler, self.limits, self.answered = handler, limits, answered
         self._socket = _bound_socket(host, port)
         self.server_address = self._socket.getsockname()[:2]
         self._pool = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="rest-worker")
@@ -128,6 +130,11 @@ class HttpServer:
         status, body = await self._loop.run_in_executor(self._pool, self._handle, request)
         await self._write(writer, peer, f"{request.method} {request.path}", status, body, request.keep_alive,
                           started)
+        if self.answered is not None:
+            try:
+                self.answered(request.method, request.path, request.body, status, body)
+            except Exception:  # what follows an answer must not take the connection down
+                log.exception("%s %s: after answering", request.method, request.path)
         return request.keep_alive
 
     def _handle(self, request: _Request) -> Tuple[int, bytes]:

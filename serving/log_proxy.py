@@ -2,9 +2,9 @@
 
 Every request is passed to TF Serving (the `upstream`) as it came and its answer returned as it
 went, status and body; a sidecar in the serving pod, the Service pointing at it
-(serving/k8s/). Answered :predict requests are offered to the request log
-(serving/request_log.py), which samples them, and builds and writes their PredictionLog on its
-own thread: the JSON is parsed there, not on the request's path. Refused ones (4xx) are counted
+(serving/k8s/). Once its answer is sent, an answered :predict request is offered to the request
+log (serving/request_log.py), which samples it, and builds and writes its PredictionLog on its own
+thread: the JSON is parsed there, not on the request's path. Refused ones (4xx) are counted
 by status and reason. The version that answered a request for the latest version or a label is
 read from TF Serving's metadata of the same path (cached for a while, so a push within that
 while may be logged under the previous version).
@@ -49,7 +49,8 @@ class LogProxy:
         self._sessions = threading.local()
         self._versions: Dict[str, Tuple[float, int]] = {}
         self._versions_lock = threading.Lock()
-        self.http = HttpServer(self.handle, settings.host, settings.port, settings.http_limits())
+        self.http = HttpServer(self.handle, settings.host, settings.port, settings.http_limits(),
+                               answered=self.answered if self.request_log is not None else None)
 
     def start(self) -> "LogProxy":
         self.http.start()
@@ -65,13 +66,14 @@ class LogProxy:
         if self.request_log is not None:
             self.request_log.close()
 
-    def handle(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
-        status, answer = self._forward(method, path, body)
-        if self.request_log is not None and method == "POST":
+    def answered(self, method: str, path: str, body: bytes, status: int, answer: bytes) -> None:
+        """Once the answer is on its way: offered to the request log, whose writer thread then builds the
+        record while the client reads, not before it is answered."""
+        if method == "POST":
             self._log(path, body, status, answer)
-        return status, answer
 
-    def _forward(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
+    def handle(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
+        """On a worker thread: the request passed to TF Serving as it came; its answer, or 502 / 504."""
         try:
             try:
                 return self._exchange(method, path, body)

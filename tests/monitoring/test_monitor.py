@@ -156,18 +156,19 @@ def test_the_served_answers_are_compared_with_the_serving_check_s_and_a_shifted_
     recorded = tmp_path / contract.SERVING_CHECK_ANSWERS_FILE
     recorded.write_text(json.dumps({contract.PROBABILITIES: _answers(rng, 120, [0.25] * 4).tolist()}))
     test_answers = compare.statistics(features.answers_table(features.read_test_answers(str(recorded))))
-    schema = compare.reference_schema(test_answers, MonitoringSettings())
+    settings = MonitoringSettings(answers_categorical_threshold=0.3, skew_categorical_threshold=0.9)
+    schema = compare.reference_schema(test_answers, settings)
 
     def judged(favoured):
         window = compare.statistics(features.answers_table(_answers(rng, 40, favoured)))
-        return {f.feature: f for f in compare.against_test_answers(test_answers, window, schema)}
+        return {f.feature: f for f in compare.against_test_answers(test_answers, window, schema, settings)}
 
     alike, shifted = judged([0.25] * 4), judged([0.85, 0.05, 0.05, 0.05])
     assert set(alike) == set(features.ANSWER) and all(f.check == compare.ANSWERS for f in alike.values())
     assert not any(f.alarm for f in alike.values()), alike
     assert shifted[features.PREDICTED_CLASS].alarm
     assert shifted[features.PREDICTED_CLASS].distance > alike[features.PREDICTED_CLASS].distance
-    assert shifted[features.PREDICTED_CLASS].threshold == MonitoringSettings().skew_categorical_threshold
+    assert shifted[features.PREDICTED_CLASS].threshold == 0.3  # the answers' own, not skew's
 
 
 def test_a_test_answers_file_of_the_wrong_shape_is_named(tmp_path):
