@@ -153,15 +153,25 @@ def saved_model_embedder(model_dir: str):
     return embed
 
 
-def received_from_examples(paths: Sequence[str]) -> List[Received]:
-    """The training split's images (raw tf.Examples, as ExampleGen writes them) with their labels."""
+def received_from_examples(paths: Sequence[str], limit: Optional[int] = None, seed: int = 0) -> List[Received]:
+    """The training split's images (raw tf.Examples, as ExampleGen writes them) with their labels; with a
+    limit, a uniform sample of that many (reservoir sampling: the split is read once, never held whole)."""
     spec = {contract.IMAGE: tf.io.FixedLenFeature([], tf.string),
             contract.LABEL: tf.io.FixedLenFeature([], tf.string)}
-    found = []
-    for record in tf.data.TFRecordDataset(list(paths), compression_type=_compression(paths)):
-        example = tf.io.parse_single_example(record, spec)
-        found.append(Received(example[contract.IMAGE].numpy(), label=example[contract.LABEL].numpy().decode()))
-    return found
+    rng = np.random.default_rng(seed)
+    found: List[bytes] = []
+    for seen, record in enumerate(tf.data.TFRecordDataset(list(paths), compression_type=_compression(paths))):
+        if limit is None or seen < limit:
+            found.append(record.numpy())
+        else:
+            kept = rng.integers(seen + 1)
+            if kept < limit:
+                found[kept] = record.numpy()
+    return [_received(tf.io.parse_single_example(record, spec)) for record in found]
+
+
+def _received(example) -> Received:
+    return Received(example[contract.IMAGE].numpy(), label=example[contract.LABEL].numpy().decode())
 
 
 def _compression(paths: Sequence[str]) -> str:

@@ -100,7 +100,7 @@ def _log_files(root: str, since: float) -> List[str]:
 
 
 def describe_reference(version: int, sources: VersionSources, embed, settings: MonitoringSettings) -> Reference:
-    training = features.received_from_examples(sources.training_files)
+    training = features.received_from_examples(sources.training_files, settings.max_training_images)
     if not training:
         raise ValueError(f"version {version}: no training images in {list(sources.training_files)[:4]} "
                          f"({sources.origin})")

@@ -12,6 +12,9 @@ class MonitoringSettings:
     # A window with fewer logged images is reported as too small to judge: its distances are
     # recorded, no alarm is raised.
     min_window_images: int = 30
+    # The training images each version's reference describes: a uniform sample of the split when it is
+    # larger (each image costs a decode and a pass of the model; the distributions need no more).
+    max_training_images: int = 2000
     # TFDV's comparators: L-infinity distance for categorical features (format, the predicted class),
     # Jensen-Shannon divergence for numeric ones (size, depth, pixel statistics, top probability,
     # entropy); skew compares a window with the training split, drift with the window before, and two
@@ -48,7 +51,8 @@ class MonitoringSettings:
     window_s: float = 3600.0
 
     def __post_init__(self):
-        for name in ("lookback_s", "window_s", "min_window_images", "mmd_permutations", "embedding_components"):
+        for name in ("lookback_s", "window_s", "min_window_images", "max_training_images", "mmd_permutations",
+                     "embedding_components"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"monitoring.{name} must be positive, got {getattr(self, name)}")
         if self.window_s > self.lookback_s:

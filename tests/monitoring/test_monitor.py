@@ -1,4 +1,5 @@
 """cxr monitor on what cxr serve really logged: a window like training passes, a shifted one raises alarms."""
+import collections
 import csv
 import hashlib
 import json
@@ -177,6 +178,23 @@ def test_a_test_answers_file_of_the_wrong_shape_is_named(tmp_path):
     recorded.write_text(json.dumps({contract.PROBABILITIES: [[0.5, 0.5]]}))
     with pytest.raises(ValueError, match=r"answers.json: expected .*4 probabilities per test image.*shape \(1, 2\)"):
         features.read_test_answers(str(recorded))
+
+
+def test_a_training_split_larger_than_the_limit_is_sampled_uniformly_in_one_pass(tmp_path):
+    from cxr.monitoring import features
+    path = str(tmp_path / "train.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for i in range(50):
+            writer.write(tf.train.Example(features=tf.train.Features(feature={
+                contract.IMAGE: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"image %d" % i])),
+                contract.LABEL: tf.train.Feature(bytes_list=tf.train.BytesList(value=[b"NORMAL"]))})).SerializeToString())
+    assert len(features.received_from_examples([path])) == 50
+    chosen = collections.Counter()
+    for seed in range(200):
+        sample = [item.image for item in features.received_from_examples([path], limit=10, seed=seed)]
+        assert len(set(sample)) == 10 and all(item.startswith(b"image ") for item in sample)
+        chosen.update(sample)
+    assert len(chosen) == 50 and 20 <= min(chosen.values()) and max(chosen.values()) <= 65  # 40 each expected
 
 
 def _sha256(data):
