@@ -1,4 +1,5 @@
-"""cxr monitor on what cxr serve really logged: a window like training passes, a shifted one raises alarms."""
+"""cxr monitor on what cxr log-proxy really logged in front of cxr serve: a window like training passes, a shifted
+one raises alarms."""
 import collections
 import csv
 import hashlib
@@ -16,6 +17,8 @@ from cxr.monitoring import compare, shifts
 from cxr.monitoring.settings import MonitoringSettings
 from cxr.serving.client import ServingClient
 from cxr.serving.dev_server import ServerSettings, start
+from cxr.serving.log_proxy import LogProxy
+from cxr.serving.server_settings import ProxySettings
 from trained_model import demo_png
 
 PER_CLASS_TRAINING = 30
@@ -51,13 +54,15 @@ def _send(client, images, batch=8):
 
 @pytest.fixture(scope="module")
 def logged(model_base_path, tmp_path_factory):
-    """Three windows of requests to cxr serve, logged in full: like training, shifted, and too few shifted."""
+    """Three windows of requests to cxr serve through cxr log-proxy, logged in full: like training, shifted, and
+    too few shifted."""
     root = tmp_path_factory.mktemp("monitoring")
-    running = start(ServerSettings(model_base_path=model_base_path, rest_api_port=0,
-                                   request_log_root=str(root / "log"), request_log_sample_rate=1.0))
+    running = start(ServerSettings(model_base_path=model_base_path, rest_api_port=0))
+    proxy = LogProxy(ProxySettings(upstream=running.url, port=0, request_log_root=str(root / "log"),
+                                   request_log_sample_rate=1.0)).start()
     batches = [_like_training(), _shifted(), _shifted()[:9]]
     try:
-        client = ServingClient(running.url)
+        client = ServingClient(proxy.url)
         since = math.floor(time.time())
         began = time.time()
         _send(client, batches[0])
@@ -67,7 +72,8 @@ def logged(model_base_path, tmp_path_factory):
             _send(client, images)
             assert time.time() < since + (index + 1) * window, "a batch overran its window: the test cannot judge"
     finally:
-        running.stop()  # and the logger writes what it holds
+        proxy.stop()  # and the logger writes what it holds
+        running.stop()
     _write_training_split(str(root / "train.tfrecord.gz"))
     return {"root": root, "since": since, "window": window, "until": since + 3 * window}
 
