@@ -24,7 +24,7 @@ from typing import Callable, Optional, Tuple
 import tensorflow as tf
 
 from cxr.serving.errors import ServingError
-from cxr.serving.http_server import HttpServer, write_address
+from cxr.serving.http_server import HttpServer, wait_until_stopped, write_address
 from cxr.serving.model_store import LoadedVersion, ModelSource, ModelStore
 from cxr.serving.request_log import RequestLogger, Served
 from cxr.serving.rest_json import error_body, input_values, parse_body, predict_response, signature_name
@@ -83,9 +83,7 @@ def serve(settings: ServerSettings) -> None:
     if settings.address_file:
         write_address(settings.address_file, running.url)
     try:
-        running.http.thread.join()
-    except KeyboardInterrupt:
-        pass
+        wait_until_stopped(running.http.thread)
     finally:
         running.stop()
 

@@ -11,6 +11,7 @@ import dataclasses
 import errno
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -219,6 +220,19 @@ def _bound_socket(host: str, port: int) -> socket.socket:
                          if error.errno == errno.EADDRINUSE else "")) from None
     sock.listen(128)
     return sock
+
+
+def wait_until_stopped(thread: threading.Thread) -> None:
+    """Waits on a server's thread until Ctrl-C or SIGTERM (how Kubernetes stops a pod's containers), then
+    returns, so that the caller stops cleanly: the request log writes what it holds and closes its file
+    (on gs://, a file is uploaded only when it closes)."""
+    def terminated(signum, frame):
+        raise KeyboardInterrupt
+    signal.signal(signal.SIGTERM, terminated)
+    try:
+        thread.join()
+    except KeyboardInterrupt:
+        pass
 
 
 def write_address(path: str, url: str) -> None:

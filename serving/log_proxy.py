@@ -24,7 +24,7 @@ import numpy as np
 import requests
 
 from cxr import contract
-from cxr.serving.http_server import HttpServer, write_address
+from cxr.serving.http_server import HttpServer, wait_until_stopped, write_address
 from cxr.serving.request_log import RequestLogger, Served
 from cxr.serving.rest_json import decode_b64, error_body, input_values, parse_body, signature_name
 from cxr.serving.server_settings import ProxySettings
@@ -191,8 +191,6 @@ def serve_proxy(settings: ProxySettings) -> None:
     if settings.address_file:
         write_address(settings.address_file, proxy.url)
     try:
-        proxy.http.thread.join()
-    except KeyboardInterrupt:
-        pass
+        wait_until_stopped(proxy.http.thread)
     finally:
         proxy.stop()

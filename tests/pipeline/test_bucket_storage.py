@@ -51,7 +51,7 @@ def bucket_run(tmp_path_factory, in_sandbox):
     in_sandbox("cxr", "run", "--config", str(config_file))
     image = next((work / "downloads").rglob("*.png"))
     found = json.loads(in_sandbox("python", PROBE, config.metadata_path, f"{BUCKET}/serving/{config.model_name}",
-                                  str(image)).splitlines()[-1])
+                                  str(image), f"{BUCKET}/monitoring").splitlines()[-1])
     return work, config, found, image
 
 
@@ -73,3 +73,16 @@ def test_the_report_and_the_server_read_the_run_from_the_bucket(bucket_run, in_s
     assert found["epochs"] == {"train": config.training.epochs, "validation": config.training.epochs}
     assert found["served_version"] == int(os.path.basename(found["pushed_to"]))
     assert found["predicted"]["file"] == str(image) and len(found["predicted"]["probabilities"]) == 4
+
+
+def test_cxr_monitor_reads_the_request_log_and_the_serving_check_s_answers_from_the_bucket(bucket_run):
+    # cxr serve logged the one prediction above into the bucket (its file uploaded when SIGTERM stopped it);
+    # cxr monitor found the version's run in ML Metadata and read its split and test answers from gs://.
+    _, _, found, _ = bucket_run
+    monitored = found["monitored"]
+    assert "error" not in monitored, monitored.get("error")
+    assert monitored["logged_images"] == 1
+    version = monitored["versions"][str(found["served_version"])]
+    assert version["from"].startswith("pipeline run ") and version["training_images"] > 0
+    assert version["test_answers"].startswith(f"{BUCKET}/root/ServingCheck/")
+    assert all(path.startswith(f"{found['examples_uri']}/Split-train/") for path in version["training_files"])

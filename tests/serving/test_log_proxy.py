@@ -1,4 +1,7 @@
 """cxr log-proxy in front of a server with TF Serving's REST API (cxr serve stands in for TF Serving)."""
+import signal
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -94,3 +97,24 @@ def test_a_kept_alive_connection_the_server_closed_is_opened_again(model_base_pa
     finally:
         proxy.stop()
         running.stop()
+
+
+def test_on_sigterm_the_proxy_writes_what_it_holds_and_closes_its_log(upstream, tmp_path):
+    # Kubernetes stops a pod's containers with SIGTERM; the records queued and the open file must not be lost.
+    address = tmp_path / "address"
+    proxy = subprocess.Popen([sys.executable, "-m", "cxr", "log-proxy", "--upstream", upstream.url, "--port", "0",
+                              "--request_log_root", str(tmp_path / "log"), "--request_log_sample_rate", "1.0",
+                              "--address_file", str(address)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not address.exists() and proxy.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        images = [demo_png(seed) for seed in range(3)]
+        for image in images:
+            ServingClient(address.read_text().strip()).predict([image])
+    finally:
+        proxy.send_signal(signal.SIGTERM)
+        _, stderr = proxy.communicate(timeout=60)
+    assert proxy.returncode == 0, stderr[-2000:]
+    logged = read_logs(log_files(str(tmp_path / "log")))
+    assert [tf.make_ndarray(r.predict_log.request.inputs[contract.IMAGES_INPUT])[0] for r in logged] == images
