@@ -1,4 +1,7 @@
 """cxr log-proxy in front of a server with TF Serving's REST API (cxr serve stands in for TF Serving)."""
+import base64
+import http.client
+import json
 import signal
 import subprocess
 import sys
@@ -118,3 +121,26 @@ def test_on_sigterm_the_proxy_writes_what_it_holds_and_closes_its_log(upstream, 
     assert proxy.returncode == 0, stderr[-2000:]
     logged = read_logs(log_files(str(tmp_path / "log")))
     assert [tf.make_ndarray(r.predict_log.request.inputs[contract.IMAGES_INPUT])[0] for r in logged] == images
+
+
+def test_a_failure_after_the_answer_is_sent_costs_neither_that_answer_nor_the_next(upstream, tmp_path, monkeypatch):
+    proxy = _proxy(upstream.url, tmp_path / "log")
+
+    def broken(label, build):
+        raise RuntimeError("a bug in the request log")
+    monkeypatch.setattr(proxy.request_log, "offer", broken)
+    host, port = proxy.http.server_address
+    connection = http.client.HTTPConnection(host, port, timeout=60)  # one connection, never opened again
+    answers = []
+    try:
+        for seed in range(2):
+            body = json.dumps({"instances": [{"b64": base64.b64encode(demo_png(seed)).decode()}]})
+            connection.request("POST", "/v1/models/cxr:predict", body=body,
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            answers.append((response.status, json.loads(response.read())))
+    finally:
+        connection.close()
+        proxy.stop()
+    assert [status for status, _ in answers] == [200, 200]
+    assert all(len(answer["predictions"]) == 1 for _, answer in answers)
