@@ -144,6 +144,12 @@ TUNER_ALGORITHMS = ("random", "bayesian", "hyperband")
 
 def _check_tuner(settings) -> None:
     _check_choice("tuner.algorithm", settings.algorithm, TUNER_ALGORITHMS)
+    if settings.min_completed_trials < 0:
+        raise SettingsError(f"tuner.min_completed_trials must be 0 (every trial but those that diverged) or more, "
+                            f"got {settings.min_completed_trials}")
+    if settings.algorithm != "hyperband" and settings.min_completed_trials > settings.max_trials:
+        raise SettingsError(f"tuner.min_completed_trials {settings.min_completed_trials} is more than "
+                            f"tuner.max_trials {settings.max_trials}: the search could never pass")
     for name in KNOBS:
         if not getattr(settings, name):
             raise SettingsError(f"tuner.{name} must list at least one choice")
@@ -155,6 +161,9 @@ TunerSettings = dataclasses.make_dataclass(
      ("algorithm", str, dataclasses.field(default="random")),  # one of TUNER_ALGORITHMS
      ("max_trials", int, dataclasses.field(default=10)),  # random and bayesian
      ("epochs_per_trial", int, dataclasses.field(default=5)),  # the most any trial trains (hyperband's max_epochs)
+     # The search fails unless this many trials completed; 0: every trial but those that diverged (a loss
+     # that is not finite), and at least one. A trial that fails otherwise (an error) then ends it at once.
+     ("min_completed_trials", int, dataclasses.field(default=0)),
      *[(name, Tuple[type(knob.choices[0]), ...], dataclasses.field(default=knob.choices))
        for name, knob in KNOBS.items()]],
     frozen=True, namespace={"__post_init__": _check_tuner, "__module__": __name__,

@@ -106,7 +106,7 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
     _write_settings(settings, fn_args.model_run_dir)
     training = settings.training
     keras.utils.set_random_seed(training.seed)
-    transform_output = tft.TFTransformOutput(fn_args.transform_output)
+    transform_output = tft.TFTransformOutput(fn_args.transform_graph_path)
     strategy = distribution_strategy()
     inputs = datasets(read_splits(fn_args), transform_output, settings, strategy.num_replicas_in_sync)
     model = build(settings, strategy)

@@ -101,6 +101,12 @@ def class_probabilities(outputs: Dict[str, Any]) -> Dict[str, float]:
 # Beside the Trainer's model run: the settings it trained with, which the report reads back.
 TRAINER_SETTINGS_FILE = "trainer_settings.json"
 
+# In the Tuner's tuner_results folder, beside TFX's tuner_results.json (the completed trials, best first): every
+# trial in the order it ran, with its values, objective, epochs, time and status (components/tuner.py writes it).
+TUNER_TRIALS_FILE = "trials.json"
+# On the Tuner's tuner_results artifact in ML Metadata: one line on the search and its best trial (run summary).
+TUNER_SEARCH = "search"
+
 # The ServingCheck's InfraBlessing: whether the candidate passed (the Pusher reads this property,
 # tfx/components/util/model_utils.py is_infra_validated) and why; the run summary reads both.
 INFRA_BLESSED = "blessed"

@@ -25,6 +25,8 @@ def run_summary(summary) -> str:
         lines += ["", f"FAILED: {summary.error}"]
     if Nodes.DRIFT_CHECK in summary.statuses:
         lines += ["", *_drift_lines(summary)]
+    if summary.tuner_search:
+        lines += ["", f"tuner: {summary.tuner_search}"]
     if summary.metrics:
         lines += ["", *_metric_table(summary.metrics)]
     lines.append("")

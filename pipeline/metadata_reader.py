@@ -26,6 +26,7 @@ class RunSummary:
     interrupted: bool = False  # by Ctrl-C
     serving_check: Optional[str] = None  # ServingCheck's verdict
     serving_check_passed: Optional[bool] = None
+    tuner_search: Optional[str] = None  # the Tuner's search in one line, its best trial first
     # The pipeline's nodes in the order create_pipeline wires them, where the reader knows the pipeline.
     components: List[str] = dataclasses.field(default_factory=list)
 
@@ -115,9 +116,16 @@ def _read_serving_check(summary: RunSummary, outputs) -> None:
         summary.serving_check_passed = blessing.custom_properties[contract.INFRA_BLESSED].int_value == 1
 
 
+def _read_tuner(summary: RunSummary, outputs) -> None:
+    results = outputs.get("tuner_results")
+    if results is not None and contract.TUNER_SEARCH in results.custom_properties:
+        summary.tuner_search = results.custom_properties[contract.TUNER_SEARCH].string_value
+
+
 # What the summary takes from each node's outputs.
 _SUMMARIZED = {contract.Nodes.EVALUATOR: _read_evaluation, contract.Nodes.PUSHER: _read_push,
-               contract.Nodes.DRIFT_CHECK: _read_drift, contract.Nodes.SERVING_CHECK: _read_serving_check}
+               contract.Nodes.DRIFT_CHECK: _read_drift, contract.Nodes.SERVING_CHECK: _read_serving_check,
+               contract.Nodes.TUNER: _read_tuner}
 
 
 def sqlite_connection(path: str):

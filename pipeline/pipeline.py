@@ -14,6 +14,7 @@ from cxr.components import evaluation
 from cxr.components.drift import DriftCheck
 from cxr.components.serving_check import ServingCheck
 from cxr.components.settings import TRAINER_KEY, TUNER_KEY, DriftSettings, to_json
+from cxr.components.tuner import Tuner
 from cxr.components.validation_gate import ValidationGate
 from cxr.pipeline import fingerprint
 from cxr.pipeline.config import PipelineConfig
@@ -54,7 +55,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         eval_args=tfx.proto.EvalArgs(splits=[contract.EVAL]))
     tuner = None
     if config.tuner.enabled:
-        tuner = tfx.components.Tuner(tuner_fn=TUNER_FN, **training_inputs, custom_config={
+        tuner = Tuner(tuner_fn=TUNER_FN, **training_inputs, custom_config={
             **trainer_settings(config), TUNER_KEY: dataclasses.asdict(config.tuner), **_code_of(TUNER_FN)}
         ).with_id(Nodes.TUNER)
     trainer = tfx.components.Trainer(

@@ -19,7 +19,6 @@ from cxr.components.settings import GateSettings, from_json
 from cxr.contract import LABELS, Nodes
 from cxr.pipeline.metadata_reader import RunSummary, execution_properties, read_run
 
-TUNER_RESULTS_FILE = "tuner_results.json"  # as TFX's Tuner executor writes it
 GALLERY_PER_KIND = 3  # correct and wrong images kept per class for the Grad-CAM gallery
 _METADATA = (contract.LABEL, contract.SOURCE, contract.PATIENT_ID, contract.FILE)  # counting needs no pixels
 
@@ -51,7 +50,7 @@ class RunReportData:
     statistics: Optional[object]  # the training split's DatasetFeatureStatisticsList
     settings: Optional[dict]
     curves: Dict[str, Dict[str, List[float]]]  # "train" / "validation" -> metric -> per epoch
-    tuner_trials: List[dict]
+    tuner_trials: List[dict]  # the Tuner's trials, in the order they ran
     predictions: TestPredictions
     gate: Dict[str, float]  # the configured thresholds
 
@@ -157,11 +156,11 @@ def learning_curves(model_run_dir: str) -> Dict[str, Dict[str, List[float]]]:
 
 
 def _tuner_trials(tuner_outputs) -> List[dict]:
-    """The Tuner's completed trials, best first, as its `tuner_results` artifact lists them."""
+    """Every trial of the Tuner's search in the order it ran (components/tuner.py, TrialRecord), the best marked."""
     results = tuner_outputs.get("tuner_results")
     if results is None:
         return []
-    return _read_json(os.path.join(results.uri, TUNER_RESULTS_FILE)) or []
+    return _read_json(os.path.join(results.uri, contract.TUNER_TRIALS_FILE)) or []
 
 
 def _read_json(path: str) -> Optional[dict]:

@@ -187,12 +187,47 @@ def _training_section(data: RunReportData, numbers: dict) -> str:
         parts.append(_table(["setting", "value"], [[html.escape(k), html.escape(json.dumps(v))]
                                                    for k, v in sorted(_flat(data.settings).items())]))
     if numbers["tuner_trials"]:
-        knobs = sorted({k for trial in numbers["tuner_trials"] for k in trial
-                        if k not in ("trial_id", "score") and not k.startswith("tuner/")})
-        parts.append("<h3>Tuner trials (completed, best first)</h3>" + _table(
-            ["trial", "val_loss", *knobs],
-            [[t["trial_id"], _number(t["score"]), *[t.get(k, "") for k in knobs]] for t in numbers["tuner_trials"]]))
+        parts.append(_tuner_section(numbers["tuner_trials"]))
     return "".join(parts)
+
+
+def _tuner_section(trials: List[dict]) -> str:
+    """The search: a row per trial in the order it ran (the best marked) and its objective by trial."""
+    knobs = list(dict.fromkeys(name for trial in trials for name in trial["values"]))
+    rows = [[f"<b>{html.escape(t['trial_id'])} (best)</b>" if t["best"] else html.escape(t["trial_id"]),
+             f"<span class='{'good' if t['status'] == 'COMPLETED' else 'bad'}'>{html.escape(t['status'])}</span>",
+             _number(t["objective"], 4), f"{t['epochs']} of {t['epoch_budget']}", f"{t['seconds']:.0f}",
+             *[html.escape(str(t["values"].get(name, ""))) for name in knobs],
+             html.escape(t["error"])] for t in trials]
+    completed = sum(t["status"] == "COMPLETED" for t in trials)
+    return (f"<h3>Tuner search: {len(trials)} trials, {completed} completed, "
+            f"{sum(t['seconds'] for t in trials):.0f} s</h3>"
+            "<p>The Trainer trained with the best trial's values (the lowest val_loss of any epoch).</p>"
+            + _table(["trial", "status", "val_loss", "epochs", "s", *knobs, "error"], rows)
+            + f"<figure>{_trials_chart(trials)}<figcaption>val_loss by trial, in the order they ran (the best in "
+            "red; a trial that did not complete is a cross at the top)</figcaption></figure>")
+
+
+def _trials_chart(trials: List[dict], width=420, height=220) -> str:
+    scores = [t["objective"] for t in trials if t["objective"] is not None]
+    low, high = (min(scores), max(scores)) if scores else (0.0, 1.0)
+    span = (high - low) or 1.0
+    step = (width - 60) / max(len(trials) - 1, 1)
+    marks = []
+    for i, trial in enumerate(trials):
+        x = 40 + i * step
+        if trial["objective"] is None:
+            marks.append(f"<text x='{x - 4:.1f}' y='36' fill='#b00' font-size='14'>&#215;</text>")
+            continue
+        y = height - 30 - (trial["objective"] - low) / span * (height - 74)
+        colour = "#d62728" if trial["best"] else "#1f77b4"
+        marks.append(f"<circle cx='{x:.1f}' cy='{y:.1f}' r='{6 if trial['best'] else 4}' fill='{colour}'>"
+                     f"<title>trial {html.escape(trial['trial_id'])}: {trial['objective']:.4f}</title></circle>")
+    return (f"<svg width='{width}' height='{height}' role='img' aria-label='val_loss by trial'>"
+            f"<rect x='40' y='20' width='{width - 60}' height='{height - 50}' fill='none' stroke='#999'/>"
+            f"<text x='2' y='44' font-size='11'>{high:.3f}</text><text x='2' y='{height - 30}' font-size='11'>"
+            f"{low:.3f}</text><text x='{width / 2 - 10}' y='{height - 8}' font-size='11'>trial</text>"
+            f"{''.join(marks)}</svg>")
 
 
 def _evaluation_section(numbers: dict) -> str:

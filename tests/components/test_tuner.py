@@ -10,7 +10,8 @@ from cxr.components.settings import (
     KNOBS, AugmentationSettings, InputLimits, ModelSettings, SettingsError, TrainerSettings, TrainingSettings,
     TunerSettings, read)
 from cxr.components.trainer import Inputs
-from cxr.components.tuner import TfKerasTuner, make_oracle, search_space
+from cxr.components.tuner import (
+    COMPLETED, DIVERGED, FAILED, SearchFailed, TfKerasTuner, make_oracle, search_space)
 from helpers import encode, phantom_picture
 from trained_model import transformed_pixels
 
@@ -30,7 +31,7 @@ def pixels():
 
 
 def _tuning(**choices):
-    values = dict(algorithm="random", max_trials=3, epochs_per_trial=1, learning_rate=(1e-3,),
+    values = dict(algorithm="random", max_trials=3, epochs_per_trial=1, min_completed_trials=0, learning_rate=(1e-3,),
                   width_multiplier=(1.0,), dense_multiplier=(1.0,), dropout=(0.1,), batch_size=(8,),
                   augmentation_strength=(1.0,))
     values.update(choices)
@@ -89,31 +90,89 @@ def test_the_strict_reader_refuses_an_unknown_or_missing_setting():
 
 
 @pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])
-def test_each_algorithm_runs_trials_and_reports_the_best_values(pixels, tmp_path, algorithm):
+def test_each_algorithm_trains_every_trial_and_reports_the_best_values(pixels, tmp_path, algorithm):
     tuning = _tuning(algorithm=algorithm, max_trials=2, epochs_per_trial=1, learning_rate=(1e-3, 3e-3))
     tuner = TfKerasTuner(make_oracle(tuning, seed=0), SETTINGS, _datasets(pixels), epochs=1,
                          directory=str(tmp_path))
     tuner.search()
     trials = list(tuner.oracle.trials.values())
     assert trials and all(trial.status == TrialStatus.COMPLETED for trial in trials)
+    records = tuner.trials()
+    assert [record.trial_id for record in records] == [trial.trial_id for trial in trials]
+    assert all(record.status == COMPLETED and math.isfinite(record.objective) and record.epochs >= 1
+               and record.seconds > 0 and not record.error for record in records)
     best = tuner.get_best_hyperparameters()[0].values
     assert best["learning_rate"] in (1e-3, 3e-3)
-    scores = [trial.score for trial in trials]
-    assert tuner.oracle.get_best_trials()[0].score == min(scores)
+    [marked] = [record for record in records if record.best]
+    assert marked.objective == min(trial.score for trial in trials) == tuner.oracle.get_best_trials()[0].score
+    assert marked.values == {name: best[name] for name in KNOBS}
 
 
-def test_a_diverging_trial_is_recorded_failed_and_the_search_goes_on(pixels, tmp_path):
+def _search(pixels, tmp_path, tuning, datasets=None):
+    tuner = TfKerasTuner(make_oracle(tuning, seed=0), SETTINGS, datasets or _datasets(pixels), epochs=1,
+                         directory=str(tmp_path), min_completed=tuning.min_completed_trials)
+    return tuner
+
+
+def test_a_diverging_trial_is_recorded_and_the_search_goes_on_to_the_completed_ones(pixels, tmp_path):
     # A learning rate of 1e38 overflows the weights on the first step: the loss is infinite.
-    tuning = _tuning(max_trials=4, learning_rate=(1e-3, 1e38))
-    tuner = TfKerasTuner(make_oracle(tuning, seed=0), SETTINGS, _datasets(pixels), epochs=1,
-                         directory=str(tmp_path))
+    tuner = _search(pixels, tmp_path, _tuning(max_trials=4, learning_rate=(1e-3, 1e38)))
     tuner.search()
     by_rate = {trial.hyperparameters.values["learning_rate"]: trial for trial in tuner.oracle.trials.values()}
     assert by_rate[1e38].status == TrialStatus.FAILED and "diverged" in by_rate[1e38].message
     assert by_rate[1e-3].status == TrialStatus.COMPLETED
     assert tuner.get_best_hyperparameters()[0].values["learning_rate"] == 1e-3
+    records = {record.values["learning_rate"]: record for record in tuner.trials()}
+    assert records[1e38].status == DIVERGED and records[1e38].objective is None and "not finite" in records[1e38].error
+    assert records[1e-3].status == COMPLETED and records[1e-3].best
 
 
-def test_an_unknown_algorithm_is_named():
-    with pytest.raises(ValueError, match="got 'grid'"):
-        make_oracle(_tuning(algorithm="grid"), seed=0)
+def test_a_search_where_every_trial_diverged_fails_naming_each_trial(pixels, tmp_path):
+    tuner = _search(pixels, tmp_path, _tuning(max_trials=2, learning_rate=(1e38,), dropout=(0.1, 0.2)))
+    with pytest.raises(SearchFailed, match=r"0 of 2 trials completed.*trial 0 DIVERGED with learning_rate=1e\+38.*"
+                                           r"the loss is not finite.*trial 1 DIVERGED"):
+        tuner.search()
+    assert [record.status for record in tuner.trials()] == [DIVERGED, DIVERGED]
+    assert not any(record.best for record in tuner.trials())
+
+
+def _failing_for_batches_of(size, pixels):
+    make = _datasets(pixels)
+
+    def datasets(settings, replicas):
+        if settings.training.batch_size == size:
+            raise OSError(f"cannot read the split for batches of {size}")
+        return make(settings, replicas)
+    return datasets
+
+
+def test_a_trial_that_errors_ends_the_search_at_once_naming_it_and_its_error(pixels, tmp_path):
+    tuner = _search(pixels, tmp_path, _tuning(max_trials=6, batch_size=(8, 16)), _failing_for_batches_of(16, pixels))
+    with pytest.raises(SearchFailed, match=r"was stopped: \d of \d trials completed.*batch_size=16.*"
+                                           r"OSError: cannot read the split for batches of 16"):
+        tuner.search()
+    records = tuner.trials()
+    assert records[-1].status == FAILED and records[-1].values["batch_size"] == 16
+    assert len(records) < 6  # no trial ran after it
+
+
+def test_min_completed_trials_lets_a_search_pass_with_failures_and_fails_one_that_cannot_reach_it(pixels, tmp_path):
+    tolerant = _search(pixels, tmp_path / "a", _tuning(max_trials=4, batch_size=(8, 16), min_completed_trials=1),
+                       _failing_for_batches_of(16, pixels))
+    tolerant.search()
+    statuses = {record.values["batch_size"]: record.status for record in tolerant.trials()}
+    assert statuses == {8: COMPLETED, 16: FAILED}
+    assert tolerant.get_best_hyperparameters()[0].values["batch_size"] == 8
+
+    strict = _search(pixels, tmp_path / "b", _tuning(max_trials=3, batch_size=(16,), dropout=(0.1, 0.2, 0.3),
+                                                     min_completed_trials=2), _failing_for_batches_of(16, pixels))
+    with pytest.raises(SearchFailed, match=r"was stopped: 0 of 2 trials completed, and it needs at least 2 "
+                                           r"completed trials \(tuner.min_completed_trials\)"):
+        strict.search()  # after two failures of three trials, two can no longer complete
+
+
+def test_min_completed_trials_is_checked_against_the_budget():
+    with pytest.raises(SettingsError, match="tuner.min_completed_trials 4 is more than tuner.max_trials 3"):
+        _tuning(max_trials=3, min_completed_trials=4)
+    with pytest.raises(SettingsError, match="tuner.min_completed_trials must be 0"):
+        _tuning(min_completed_trials=-1)

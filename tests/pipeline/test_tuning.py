@@ -1,6 +1,8 @@
-"""The Tuner in the local pipeline: a few trials on tiny data, and the best values reach the Trainer."""
+"""The Tuner in the local pipeline: every trial trains on Transform's output, the best completed trial's values
+reach the Trainer, and a search whose trials did not complete stops the run before the Trainer."""
 import dataclasses
 import json
+import math
 import os
 
 import pytest
@@ -8,30 +10,69 @@ import pytest
 from cxr import contract
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
+from cxr.output import run_summary
 from cxr.pipeline.local_runner import run_local
 from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, tiny_pipeline_config, write_tiny_data
 
 pytestmark = pytest.mark.slow
 
-TUNING = ("tuner.enabled=true", "tuner.max_trials=2", "tuner.epochs_per_trial=1",
+TUNING = ("tuner.enabled=true", "tuner.max_trials=3", "tuner.epochs_per_trial=1",
           "tuner.learning_rate=[0.001, 0.003]", "tuner.width_multiplier=[1.0, 2.0]", "tuner.batch_size=[8, 16]",
           "tuner.dense_multiplier=[1.0]", "tuner.dropout=[0.2]", "tuner.augmentation_strength=[0.0, 1.0]")
 
 
-def test_the_best_hyperparameters_of_the_search_are_what_the_trainer_trains_with(tmp_path):
-    roots = write_tiny_data(tmp_path / "raw", per_class=16)
-    build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(tmp_path / "tfrecords"), beam_args=IN_PROCESS_BEAM))
-    config = tiny_pipeline_config(tmp_path, *ORCHESTRATION_ONLY, *TUNING)
-    summary = run_local(config)
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    """A run with a three-trial search, and its configuration."""
+    base = tmp_path_factory.mktemp("tuning")
+    roots = write_tiny_data(base / "raw", per_class=16)
+    build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(base / "tfrecords"), beam_args=IN_PROCESS_BEAM))
+    config = tiny_pipeline_config(base, *ORCHESTRATION_ONLY, *TUNING)
+    return config, run_local(config)
+
+
+def _read(directory, name):
+    with open(os.path.join(directory, name)) as f:
+        return json.load(f)
+
+
+def test_every_trial_trains_on_the_transform_output_and_completes(tuned):
+    config, summary = tuned
     assert summary.error is None, summary.error
     assert summary.statuses["Tuner"] == "COMPLETE" and summary.statuses["Trainer"] == "COMPLETE"
+    [results_dir] = latest_artifact_uris(config, "Tuner", "tuner_results")
+    trials = _read(results_dir, contract.TUNER_TRIALS_FILE)
+    assert len(trials) == config.tuner.max_trials
+    assert all(t["status"] == "COMPLETED" and math.isfinite(t["objective"]) and t["epochs"] == 1 and not t["error"]
+               for t in trials), trials
+    completed = _read(results_dir, "tuner_results.json")  # TFX's file: the completed trials, best first
+    assert sorted(t["trial_id"] for t in completed) == sorted(t["trial_id"] for t in trials)
+    assert [t["score"] for t in completed] == sorted(t["objective"] for t in trials)
 
+
+def test_the_best_completed_trial_is_what_the_trainer_trains_with(tuned):
+    config, summary = tuned
     [best_dir] = latest_artifact_uris(config, "Tuner", "best_hyperparameters")
-    with open(os.path.join(best_dir, "best_hyperparameters.txt")) as f:
-        best = json.load(f)["values"]
-    assert set(best) >= {"learning_rate", "width_multiplier", "batch_size", "augmentation_strength"}
+    best = _read(best_dir, "best_hyperparameters.txt")["values"]
+    [results_dir] = latest_artifact_uris(config, "Tuner", "tuner_results")
+    first = _read(results_dir, "tuner_results.json")[0]
+    [marked] = [t for t in _read(results_dir, contract.TUNER_TRIALS_FILE) if t["best"]]
+    assert marked["trial_id"] == first["trial_id"] and {k: first[k] for k in marked["values"]} == marked["values"]
+    assert {name: best[name] for name in marked["values"]} == marked["values"]
     [model_run] = latest_artifact_uris(config, "Trainer", "model_run")
-    with open(os.path.join(model_run, contract.TRAINER_SETTINGS_FILE)) as f:
-        used = json.load(f)
+    used = _read(model_run, contract.TRAINER_SETTINGS_FILE)
     expected = config.trainer_settings().with_hyperparameters(best)
     assert used == json.loads(json.dumps(dataclasses.asdict(expected)))
+    # cxr run's summary names the best trial
+    assert f"tuner: best trial {marked['trial_id']} of 3 (3 completed" in run_summary(summary)
+
+
+def test_a_search_whose_every_trial_diverged_stops_the_run_before_the_trainer(tuned):
+    config, _ = tuned
+    # A learning rate of 1e38 overflows the weights on the first step: every trial's loss is infinite.
+    diverging = dataclasses.replace(config, tuner=dataclasses.replace(config.tuner, learning_rate=(1e38,)))
+    summary = run_local(diverging)
+    assert summary.statuses["Tuner"] == "FAILED" and "Trainer" not in summary.statuses
+    assert "SearchFailed: the search failed: 0 of 3 trials completed" in summary.error
+    assert summary.error.count("DIVERGED with learning_rate=1e+38") == 3
+    assert summary.pushed_to is None
