@@ -78,6 +78,7 @@ class TrialRecord:
     epoch_budget: int  # what it was to train (Hyperband gives each trial its own)
     status: str = FAILED  # COMPLETED, DIVERGED or FAILED
     objective: Optional[float] = None  # the lowest val_loss of its epochs, when it completed
+    val_accuracy: Optional[float] = None  # the highest of its epochs
     epochs: int = 0  # epochs it trained
     seconds: float = 0.0
     error: str = ""  # why it did not complete
@@ -150,6 +151,7 @@ class TfKerasTuner(keras_tuner.engine.base_tuner.BaseTuner):
         except Exception as error:
             record.error = f"{type(error).__name__}: {_first_line(error)}"
             raise
+        record.val_accuracy = max(history.history.get("val_accuracy", [math.nan]))
         losses = history.history.get("loss", []) + history.history.get(OBJECTIVE, [])
         if not history.history.get(OBJECTIVE) or not all(math.isfinite(loss) for loss in losses):
             record.status = DIVERGED
@@ -218,13 +220,29 @@ def search_failure(trials: List[TrialRecord], min_completed: int, stopped: bool 
             f"completed, and it needs {rule}; no hyperparameters are handed to the Trainer. {failed}")
 
 
+# A model that has learned nothing but the class shares scores about ln(classes) (1.386 for four nearly
+# balanced classes); a best trial above this share of it left that plateau barely or not at all.
+PLATEAU_SHARE = 0.9
+
+
+def learned_nothing(best: TrialRecord) -> bool:
+    return best.objective > PLATEAU_SHARE * math.log(contract.NUM_CLASSES)
+
+
 def summary_line(trials: List[TrialRecord]) -> str:
-    """The search in one line: the best trial, its objective and values, and how many trials completed."""
+    """The search in one line: the best trial, its objective and values, how many trials completed, and
+    a warning when no trial learned enough for the search to tell its values apart."""
     completed = [record for record in trials if record.status == COMPLETED]
     [best] = [record for record in trials if record.best]
-    return (f"best trial {best.trial_id} of {len(trials)} ({len(completed)} completed, "
+    line = (f"best trial {best.trial_id} of {len(trials)} ({len(completed)} completed, "
             f"{sum(record.seconds for record in trials):.0f} s): {OBJECTIVE} {best.objective:.4f} "
             f"with {_values(best.values)}")
+    if learned_nothing(best):
+        line += (f"; WARNING: no trial learned (every {OBJECTIVE} above {PLATEAU_SHARE} x ln "
+                 f"{contract.NUM_CLASSES} = {PLATEAU_SHARE * math.log(contract.NUM_CLASSES):.3f}, near what "
+                 f"guessing the class shares scores), so the search could not tell its values apart: give "
+                 f"trials more epochs (tuner.epochs_per_trial)")
+    return line
 
 
 def _values(values: Dict[str, object]) -> str:

@@ -51,6 +51,7 @@ class RunReportData:
     settings: Optional[dict]
     curves: Dict[str, Dict[str, List[float]]]  # "train" / "validation" -> metric -> per epoch
     tuner_trials: List[dict]  # the Tuner's trials, in the order they ran
+    tuner_search: Optional[str]  # the search in one line (components/tuner.py summary_line)
     predictions: TestPredictions
     gate: Dict[str, float]  # the configured thresholds
 
@@ -75,7 +76,7 @@ def collect(metadata_connection, run: str = "latest") -> RunReportData:
         statistics=artifacts.load_statistics(statistics, contract.TRAIN) if statistics else None,
         settings=_read_json(os.path.join(model_run, contract.TRAINER_SETTINGS_FILE)),
         curves=learning_curves(model_run),
-        tuner_trials=_tuner_trials(outputs.get(Nodes.TUNER, {})),
+        tuner_trials=_tuner_trials(outputs.get(Nodes.TUNER, {})), tuner_search=summary.tuner_search,
         predictions=predict_test_split(model_dir, examples.uri), gate=_recorded_gate(given))
 
 

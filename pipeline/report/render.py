@@ -50,7 +50,7 @@ def build_numbers(data: RunReportData) -> dict:
         "counts": {split: {f"{label}|{source}": n for (label, source), n in sorted(data.counts[split].items())}
                    for split in contract.SPLITS},
         "blessed": data.summary.blessed, "failed_thresholds": data.summary.failed_thresholds, "gate": data.gate,
-        "settings": data.settings, "tuner_trials": data.tuner_trials,
+        "settings": data.settings, "tuner_trials": data.tuner_trials, "tuner_search": data.tuner_search,
     }
 
 
@@ -187,23 +187,25 @@ def _training_section(data: RunReportData, numbers: dict) -> str:
         parts.append(_table(["setting", "value"], [[html.escape(k), html.escape(json.dumps(v))]
                                                    for k, v in sorted(_flat(data.settings).items())]))
     if numbers["tuner_trials"]:
-        parts.append(_tuner_section(numbers["tuner_trials"]))
+        parts.append(_tuner_section(numbers["tuner_trials"], numbers["tuner_search"] or ""))
     return "".join(parts)
 
 
-def _tuner_section(trials: List[dict]) -> str:
+def _tuner_section(trials: List[dict], search: str) -> str:
     """The search: a row per trial in the order it ran (the best marked) and its objective by trial."""
     knobs = list(dict.fromkeys(name for trial in trials for name in trial["values"]))
     rows = [[f"<b>{html.escape(t['trial_id'])} (best)</b>" if t["best"] else html.escape(t["trial_id"]),
              f"<span class='{'good' if t['status'] == 'COMPLETED' else 'bad'}'>{html.escape(t['status'])}</span>",
-             _number(t["objective"], 4), f"{t['epochs']} of {t['epoch_budget']}", f"{t['seconds']:.0f}",
+             _number(t["objective"], 4), _number(t.get("val_accuracy")), f"{t['epochs']} of {t['epoch_budget']}",
+             f"{t['seconds']:.0f}",
              *[html.escape(str(t["values"].get(name, ""))) for name in knobs],
              html.escape(t["error"])] for t in trials]
     completed = sum(t["status"] == "COMPLETED" for t in trials)
     return (f"<h3>Tuner search: {len(trials)} trials, {completed} completed, "
             f"{sum(t['seconds'] for t in trials):.0f} s</h3>"
-            "<p>The Trainer trained with the best trial's values (the lowest val_loss of any epoch).</p>"
-            + _table(["trial", "status", "val_loss", "epochs", "s", *knobs, "error"], rows)
+            f"<p>{html.escape(search)}. The Trainer trained with the best trial's values (the lowest val_loss "
+            "of any epoch).</p>"
+            + _table(["trial", "status", "val_loss", "val_accuracy", "epochs", "s", *knobs, "error"], rows)
             + f"<figure>{_trials_chart(trials)}<figcaption>val_loss by trial, in the order they ran (the best in "
             "red; a trial that did not complete is a cross at the top)</figcaption></figure>")
 

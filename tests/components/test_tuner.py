@@ -11,7 +11,7 @@ from cxr.components.settings import (
     TunerSettings, read)
 from cxr.components.trainer import Inputs
 from cxr.components.tuner import (
-    COMPLETED, DIVERGED, FAILED, SearchFailed, TfKerasTuner, make_oracle, search_space)
+    COMPLETED, DIVERGED, FAILED, SearchFailed, TfKerasTuner, TrialRecord, make_oracle, search_space, summary_line)
 from helpers import encode, phantom_picture
 from trained_model import transformed_pixels
 
@@ -100,7 +100,7 @@ def test_each_algorithm_trains_every_trial_and_reports_the_best_values(pixels, t
     records = tuner.trials()
     assert [record.trial_id for record in records] == [trial.trial_id for trial in trials]
     assert all(record.status == COMPLETED and math.isfinite(record.objective) and record.epochs >= 1
-               and record.seconds > 0 and not record.error for record in records)
+               and record.seconds > 0 and not record.error and 0 <= record.val_accuracy <= 1 for record in records)
     best = tuner.get_best_hyperparameters()[0].values
     assert best["learning_rate"] in (1e-3, 3e-3)
     [marked] = [record for record in records if record.best]
@@ -176,3 +176,14 @@ def test_min_completed_trials_is_checked_against_the_budget():
         _tuning(max_trials=3, min_completed_trials=4)
     with pytest.raises(SettingsError, match="tuner.min_completed_trials must be 0"):
         _tuning(min_completed_trials=-1)
+
+
+def test_the_summary_names_the_best_trial_and_warns_when_no_trial_left_the_plateau():
+    def record(trial_id, objective, best=False):
+        return TrialRecord(trial_id, {"learning_rate": 1e-3}, 5, COMPLETED, objective, 0.4, 5, 10.0, "", best)
+    learned = summary_line([record("0", 0.9), record("1", 0.5, best=True)])
+    assert learned.startswith("best trial 1 of 2 (2 completed, 20 s): val_loss 0.5000 with learning_rate=0.001")
+    assert "WARNING" not in learned
+    stuck = summary_line([record("0", 1.3376, best=True), record("1", 1.3559)])
+    assert "WARNING: no trial learned (every val_loss above 0.9 x ln 4 = 1.248" in stuck
+    assert "tuner.epochs_per_trial" in stuck

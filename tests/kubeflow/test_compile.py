@@ -154,8 +154,13 @@ def test_the_tuner_when_enabled_runs_on_the_gpu_nodes_too(tmp_path):
     _, spec, platform = _compiled(tmp_path, _config("tuner.enabled=true"))
     tasks = _node_tasks(spec)
     assert tasks["Tuner"] in spec.root.dag.tasks[tasks["Trainer"]].dependent_tasks
+    # the Trainer's GPUs, CPU and memory limits, node selector and tolerations, whole
+    assert _container(spec, tasks["Tuner"]).resources == _container(spec, tasks["Trainer"]).resources
     assert _container(spec, tasks["Tuner"]).resources.accelerator.count == 2
-    assert "tolerations" in platform[_executor_label(spec, tasks["Tuner"])]
+    tuner, trainer = (platform[_executor_label(spec, tasks[node])] for node in ("Tuner", "Trainer"))
+    assert {key: tuner[key] for key in ("nodeSelector", "tolerations")} == {
+        key: trainer[key] for key in ("nodeSelector", "tolerations")}
+    assert tuner["tolerations"]
 
 
 def test_no_gpus_and_no_node_pool_settings_mean_no_requests(tmp_path):
@@ -288,14 +293,16 @@ def test_vertex_gets_a_pipeline_job_with_a_machine_accelerator_name(tmp_path):
     config = load_config("study", overrides=[
         f"name={NAME}", f"kubeflow.image={IMAGE}", "pipeline_root=gs://bucket/root",
         "data.tfrecords_dir=gs://bucket/tfrecords", "serving_dir=gs://bucket/serving",
-        "kubeflow.vertex_accelerator=NVIDIA_L4", "kubeflow.trainer_gpus=2"])
+        "kubeflow.vertex_accelerator=NVIDIA_L4", "kubeflow.trainer_gpus=2", "tuner.enabled=true"])
     with open(compile_pipeline(config, "vertex", str(tmp_path))) as f:
         job = json_format.ParseDict(json.load(f), pipeline_spec_pb2.PipelineJob(), ignore_unknown_fields=True)
     assert job.runtime_config.gcs_output_directory == "gs://bucket/root"
     spec = json_format.ParseDict(json_format.MessageToDict(job.pipeline_spec), pipeline_spec_pb2.PipelineSpec())
-    accelerator = executors(spec)[_executor_label(spec, "Trainer")].container.resources.accelerator
-    assert (accelerator.type, accelerator.count) == ("NVIDIA_L4", 2)
-    assert "cxr.components.trainer.run_fn" in json_format.MessageToJson(spec)
+    for node in ("Trainer", "Tuner"):  # the Tuner's trials train on the Trainer's accelerators
+        accelerator = executors(spec)[_executor_label(spec, node)].container.resources.accelerator
+        assert (accelerator.type, accelerator.count) == ("NVIDIA_L4", 2), node
+    text = json_format.MessageToJson(spec)
+    assert "cxr.components.trainer.run_fn" in text and "cxr.components.tuner.TunerExecutor" in text
 
 
 def test_vertex_refuses_paths_its_steps_cannot_reach(tmp_path):
