@@ -197,7 +197,9 @@ def test_two_replicas_train_and_export_what_one_device_with_their_weights_predic
         split, transform_output, raw_images, tmp_path):
     path, _ = split
     settings = _with_training(epochs=2)
-    fn_args = dict(train_files=[path], eval_files=[path], transform_output=os.path.dirname(transform_output.transform_savedmodel_dir), serving_model_dir=str(tmp_path / "serving"),
+    fn_args = dict(train_files=[path], eval_files=[path],
+                   transform_graph_path=os.path.dirname(transform_output.transform_savedmodel_dir),
+                   serving_model_dir=str(tmp_path / "serving"),
                    model_run_dir=str(tmp_path / "run"), custom_config={TRAINER_KEY: dataclasses.asdict(settings)})
     run = subprocess.run([sys.executable, os.path.join(HERE, "mirrored_run.py"), json.dumps(fn_args)],
                          capture_output=True, text=True, timeout=600)
