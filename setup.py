@@ -11,7 +11,7 @@ import os
 
 from setuptools import setup
 
-FOLDERS_UNDER_CXR = ("pipeline", "components", "dataprep", "kubeflow", "serving", "monitoring")
+FOLDERS_UNDER_CXR = ("pipeline", "components", "dataprep", "dicom", "kubeflow", "serving", "monitoring")
 # Data files the code reads at run time, by package; the pipeline image installs the built wheel.
 PACKAGE_DATA = {"cxr.dataprep": ["mappings/*.yaml"], "cxr.pipeline": ["schema/*.pbtxt"]}
 
@@ -63,6 +63,12 @@ setup(
         "tensorflow==2.16.2",
         "apache-beam[gcp]==2.61.0",
         "pillow",
+        "pydicom==3.0.2",
+        "pylibjpeg==2.1.0",
+        "pylibjpeg-openjpeg==2.3.0",
+        "pylibjpeg-libjpeg==2.2.0",
+        "pylibjpeg-rle==2.0.0",
+        "pyjpegls==1.4.0",
         "pyyaml",
         "requests",
         "scipy",

@@ -10,6 +10,8 @@ import dataclasses
 import json
 from typing import Any, Callable, Dict, Mapping, Tuple
 
+from cxr import contract
+
 MIB = 1 << 20
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
@@ -74,12 +76,11 @@ class InputLimits:
     """What the served model refuses before decoding an image, checked in the graph of every signature
     that takes image bytes or tf.Examples (components/export.py)."""
     # A decompression bomb declares a huge image in a small file, so the header is read first.
-    max_image_pixels: int = 50_000_000
+    max_image_pixels: int = contract.MAX_IMAGE_PIXELS
     # Decoded size, width x height x channels x bytes per sample, as the PNG IHDR or JPEG header
-    # declares it. The largest radiographs in the three datasets are about 4,000 x 5,000 16-bit
-    # gray: 40 MB. Decoding costs several times this (float32 copies, the gray conversion, the
+    # declares it. Decoding costs several times this (float32 copies, the gray conversion, the
     # resize): at this limit one request adds at most about 300 MB (bench/serving_memory.py).
-    max_image_bytes: int = 42 * MIB
+    max_image_bytes: int = contract.MAX_IMAGE_BYTES
     # The sum over one request: images are decoded one at a time, but each one's result is kept.
     max_request_bytes: int = 192 * MIB
 

@@ -146,6 +146,16 @@ WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SIGNATURE = b"\xff\xd8\xff"
+# A DICOM Part 10 file: a 128-byte preamble, then these four bytes.
+DICOM_PREAMBLE_BYTES = 128
+DICOM_PREFIX = b"DICM"
+
+# The largest image anything here decodes, checked from its header before decoding: a decompression bomb
+# declares a huge image in a small file. The served model's InputLimits, ingestion and the DICOM
+# conversion start from these. The largest radiographs in the three datasets are about 4,000 x 5,000
+# 16-bit gray: 40 MB.
+MAX_IMAGE_PIXELS = 50_000_000
+MAX_IMAGE_BYTES = 42 << 20  # width x height x channels x bytes per sample
 
 
 def model_path(model: str, version: Optional[int] = None, label: Optional[str] = None) -> str:

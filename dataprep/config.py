@@ -2,7 +2,7 @@
 import dataclasses
 from typing import Dict, Optional, Tuple
 
-from cxr.contract import SOURCES, span_dir
+from cxr.contract import MAX_IMAGE_PIXELS, SOURCES, span_dir
 from cxr.dataprep.mapping import ClassMapping
 
 # Beam's DirectRunner in multi-process mode, one worker per core, unless the
@@ -25,7 +25,7 @@ class IngestConfig:
     # -1 turns near-duplicate search off and keeps only exact (sha256) matches.
     near_duplicate_max_distance: int = 4
     # Decompression-bomb guard, checked from the header before decoding.
-    max_pixels: int = 50_000_000
+    max_pixels: int = MAX_IMAGE_PIXELS
     overwrite: bool = False
     beam_args: Tuple[str, ...] = ()
 

@@ -17,6 +17,9 @@ FORBIDDEN = {
     "pipeline": ("cxr.kubeflow", "cxr.cli", "cxr.dataprep"),
     # The monitor reads what serving logged and describes images as ingestion does; it runs no component.
     "monitoring": ("cxr.components", "cxr.pipeline", "cxr.kubeflow", "cxr.cli"),
+    # The one DICOM conversion: ingestion, the client and the serving fronts import it, it imports none of them.
+    "dicom": ("cxr.components", "cxr.serving", "cxr.dataprep", "cxr.pipeline", "cxr.kubeflow", "cxr.cli",
+              "cxr.monitoring"),
 }
 
 
