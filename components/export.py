@@ -14,7 +14,8 @@ decoding them (InputLimits): a payload that is not a PNG or JPEG, whose header
 declares more pixels than `max_image_pixels` (a decompression bomb) or more decoded
 bytes than `max_image_bytes`, or a request whose images together declare more than
 `max_request_bytes`, fails with InvalidArgument naming the problem and the image's
-index. Transform's graph then decodes the images one at a time.
+index; a DICOM file is named as one, to be sent through the serving front or converted first
+(cxr/dicom/convert.py). Transform's graph then decodes the images one at a time.
 """
 import os
 
@@ -116,9 +117,18 @@ def checked_images(images: tf.Tensor, limits: InputLimits) -> tf.Tensor:
     is_png = tf.logical_and(tf.strings.substr(images, 0, 8) == contract.PNG_SIGNATURE,
                             tf.strings.length(images) >= _PNG_HEADER_BYTES)
     is_jpeg = tf.strings.substr(images, 0, 3) == contract.JPEG_SIGNATURE
+    # substr past a string's end fails, so the first 132 bytes (or fewer) are matched instead.
+    heads = tf.strings.substr(images, 0, contract.DICOM_PREAMBLE_BYTES + len(contract.DICOM_PREFIX))
+    is_dicom = tf.strings.regex_full_match(
+        heads, f"(?s).{{{contract.DICOM_PREAMBLE_BYTES}}}{contract.DICOM_PREFIX.decode('ascii')}")
+    no_dicom = tf.debugging.Assert(tf.logical_not(tf.reduce_any(is_dicom)), [
+        "a DICOM file reached the model, which takes PNG or JPEG: send DICOM through the serving front "
+        "(cxr log-proxy, cxr serve) or convert it first (cxr convert-dicom); images at index",
+        tf.where(is_dicom)[:, 0]])
     known = tf.logical_or(is_png, is_jpeg)
-    formats_ok = tf.debugging.Assert(tf.reduce_all(known), [
-        "not a PNG or JPEG file: images at index", tf.where(tf.logical_not(known))[:, 0]])
+    with tf.control_dependencies([no_dicom]):
+        formats_ok = tf.debugging.Assert(tf.reduce_all(known), [
+            "not a PNG or JPEG file: images at index", tf.where(tf.logical_not(known))[:, 0]])
     with tf.control_dependencies([formats_ok]):
         declared = tf.map_fn(declared_size, images, fn_output_signature=tf.TensorSpec([2], tf.int64))
     pixels, decoded_bytes = declared[:, 0], declared[:, 1]

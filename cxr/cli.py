@@ -80,6 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_demo_data(commands)
     _add_build_tfrecords(commands)
     _add_run(commands)
+    _add_convert_dicom(commands)
     _add_predict(commands)
     _add_serve(commands)
     _add_log_proxy(commands)
@@ -202,9 +203,59 @@ def _check_spans(tfrecords_dir: str, span: Optional[int]) -> None:
                          f"span-N/*{contract.SHARD_SUFFIX}, which `cxr build-tfrecords --out {tfrecords_dir}` writes")
 
 
+def _add_dicom_flags(command, tf_serving_style: bool = False) -> None:
+    """What a DICOM must be to be taken (cxr/dicom/rules.py); `cxr serve` and `cxr log-proxy` spell flags
+    TF Serving's way (--dicom_modalities), the other commands with dashes. The same settings either way."""
+    from cxr.dicom.rules import DicomRules
+    defaults = DicomRules()
+    spell = (lambda name: f"--dicom_{name.replace('-', '_')}") if tf_serving_style else (lambda name: f"--dicom-{name}")
+    group = command.add_argument_group("DICOM", "what a DICOM file must be to be converted; others are refused "
+                                                "with the tag that failed")
+    group.add_argument(spell("modalities"), dest="dicom_modalities", type=_codes, default=defaults.modalities,
+                       metavar="CODES", help=f"Modality values taken (default {','.join(defaults.modalities)})")
+    group.add_argument(spell("view-positions"), dest="dicom_view_positions", type=_codes,
+                       default=defaults.view_positions, metavar="CODES",
+                       help=f"View Position values taken (default {','.join(defaults.view_positions)}: laterals refused)")
+    group.add_argument(spell("allow-missing-view-position"), dest="dicom_allow_missing_view_position",
+                       action="store_true", help="take files that state no View Position (default: refused)")
+
+
+def _codes(text: str) -> Tuple[str, ...]:
+    codes = tuple(code.strip().upper() for code in text.split(",") if code.strip())
+    if not codes:
+        raise argparse.ArgumentTypeError(f"expected comma-separated codes such as CR,DX, got {text!r}")
+    return codes
+
+
+def _dicom_rules(args):
+    from cxr.dicom.rules import DicomRules
+    return DicomRules(modalities=args.dicom_modalities, view_positions=args.dicom_view_positions,
+                      allow_missing_view_position=args.dicom_allow_missing_view_position)
+
+
+def _add_convert_dicom(commands) -> None:
+    command = commands.add_parser(
+        "convert-dicom", help="write the PNG the model would receive for each DICOM file, or say why it is refused",
+        description="Converts DICOM radiographs exactly as ingestion, cxr predict and the serving fronts do "
+                    "(Modality LUT, VOI window, MONOCHROME1 inverted, 16-bit PNG where Bits Stored > 8): the "
+                    "way to see what the model sees. The PNGs hold patient images: they are written owner-only.")
+    command.add_argument("files", nargs="+", metavar="FILE", help="DICOM files")
+    command.add_argument("--out", required=True, help="folder to write FILE's name + .png into")
+    _add_dicom_flags(command)
+    command.set_defaults(run=_run_convert_dicom)
+
+
+def _run_convert_dicom(args) -> int:
+    from cxr.dicom.convert import convert_files
+    results = convert_files(args.files, args.out, _dicom_rules(args))
+    print(output.conversion_table(results))
+    return 1 if any(result.error for result in results) else 0
+
+
 def _add_predict(commands) -> None:
     command = commands.add_parser("predict", help="classify X-rays through TF Serving's REST API (or cxr serve)")
-    command.add_argument("images", nargs="+", metavar="IMAGE", help="PNG or JPEG files")
+    command.add_argument("images", nargs="+", metavar="IMAGE",
+                         help="PNG, JPEG or DICOM files (DICOM converted here, as ingestion does)")
     from cxr.serving.client import BATCH_SIZE, ServingClient
     defaults = _defaults(ServingClient)
     command.add_argument("--url", default=defaults["url"], help="the server (default %(default)s)")
@@ -221,6 +272,7 @@ def _add_predict(commands) -> None:
                          help="retries while the server refuses connections or answers 503 (default %(default)s)")
     command.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                          help="first wait up to SECONDS for the model to be AVAILABLE (default: do not wait)")
+    _add_dicom_flags(command)
     command.set_defaults(run=_run_predict)
 
 
@@ -232,7 +284,7 @@ def _run_predict(args) -> int:
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such image file")
     client = ServingClient(url=args.url, model=args.model, version=args.version, label=args.label,
-                           timeout_s=args.timeout, retries=args.retries)
+                           timeout_s=args.timeout, retries=args.retries, dicom_rules=_dicom_rules(args))
     if args.wait:
         client.wait_until_available(args.wait)
     # `explain` answers with the probabilities too, so one request per batch serves both.
@@ -281,6 +333,7 @@ def _add_serve(commands) -> None:
     command.add_argument("--address_file", help="once answering, write the server's URL to this file (with "
                                                 "--rest_api_port 0, how a caller learns the port)")
     _add_request_log_flags(command, defaults)
+    _add_dicom_flags(command, tf_serving_style=True)
     command.set_defaults(run=_run_serve)
 
 
@@ -335,6 +388,7 @@ def _add_log_proxy(commands) -> None:
                          help="requests forwarded at once (default %(default)s)")
     command.add_argument("--address_file", help="once answering, write the proxy's URL to this file")
     _add_request_log_flags(command, defaults)
+    _add_dicom_flags(command, tf_serving_style=True)
     command.set_defaults(run=_run_log_proxy)
 
 

@@ -121,6 +121,22 @@ def prediction_table(results) -> str:
     return "\n".join(lines)
 
 
+def conversion_table(results) -> str:
+    """`cxr convert-dicom`: a line per file, what was written and what the file is, or why it was refused."""
+    lines = []
+    for result in results:
+        if result.error:
+            lines.append(f"{result.path}: {result.error}")
+            continue
+        converted, facts = result.converted, result.converted.acquisition
+        lines.append(f"{result.path} -> {result.png_path}: {converted.width} x {converted.height}, "
+                     f"{converted.bit_depth}-bit PNG ({facts.modality} {facts.view_position}, "
+                     f"{facts.photometric_interpretation}, {facts.bits_stored} bits stored)")
+    refused = sum(1 for result in results if result.error)
+    lines.append(f"{len(results) - refused} converted, {refused} refused")
+    return "\n".join(lines)
+
+
 def predictions_json(results, overlays: Mapping[str, str]) -> str:
     """One object per file; `overlays` maps an image's path to its Grad-CAM overlay's."""
     documents = []

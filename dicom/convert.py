@@ -17,13 +17,13 @@ What is refused, before any pixel is decoded, each with the tag and what was exp
 Pixel Data; a Modality or View Position outside the rules; a Photometric Interpretation other than
 MONOCHROME1/2; more than one frame or sample per pixel; Rows x Columns or their decoded bytes over the
 limits (the DICOM form of a decompression bomb); Burned In Annotation YES (it may carry patient text).
-Messages never hold a value of the file beyond the tag refused (no names, ids or UIDs).
+Messages hold the tag and, at most, a coded value of it (CT, LL, RGB): never a name, an id or a UID.
 """
-import dataclasses
 import io
 import math
+import os
 import warnings
-from typing import NamedTuple, Optional, Tuple
+from typing import List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import pydicom
@@ -31,46 +31,15 @@ from PIL import Image
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi
 
-from cxr import contract
+from cxr.dicom.rules import UNKNOWN, Acquisition, DicomRefused, DicomRules, is_dicom
 
-DEFAULT_MODALITIES = ("CR", "DX")
-DEFAULT_VIEW_POSITIONS = ("PA", "AP")
+__all__ = ["Acquisition", "Converted", "DicomRefused", "DicomRules", "FileResult", "convert", "convert_files",
+           "is_dicom"]
+
 PHOTOMETRIC_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
 VOI_LUT_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
-UNKNOWN = "unknown"  # an acquisition fact the file does not state
 PNG_COMPRESS_LEVEL = 1  # zlib's fastest: a 2,000 x 2,500 16-bit CR in about 0.2 s (bench/dicom.py)
 _TEXT_FACT_CHARS = 64
-
-
-@dataclasses.dataclass(frozen=True)
-class DicomRules:
-    """What a DICOM must be to be converted; ingestion, the client and the fronts each take these."""
-    modalities: Tuple[str, ...] = DEFAULT_MODALITIES
-    view_positions: Tuple[str, ...] = DEFAULT_VIEW_POSITIONS  # laterals (LL, RL...) refused by default
-    allow_missing_view_position: bool = False
-    max_pixels: int = contract.MAX_IMAGE_PIXELS
-    max_decoded_bytes: int = contract.MAX_IMAGE_BYTES  # Rows x Columns x Bits Allocated / 8
-
-    def __post_init__(self):
-        for name in ("modalities", "view_positions"):
-            values = getattr(self, name)
-            if isinstance(values, str) or not values or not all(isinstance(v, str) and v for v in values):
-                raise ValueError(f"dicom.{name} must be a non-empty list of codes, got {values!r}")
-            object.__setattr__(self, name, tuple(v.strip().upper() for v in values))
-        for name in ("max_pixels", "max_decoded_bytes"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"dicom.{name} must be a positive number, got {getattr(self, name)!r}")
-
-
-class Acquisition(NamedTuple):
-    """The non-identifying facts of an acquisition that become features (and monitoring's)."""
-    modality: str
-    view_position: str
-    photometric_interpretation: str
-    bits_stored: int
-    manufacturer: str
-    manufacturer_model: str
-    transfer_syntax: str
 
 
 class Converted(NamedTuple):
@@ -80,23 +49,6 @@ class Converted(NamedTuple):
     bit_depth: int  # of the PNG: 8 or 16
     acquisition: Acquisition
     sop_instance_uid: str  # for the caller to look up a label or pseudonymise; never written in clear
-
-
-class DicomRefused(ValueError):
-    """Why a DICOM is not converted: the tag and what was expected (never a value that could identify)."""
-
-    def __init__(self, tag: str, problem: str, name: str = ""):
-        self.tag, self.problem, self.name = tag, problem, name
-        super().__init__(f"{name}: {tag}: {problem}" if name else f"{tag}: {problem}")
-
-    def named(self, name: str) -> "DicomRefused":
-        return DicomRefused(self.tag, self.problem, name)
-
-
-def is_dicom(data: bytes) -> bool:
-    """A DICOM Part 10 file: 'DICM' after the 128-byte preamble."""
-    end = contract.DICOM_PREAMBLE_BYTES
-    return data[end:end + len(contract.DICOM_PREFIX)] == contract.DICOM_PREFIX
 
 
 def convert(data: bytes, rules: DicomRules = DicomRules(), name: str = "") -> Converted:
@@ -341,3 +293,47 @@ def _first_number(value, tag: str) -> float:
 def _first_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return (text[0] if text else type(error).__name__)[:200]
+
+
+class FileResult(NamedTuple):
+    """`cxr convert-dicom`'s answer for one file: where its PNG went and what it is, or why it was refused."""
+    path: str
+    png_path: str = ""
+    converted: Optional[Converted] = None
+    error: str = ""
+
+
+def convert_files(paths: Sequence[str], out_dir: str, rules: DicomRules = DicomRules()) -> List[FileResult]:
+    """Each file's PNG in out_dir (owner-only: they are patient images), named after the file; a file
+    refused or unreadable gets its reason and nothing written."""
+    os.makedirs(out_dir, mode=0o700, exist_ok=True)
+    taken: set = set()
+    results = []
+    for path in paths:
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except OSError as error:
+            results.append(FileResult(path, error=f"cannot read it ({error.strerror})"))
+            continue
+        try:
+            converted = convert(data, rules)
+        except DicomRefused as refused:
+            results.append(FileResult(path, error=f"refused: {refused}"))
+            continue
+        png_path = _unique_path(out_dir, os.path.splitext(os.path.basename(path))[0] or "image", taken)
+        descriptor = os.open(png_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as f:
+            f.write(converted.png)
+        os.chmod(png_path, 0o600)  # an existing file keeps its mode through O_TRUNC
+        results.append(FileResult(path, png_path, converted))
+    return results
+
+
+def _unique_path(out_dir: str, stem: str, taken: set) -> str:
+    name, count = f"{stem}.png", 1
+    while name in taken:
+        count += 1
+        name = f"{stem}-{count}.png"
+    taken.add(name)
+    return os.path.join(out_dir, name)

@@ -1,4 +1,5 @@
-"""A client of TF Serving's REST API for the exported model: requests, numpy and Pillow only.
+"""A client of TF Serving's REST API for the exported model: requests, numpy and Pillow only (and pydicom
+for DICOM files, which it converts to the PNG the model receives: cxr/dicom/convert.py).
 
 Sends TF Serving's documented request, {"signature_name": ..., "instances":
 [{"b64": ...}, ...]}, in batches, with a timeout per request and retries while
@@ -8,11 +9,12 @@ server refuses is sent again one file at a time, so each error names its file.
 import base64
 import dataclasses
 import time
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import requests
 
 from cxr import contract
+from cxr.dicom.rules import DicomRefused, DicomRules, is_dicom
 
 RETRY_STATUSES = (503,)
 BATCH_SIZE = 16  # images per request
@@ -49,6 +51,7 @@ class ServingClient:
     timeout_s: float = 30.0
     retries: int = 3
     backoff_s: float = 0.5
+    dicom_rules: DicomRules = DicomRules()  # what a DICOM file must be to be sent
 
     def __post_init__(self):
         # localhost:8501, as curl lines write it, means http://localhost:8501.
@@ -87,16 +90,36 @@ class ServingClient:
 
     def predict_files(self, paths: Sequence[str], signature: str = contract.PREDICT_SIGNATURE,
                       batch_size: int = BATCH_SIZE) -> Iterator[ImageResult]:
+        """One result per file, in order; a DICOM file is sent as the PNG the model receives (converted here,
+        as ingestion and the serving fronts do), and one the conversion refuses is answered with why."""
         for batch in _batches(paths, batch_size):
-            images = [_read(path) for path in batch]
-            try:
-                yield from (ImageResult(path, outputs)
-                            for path, outputs in zip(batch, self.predict(images, signature)))
-            except ServingRequestError as error:
-                if len(batch) > 1 and error.status is not None and error.status < 500:
-                    yield from self._one_by_one(batch, images, signature)
-                else:
-                    yield from (ImageResult(path, error=error.message) for path in batch)
+            prepared = [self._image(path) for path in batch]
+            sendable = [(path, image) for path, image in zip(batch, prepared) if isinstance(image, bytes)]
+            answers = dict(self._answers([path for path, _ in sendable], [image for _, image in sendable], signature))
+            for path, image in zip(batch, prepared):
+                yield answers[path] if isinstance(image, bytes) else ImageResult(path, error=image.problem_line)
+
+    def _image(self, path: str):
+        data = _read(path)
+        if not is_dicom(data):
+            return data
+        from cxr.dicom.convert import convert  # pydicom, only for a DICOM file
+        try:
+            return convert(data, self.dicom_rules).png
+        except DicomRefused as refused:
+            return _Refused(f"DICOM refused: {refused}")
+
+    def _answers(self, batch: Sequence[str], images: List[bytes], signature: str) -> Iterator[Tuple[str, ImageResult]]:
+        if not batch:
+            return
+        try:
+            yield from ((path, ImageResult(path, outputs))
+                        for path, outputs in zip(batch, self.predict(images, signature)))
+        except ServingRequestError as error:
+            if len(batch) > 1 and error.status is not None and error.status < 500:
+                yield from ((result.path, result) for result in self._one_by_one(batch, images, signature))
+            else:
+                yield from ((path, ImageResult(path, error=error.message)) for path in batch)
 
     def _one_by_one(self, paths, images, signature) -> Iterator[ImageResult]:
         for path, image in zip(paths, images):
@@ -144,6 +167,10 @@ def _checked_predictions(answer, images: int, outputs: Sequence[str]) -> List[di
         if missing:
             raise ServingRequestError(f"a prediction lacks {', '.join(missing)}: is this the cxr model?")
     return predictions
+
+
+class _Refused(NamedTuple):
+    problem_line: str
 
 
 def _batches(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:

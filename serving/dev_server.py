@@ -23,6 +23,8 @@ from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
+from cxr.dicom.rules import DicomRules
+from cxr.serving.dicom_front import converted_body
 from cxr.serving.errors import ServingError
 from cxr.serving.http_server import HttpServer, wait_until_stopped, write_address
 from cxr.serving.model_store import LoadedVersion, ModelSource, ModelStore
@@ -67,7 +69,8 @@ def start(settings: ServerSettings) -> RunningServer:
     store.require_a_version()
     log_settings = settings.request_log()
     request_log = RequestLogger(log_settings) if log_settings else None
-    http = HttpServer(lambda method, path, body: handle(store, method, path, body, request_log),
+    rules = settings.dicom_rules()
+    http = HttpServer(lambda method, path, body: handle(store, method, path, body, request_log, rules),
                       settings.host, settings.rest_api_port, settings.http_limits())
     store.poll_forever(settings.file_system_poll_wait_seconds)
     http.start()
@@ -89,14 +92,15 @@ def serve(settings: ServerSettings) -> None:
 
 
 def handle(store: ModelStore, method: str, path: str, body: bytes,
-           request_log: Optional[RequestLogger] = None) -> Tuple[int, bytes]:
+           request_log: Optional[RequestLogger] = None, dicom_rules: DicomRules = DicomRules()) -> Tuple[int, bytes]:
     """One request of TF Serving's REST API: (HTTP status, JSON body); answered :predict requests are
-    offered to the request log, refused ones counted there."""
+    offered to the request log, refused ones counted there. DICOM files in a request are converted to the
+    PNG the model receives first, as `cxr log-proxy` does in front of TF Serving."""
     try:
         if method == "GET":
             answer = _get(store, path)
         elif method == "POST":
-            answer = _post(store, path, body, request_log)
+            answer = _post(store, path, body, request_log, dicom_rules)
         else:
             raise ServingError("INVALID_ARGUMENT", f"Unsupported HTTP method {method}; GET or POST")
         return 200, json.dumps(answer).encode("utf-8")
@@ -118,7 +122,8 @@ def _get(store: ModelStore, path: str) -> dict:
     return model_status(store, model, _int(version))
 
 
-def _post(store: ModelStore, path: str, body: bytes, request_log: Optional[RequestLogger] = None) -> dict:
+def _post(store: ModelStore, path: str, body: bytes, request_log: Optional[RequestLogger] = None,
+          dicom_rules: DicomRules = DicomRules()) -> dict:
     match = _POST.fullmatch(path)
     if not match:
         raise ServingError("INVALID_ARGUMENT", f"Malformed request: POST {path}")
@@ -130,6 +135,7 @@ def _post(store: ModelStore, path: str, body: bytes, request_log: Optional[Reque
     if request_log is not None:
         def answered(signature: str, inputs: dict, outputs: dict) -> None:
             request_log.offer(label, lambda: (Served(model, loaded.version, label, signature), inputs, outputs))
+    body, _ = converted_body(body, dicom_rules)
     return predict(loaded, body, answered)
 
 

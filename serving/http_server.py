@@ -22,8 +22,9 @@ from cxr.serving.rest_json import error_body
 
 log = logging.getLogger("cxr.serve")
 
-# handler(method, path, body) -> (HTTP status, JSON body); runs on a worker thread.
-Handler = Callable[[str, str, bytes], Tuple[int, bytes]]
+# handler(method, path, body) -> (HTTP status, JSON body) or (status, JSON body, the body it passed on,
+# e.g. with DICOM files converted); runs on a worker thread.
+Handler = Callable[[str, str, bytes], Tuple]
 # answered(method, path, body, status, answer): on the event loop once the answer is sent; must be quick.
 Answered = Callable[[str, str, bytes, int, bytes], None]
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 408: "Request Timeout", 411: "Length Required",
@@ -128,22 +129,24 @@ class HttpServer:
             return False
         if request is None:
             return False  # closed between requests, or idle past the header timeout
-        status, body = await self._loop.run_in_executor(self._pool, self._handle, request)
+        status, body, handled = await self._loop.run_in_executor(self._pool, self._handle, request)
         await self._write(writer, peer, f"{request.method} {request.path}", status, body, request.keep_alive,
                           started)
         if self.answered is not None:
             try:
-                self.answered(request.method, request.path, request.body, status, body)
+                self.answered(request.method, request.path, handled, status, body)
             except Exception:  # what follows an answer must not take the connection down
                 log.exception("%s %s: after answering", request.method, request.path)
         return request.keep_alive
 
-    def _handle(self, request: _Request) -> Tuple[int, bytes]:
+    def _handle(self, request: _Request) -> Tuple[int, bytes, bytes]:
+        """(status, answer, the request body as handled: `answered` sees the body the handler passed on)."""
         try:
-            return self.handler(request.method, request.path, request.body)
+            answer = self.handler(request.method, request.path, request.body)
         except Exception:  # the handler answers its own errors; this is a bug: logged, not shown to the client
             log.exception("%s %s failed", request.method, request.path)
-            return 500, error_body("internal error; the server's log has the details")
+            return 500, error_body("internal error; the server's log has the details"), request.body
+        return answer if len(answer) == 3 else (answer[0], answer[1], request.body)
 
     async def _read_request(self, reader: asyncio.StreamReader) -> Optional[_Request]:
         """The next request, or None once the client has closed or left the connection idle."""

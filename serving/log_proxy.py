@@ -24,6 +24,8 @@ import numpy as np
 import requests
 
 from cxr import contract
+from cxr.serving.dicom_front import converted_body
+from cxr.serving.errors import ServingError
 from cxr.serving.http_server import HttpServer, wait_until_stopped, write_address
 from cxr.serving.request_log import RequestLogger, Served
 from cxr.serving.rest_json import decode_b64, error_body, input_values, parse_body, signature_name
@@ -46,6 +48,7 @@ class LogProxy:
             self.upstream = f"http://{self.upstream}"
         log_settings = settings.request_log()
         self.request_log = RequestLogger(log_settings) if log_settings else None
+        self.dicom_rules = settings.dicom_rules()
         self._sessions = threading.local()
         self._versions: Dict[str, Tuple[float, int]] = {}
         self._versions_lock = threading.Lock()
@@ -72,8 +75,17 @@ class LogProxy:
         if method == "POST":
             self._log(path, body, status, answer)
 
-    def handle(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
-        """On a worker thread: the request passed to TF Serving as it came; its answer, or 502 / 504."""
+    def handle(self, method: str, path: str, body: bytes) -> Tuple[int, bytes, bytes]:
+        """On a worker thread: the request passed to TF Serving as it came, DICOM files converted to PNG
+        (serving/dicom_front.py); (status, its answer or 502 / 504, the body forwarded)."""
+        if method == "POST" and _PREDICT.fullmatch(path):
+            try:
+                body, _ = converted_body(body, self.dicom_rules)
+            except ServingError as error:
+                return error.http_status, error_body(error.message), body
+        return (*self._forward(method, path, body), body)
+
+    def _forward(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
         try:
             try:
                 return self._exchange(method, path, body)

@@ -4,6 +4,7 @@ import dataclasses
 from typing import Mapping, Optional, Tuple
 
 from cxr import contract
+from cxr.dicom.rules import DEFAULT_MODALITIES, DEFAULT_VIEW_POSITIONS, DicomRules
 from cxr.serving.http_server import HttpLimits
 
 UNLABELLED = ""  # the rate key of requests that named no version label
@@ -59,7 +60,19 @@ class RequestLogFlags:
 
 
 @dataclasses.dataclass(frozen=True)
-class ServerSettings(RequestLogFlags):
+class DicomFlags:
+    """What the fronts take of a DICOM sent in a request (serving/dicom_front.py); the rest is refused."""
+    dicom_modalities: Tuple[str, ...] = DEFAULT_MODALITIES
+    dicom_view_positions: Tuple[str, ...] = DEFAULT_VIEW_POSITIONS
+    dicom_allow_missing_view_position: bool = False
+
+    def dicom_rules(self) -> DicomRules:
+        return DicomRules(modalities=self.dicom_modalities, view_positions=self.dicom_view_positions,
+                          allow_missing_view_position=self.dicom_allow_missing_view_position)
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerSettings(RequestLogFlags, DicomFlags):
     model_base_path: Optional[str] = None
     model_name: str = contract.MODEL_NAME
     model_config_file: Optional[str] = None
@@ -82,7 +95,7 @@ class ServerSettings(RequestLogFlags):
 
 
 @dataclasses.dataclass(frozen=True)
-class ProxySettings(RequestLogFlags):
+class ProxySettings(RequestLogFlags, DicomFlags):
     """`cxr log-proxy`: TF Serving's REST API passed through to `upstream`, a sample of it logged."""
     upstream: str = f"http://localhost:{contract.DEFAULT_REST_PORT}"
     port: int = 8511  # 0 picks a free port

@@ -12,6 +12,7 @@ from tensorflow.python.tools import saved_model_utils
 from tensorflow_serving.apis import prediction_log_pb2
 
 from cxr import contract
+import dicom_files
 from helpers import encode, phantom_picture
 from trained_model import IMAGE_SIZE, LIMITS, MAX_IMAGE_PIXELS, SMALL_MODEL, demo_png
 
@@ -104,13 +105,14 @@ def _truncated_png() -> bytes:
     (lambda: _png_declaring(20_000, 20_000), "declares more than"),
     (lambda: _jpeg_declaring(2_000, 1_000), "declares more than"),
     (lambda: encode(Image.new("L", (1_100, 1_000), 90), "PNG"), "declares more than"),
+    (lambda: dicom_files.dicom_file(seed=2), "a DICOM file reached the model.*cxr convert-dicom"),
 ])
 def test_a_bad_payload_fails_with_invalid_argument_naming_the_problem(loaded_model, payload, message):
     good = demo_png(1)
     for signature in (contract.PREDICT_SIGNATURE, contract.EXPLAIN_SIGNATURE):
         with pytest.raises(tf.errors.InvalidArgumentError, match=message) as raised:
             loaded_model.signatures[signature](images=tf.constant([good, payload()]))
-        if "PNG or JPEG" in message or "declares" in message:
+        if "PNG or JPEG" in message or "declares" in message or "DICOM" in message:
             assert "[1]" in raised.value.message, "the message names the image's index in the batch"
 
 
