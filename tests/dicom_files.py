@@ -145,3 +145,19 @@ def identifiers_in(ds_bytes: Sequence[bytes]) -> set:
         found |= {str(ds.get(k)) for k in ("SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "PatientID")
                   if ds.get(k)}
     return found
+
+
+def real_downsampled(name: str, step: int, syntax=ExplicitVRLittleEndian) -> bytes:
+    """A real radiograph's pixels, every `step`-th row and column, under its own header (window,
+    MONOCHROME1, Bits Stored), plus the planted identifiers: small enough for the tests' model limits."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = pydicom.dcmread(io.BytesIO(real_file(name)))
+        pixels = np.ascontiguousarray(ds.pixel_array[::step, ::step])
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.Rows, ds.Columns = pixels.shape
+    ds.PixelData = pixels.tobytes()
+    ds["PixelData"].VR = "OW"
+    for keyword, value in PLANTED.items():
+        setattr(ds, keyword, value)
+    return encoded(ds, syntax)
