@@ -118,6 +118,19 @@ def _add_build_tfrecords(commands) -> None:
     command.add_argument("--covid-radiography", metavar="DIR", help="COVID-19 Radiography Database folder")
     command.add_argument("--curated", metavar="DIR", help="Mendeley curated COVID-19 PA dataset folder")
     command.add_argument("--nih", metavar="DIR", help="NIH ChestX-ray14 folder (with Data_Entry_2017.csv)")
+    dicom = command.add_argument_group(
+        "a hospital's DICOM export", "its labelled radiographs as a source of the span (docs/dicom.md): the "
+                                     "records hold the converted PNG and keyed pseudonyms, never an identifier")
+    dicom.add_argument("--dicom", metavar="DIR", help="folder of DICOM files (any layout, any names)")
+    dicom.add_argument("--dicom-labels", metavar="CSV",
+                       help="columns label and file (path under DIR) or sop_instance_uid; needed with --dicom")
+    dicom.add_argument("--dicom-source", default="dicom", metavar="NAME",
+                       help="the records' source value (default %(default)s; another name must be added to the "
+                            "source domain of pipeline/schema/schema.pbtxt)")
+    dicom.add_argument("--pseudonym-key-file", metavar="FILE",
+                       help="the secret key of the patient pseudonyms (default: $CXR_PSEUDONYM_KEY); keep it "
+                            "away from the data, and keep it: the same key links a patient across spans")
+    _add_dicom_flags(command)
     command.add_argument("--out", required=True, help="spans are written to OUT/span-N/")
     from cxr.dataprep.config import IngestConfig
     defaults = _defaults(IngestConfig)
@@ -139,6 +152,20 @@ def _add_build_tfrecords(commands) -> None:
     command.set_defaults(run=_run_build_tfrecords)
 
 
+def _dicom_source(args):
+    if not args.dicom:
+        if args.dicom_labels:
+            raise ValueError("--dicom-labels needs --dicom DIR")
+        return None
+    if not args.dicom_labels:
+        raise ValueError("--dicom needs --dicom-labels CSV (columns label and file or sop_instance_uid)")
+    from cxr.dataprep.dicom_source import DicomSource
+    from cxr.dicom.pseudonyms import load_key
+    key = load_key(args.pseudonym_key_file, data_folders=[args.dicom, args.out])
+    return DicomSource(root=args.dicom, labels_file=args.dicom_labels, key=key, source=args.dicom_source,
+                       rules=_dicom_rules(args)).with_labels()
+
+
 def _run_build_tfrecords(args) -> int:
     from cxr.dataprep.build import build_tfrecords
     from cxr.dataprep.config import IngestConfig
@@ -151,7 +178,7 @@ def _run_build_tfrecords(args) -> int:
         out_dir=args.out, span=args.span,
         mapping=mapping.with_nih_multilabel(args.nih_multilabel or mapping.nih_multilabel),
         near_duplicate_max_distance=args.near_duplicate_distance, max_pixels=args.max_pixels,
-        overwrite=args.overwrite, beam_args=tuple(args.beam_arg))
+        overwrite=args.overwrite, beam_args=tuple(args.beam_arg), dicom=_dicom_source(args))
     manifest = build_tfrecords(config)
     print(f"\nspan {config.span} written to {config.span_dir}")
     print(output.reconciliation_table(manifest["reconciliation"]))

@@ -17,7 +17,9 @@ CURATED = "curated"
 NIH = "nih"
 SOURCES = (COVID_RADIOGRAPHY, CURATED, NIH)  # the datasets ingestion reads
 SERVED = "served"  # images the served model received, labelled afterwards (cxr feedback)
-RECORD_SOURCES = SOURCES + (SERVED,)  # every value the records' source feature takes
+DICOM = "dicom"  # a hospital's own DICOM export (cxr build-tfrecords --dicom; --dicom-source names it otherwise)
+# Every value the records' source feature takes (pipeline/schema/schema.pbtxt's domain says the same).
+RECORD_SOURCES = SOURCES + (SERVED, DICOM)
 
 # Features of the records the builder writes (raw) and of Transform's output (transformed).
 IMAGE = "image"  # raw: the original PNG or JPEG bytes; transformed: size x size 8-bit gray pixels in one bytes value

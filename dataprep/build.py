@@ -26,6 +26,7 @@ from cxr.contract import MANIFEST, NIH, SHARD_SUFFIX, SOURCES
 from cxr.dataprep import layouts, nih, records
 from cxr.dataprep.config import IngestConfig
 from cxr.dataprep.dedup import Candidate, FindDuplicates
+from cxr.dataprep.dicom_source import IGNORED_NAMES, DicomSource
 from cxr.dataprep.ledger import (
     MISSING_EXAMPLES, QUARANTINED, UNMAPPED, WRITTEN, Ignored, LedgerCombineFn, MissingNihFile, Outcome,
     reconciliation)
@@ -100,17 +101,19 @@ def read_manifest(span_dir: str) -> dict:
 def _ingest(pipeline, config: IngestConfig, nih_csv, staging: str, header: dict) -> None:
     discovered = [_discover(pipeline, config, source, nih_csv)
                   for source in SOURCES if config.root(source)]
+    if config.dicom is not None:
+        discovered.append(_discover_dicom(pipeline, config.dicom))
     seen = [d.seen for d in discovered] | "AllSeenFiles" >> beam.Flatten()
     seen_count = seen | "CountSeen" >> beam.combiners.Count.Globally()
     probed = (
         seen
         # Spreads the files over the workers (discovery yields them from one element).
         | "SpreadOverWorkers" >> beam.Reshuffle()
-        | "ProbeImages" >> beam.ParDo(ProbeFile(config.mapping, config.max_pixels)).with_outputs(
+        | "ProbeImages" >> beam.ParDo(ProbeFile(config.mapping, config.max_pixels, config.dicom)).with_outputs(
             _OUTCOMES, main="candidates"))
     removed = probed.candidates | "FindDuplicates" >> FindDuplicates(config.near_duplicate_max_distance)
     written = probed.candidates | "BuildExamples" >> beam.ParDo(
-        BuildExample(), removed=beam.pvalue.AsDict(removed | "KeyRemoved" >> beam.Map(lambda o: (o.file, o)))
+        BuildExample(config.dicom), removed=beam.pvalue.AsDict(removed | "KeyRemoved" >> beam.Map(lambda o: (o.file, o)))
     ).with_outputs(_OUTCOMES, main="examples")
     _ = written.examples | "WriteShards" >> beam.io.WriteToTFRecord(
         f"{staging}/{SHARD_PREFIX}", file_name_suffix=SHARD_SUFFIX, compression_type=CompressionTypes.GZIP)
@@ -166,6 +169,37 @@ def _discover(pipeline, config: IngestConfig, source: str, nih_csv) -> _Discover
     return _Discovered(joined.seen, listed[_IGNORED], joined[_MISSING])
 
 
+def _discover_dicom(pipeline, dicom: DicomSource) -> _Discovered:
+    root = dicom.root.rstrip("/")
+    listed = (pipeline
+              | "Root[dicom]" >> beam.Create([root])
+              | "List[dicom]" >> beam.FlatMap(list_files)
+              | "Classify[dicom]" >> beam.ParDo(ClassifyDicomFile(dicom, root)).with_outputs(_IGNORED, main="files"))
+    return _Discovered(listed.files, listed[_IGNORED])
+
+
+class ClassifyDicomFile(beam.DoFn):
+    """Listed file of a DICOM export -> SeenFile under its path's pseudonym (the path may hold an MRN), or
+    an ignored file. The real path stays in SeenFile.path, for reading only: outcomes carry relpath."""
+
+    def __init__(self, dicom: DicomSource, root: str):
+        self._dicom, self._root = dicom, root
+
+    def process(self, listed: ListedFile) -> Iterator:
+        relpath = layouts.relative_path(self._root, listed.path)
+        reason = layouts.ignore_reason(relpath)
+        if reason is None and relpath.rsplit("/", 1)[-1].casefold() in IGNORED_NAMES:
+            reason = "DICOMDIR"
+        if reason is not None:
+            yield beam.pvalue.TaggedOutput(_IGNORED, Ignored(self._dicom.source, reason))
+            return
+        pseudonym = self._dicom.file_pseudonym(relpath)
+        problem = "cannot be read (a broken link, or no permission)" if listed.problem else None
+        yield layouts.SeenFile(source=self._dicom.source, path=listed.path, relpath=pseudonym, size=listed.size,
+                               raw_class=self._dicom.labels_by_file.get(relpath, ""), image_id=pseudonym,
+                               patient_id="", problem=problem)
+
+
 class ClassifyFile(beam.DoFn):
     """Listed file -> a dataset image (SeenFile) or an ignored non-image file."""
 
@@ -201,8 +235,8 @@ class ProbeFile(beam.DoFn):
     """Seen file -> Candidate (labelled, readable) or the outcome that ends it here."""
     PROGRESS_EVERY_S = 5.0
 
-    def __init__(self, mapping: ClassMapping, max_pixels: int):
-        self._mapping, self._max_pixels = mapping, max_pixels
+    def __init__(self, mapping: ClassMapping, max_pixels: int, dicom: Optional[DicomSource] = None):
+        self._mapping, self._max_pixels, self._dicom = mapping, max_pixels, dicom
 
     def setup(self):
         self._done, self._last_report = 0, time.monotonic()
@@ -223,6 +257,8 @@ class ProbeFile(beam.DoFn):
     def _classify(self, seen: layouts.SeenFile):
         if seen.problem:
             return _ended(seen, QUARANTINED, reason=seen.problem)
+        if self._dicom is not None and seen.source == self._dicom.source:
+            return self._classify_dicom(seen)
         label = self._mapping.label_for(seen.source, seen.raw_class)
         if label is None:
             return _ended(seen, UNMAPPED)
@@ -233,6 +269,32 @@ class ProbeFile(beam.DoFn):
         facts = probe(data, self._max_pixels)
         if not isinstance(facts, ImageFacts):
             return _ended(seen, QUARANTINED, label=label, reason=facts)
+        return Candidate(seen=seen, label=label, facts=facts)
+
+    def _classify_dicom(self, seen: layouts.SeenFile):
+        """The file converted as everywhere else; the candidate carries pseudonyms, the PNG's facts."""
+        from cxr.dicom.convert import DicomRefused, convert
+        try:
+            data = _read(seen.path)
+        except OSError as error:
+            return _ended(seen, QUARANTINED, reason=f"cannot read file ({error.strerror or type(error).__name__})")
+        try:
+            converted = convert(data, self._dicom.rules)
+        except DicomRefused as refused:
+            return _ended(seen, QUARANTINED, label=seen.raw_class or None, reason=str(refused))
+        label = self._dicom.label_of("", converted.sop_instance_uid) if not seen.raw_class else seen.raw_class
+        if not label:
+            return _ended(seen._replace(raw_class=NO_DICOM_LABEL), UNMAPPED)
+        if not converted.patient_id:
+            return _ended(seen, QUARANTINED, label=label,
+                          reason="(0010,0020) Patient ID: missing; the split by patient needs it")
+        facts = probe(converted.png, self._max_pixels)
+        if not isinstance(facts, ImageFacts):
+            return _ended(seen, QUARANTINED, label=label, reason=facts)
+        image_id = self._dicom.image_pseudonym(converted.sop_instance_uid) if converted.sop_instance_uid \
+            else seen.image_id
+        seen = seen._replace(raw_class=label, patient_id=self._dicom.patient_pseudonym(converted.patient_id),
+                             image_id=image_id)
         return Candidate(seen=seen, label=label, facts=facts)
 
     def _report_progress(self):
@@ -246,7 +308,11 @@ class ProbeFile(beam.DoFn):
 
 
 class BuildExample(beam.DoFn):
-    """Kept candidate -> serialized tf.Example (bytes read again) and a 'written' outcome."""
+    """Kept candidate -> serialized tf.Example (bytes read again; a DICOM converted again, its PNG written)
+    and a 'written' outcome."""
+
+    def __init__(self, dicom: Optional[DicomSource] = None):
+        self._dicom = dicom
 
     def setup(self):
         self._written = Metrics.counter(_METRICS, WRITTEN)
@@ -261,7 +327,9 @@ class BuildExample(beam.DoFn):
             yield beam.pvalue.TaggedOutput(_OUTCOMES, _ended(seen, QUARANTINED, label=candidate.label,
                                                              reason=f"cannot read file: {error}"))
             return
-        if hashlib.sha256(data).hexdigest() != candidate.facts.sha256:
+        if self._dicom is not None and seen.source == self._dicom.source:
+            data = self._png_of(data)
+        if data is None or hashlib.sha256(data).hexdigest() != candidate.facts.sha256:
             yield beam.pvalue.TaggedOutput(_OUTCOMES, _ended(
                 seen, QUARANTINED, label=candidate.label, reason="file changed during ingestion"))
             return
@@ -270,6 +338,17 @@ class BuildExample(beam.DoFn):
         yield beam.pvalue.TaggedOutput(_OUTCOMES, Outcome(
             status=WRITTEN, source=seen.source, relpath=seen.relpath, raw_class=seen.raw_class,
             label=candidate.label))
+
+
+    def _png_of(self, data: bytes) -> Optional[bytes]:
+        from cxr.dicom.convert import DicomRefused, convert
+        try:
+            return convert(data, self._dicom.rules).png
+        except DicomRefused:
+            return None  # it converted when probed: the file changed
+
+
+NO_DICOM_LABEL = "(no label in --dicom-labels)"
 
 
 def _ended(seen: layouts.SeenFile, status: str, label=None, reason=None) -> Outcome:
@@ -295,6 +374,7 @@ def _manifest_header(config: IngestConfig, nih_csv) -> dict:
         "span": config.span,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "sources": dict(config.source_roots),
+        "dicom": config.dicom.describe() if config.dicom is not None else None,
         "mapping": {"name": config.mapping.name, "nih_multilabel": config.mapping.nih_multilabel,
                     "sources": {s: dict(t) for s, t in config.mapping.by_source.items()}},
         "near_duplicate_max_distance": config.near_duplicate_max_distance,
@@ -306,6 +386,8 @@ def _manifest_header(config: IngestConfig, nih_csv) -> dict:
 
 def _check_roots(config: IngestConfig) -> None:
     """Each folder exists and does not look like another of the three datasets."""
+    if config.dicom is not None and not FileSystems.exists(config.dicom.root):
+        raise IngestError(f"--dicom: folder {config.dicom.root} does not exist")
     for source, root in config.source_roots.items():
         flag = _flag(source)
         if not FileSystems.exists(root):

@@ -3,6 +3,7 @@ import dataclasses
 from typing import Dict, Optional, Tuple
 
 from cxr.contract import MAX_IMAGE_PIXELS, SOURCES, span_dir
+from cxr.dataprep.dicom_source import DicomSource
 from cxr.dataprep.mapping import ClassMapping
 
 # Beam's DirectRunner in multi-process mode, one worker per core, unless the
@@ -28,13 +29,19 @@ class IngestConfig:
     max_pixels: int = MAX_IMAGE_PIXELS
     overwrite: bool = False
     beam_args: Tuple[str, ...] = ()
+    dicom: Optional[DicomSource] = None  # a hospital's DICOM export (dataprep/dicom_source.py)
 
     def __post_init__(self):
         unknown = set(self.source_roots) - set(SOURCES)
         if unknown:
             raise ValueError(f"unknown sources {sorted(unknown)}; expected some of {SOURCES}")
-        if not self.source_roots:
-            raise ValueError("give at least one dataset folder (--covid-radiography, --curated or --nih)")
+        if not self.source_roots and self.dicom is None:
+            raise ValueError("give at least one dataset folder (--covid-radiography, --curated, --nih or --dicom)")
+        if self.dicom is not None and not all(arg.startswith("--direct") or arg == "--runner=DirectRunner"
+                                              for arg in self.pipeline_args()):
+            # The DoFns carry the pseudonym key: a remote runner would stage it with the pipeline.
+            raise ValueError("a DICOM span is built with Beam's DirectRunner, on the machine that holds the "
+                             "pseudonym key; drop the --beam-arg runner flags")
         if self.span < 0:
             raise ValueError(f"--span must be 0 or more, got {self.span}")
         if self.near_duplicate_max_distance < -1 or self.near_duplicate_max_distance > 16:

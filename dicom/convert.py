@@ -48,7 +48,14 @@ class Converted(NamedTuple):
     width: int
     bit_depth: int  # of the PNG: 8 or 16
     acquisition: Acquisition
-    sop_instance_uid: str  # for the caller to look up a label or pseudonymise; never written in clear
+    # Identifiers, for the caller to look up a label or make pseudonyms of (dataprep/dicom_source.py);
+    # never written in clear, never in a message.
+    sop_instance_uid: str
+    patient_id: str
+
+    def __repr__(self) -> str:  # what a log or a traceback may print: no identifier
+        return (f"Converted({self.width} x {self.height}, {self.bit_depth}-bit PNG of {len(self.png):,} bytes, "
+                f"{self.acquisition})")
 
 
 def convert(data: bytes, rules: DicomRules = DicomRules(), name: str = "") -> Converted:
@@ -62,7 +69,8 @@ def convert(data: bytes, rules: DicomRules = DicomRules(), name: str = "") -> Co
     bit_depth = 16 if int(dataset.BitsStored) > 8 else 8
     png = to_png(unit, bit_depth)
     return Converted(png=png, height=unit.shape[0], width=unit.shape[1], bit_depth=bit_depth,
-                     acquisition=acquisition(dataset), sop_instance_uid=str(dataset.get("SOPInstanceUID", "")))
+                     acquisition=acquisition(dataset), sop_instance_uid=str(dataset.get("SOPInstanceUID", "")).strip(),
+                     patient_id=str(dataset.get("PatientID", "")).strip())
 
 
 def read_header(data: bytes, rules: DicomRules) -> pydicom.Dataset:

@@ -1,6 +1,6 @@
-"""A DICOM file through every way into the served model gives the same answer: converted in the client
-(cxr predict), in the front (cxr log-proxy before TF Serving, cxr serve), or converted first (cxr
-convert-dicom) and sent as PNG; a refused one is answered with TF Serving's error shape, naming the tag."""
+"""A DICOM file through every way into the served model gives the same answer: ingested (cxr
+build-tfrecords --dicom) and its record's image sent, converted in the client (cxr predict), in the front
+(cxr log-proxy before TF Serving, cxr serve), or converted first (cxr convert-dicom) and sent as PNG; a refused one is answered with TF Serving's error shape, naming the tag."""
 import base64
 import json
 import os
@@ -20,7 +20,7 @@ from cxr.serving.dicom_front import may_hold_dicom
 from cxr.serving.log_proxy import LogProxy
 from cxr.serving.request_log import log_files, read_logs
 from cxr.serving.server_settings import ProxySettings
-from helpers import write
+from helpers import IN_PROCESS_BEAM, write
 from trained_model import demo_png
 
 # NEMA's RG1 (a real PA chest CR, MONOCHROME1, 15 bits, its own window), every 4th pixel: 489 x 461.
@@ -49,6 +49,7 @@ def test_client_front_dev_server_and_png_give_identical_probabilities(dicom, ups
     path = write(str(tmp_path / "in" / "study.dcm"), dicom)
     png = convert(dicom).png
     answers = {
+        "ingested": ServingClient(upstream.url).predict([_ingested(path, tmp_path)])[0],
         "client": next(ServingClient(upstream.url).predict_files([path])).outputs,
         "log-proxy": ServingClient(proxy.url).predict([dicom])[0],  # raw DICOM bytes in the request
         "cxr serve": ServingClient(upstream.url).predict([dicom])[0],
@@ -56,6 +57,24 @@ def test_client_front_dev_server_and_png_give_identical_probabilities(dicom, ups
     }
     probabilities = {way: answer[contract.PROBABILITIES] for way, answer in answers.items()}
     assert all(p == probabilities["png"] for p in probabilities.values()), probabilities
+
+
+def _ingested(path, tmp_path) -> bytes:
+    """The image bytes of the record `cxr build-tfrecords --dicom` writes for this file."""
+    import glob
+
+    from cxr.dataprep.build import build_tfrecords
+    from cxr.dataprep.config import IngestConfig
+    from cxr.dataprep.dicom_source import DicomSource
+    from cxr.dicom.pseudonyms import PseudonymKey
+    labels = write(str(tmp_path / "labels.csv"), f"file,label\n{os.path.basename(path)},NORMAL\n".encode())
+    dicom = DicomSource(root=os.path.dirname(path), labels_file=labels, key=PseudonymKey(b"k" * 64, "test"))
+    config = IngestConfig(source_roots={}, out_dir=str(tmp_path / "tfrecords"), beam_args=IN_PROCESS_BEAM,
+                          dicom=dicom.with_labels())
+    build_tfrecords(config)
+    [record] = [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(
+        glob.glob(os.path.join(config.span_dir, "*.tfrecord.gz")), compression_type="GZIP")]
+    return record.features.feature[contract.IMAGE].bytes_list.value[0]
 
 
 def test_the_front_forwards_and_logs_the_png_and_leaves_other_images_as_they_came(upstream, proxy, tmp_path):
