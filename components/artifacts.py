@@ -10,6 +10,8 @@ from typing import Dict, Iterator, List, Sequence
 import numpy as np
 import tensorflow as tf
 
+from cxr import contract
+
 from cxr.contract import LABELS
 
 STATISTICS_FILE = "FeatureStats.pb"  # StatisticsGen's, per split
@@ -28,8 +30,11 @@ def split_files(examples_uri: str, split: str) -> List[str]:
 
 
 def read_split(examples_uri: str, split: str, features: Sequence[str], batch: int = 64) -> Iterator[Dict[str, np.ndarray]]:
-    """One split of ExampleGen's raw examples, `batch` at a time: {feature: bytes values} of these bytes features."""
-    spec = {name: tf.io.FixedLenFeature([], tf.string) for name in features}
+    """One split of ExampleGen's raw examples, `batch` at a time: {feature: bytes values} of these bytes features
+    (the acquisition features read as 'unknown' from records written before they existed)."""
+    spec = {name: tf.io.FixedLenFeature([], tf.string, default_value=contract.UNKNOWN
+                                        if name in contract.ACQUISITION_BYTES_FEATURES else None)
+            for name in features}
     dataset = tf.data.TFRecordDataset(split_files(examples_uri, split), compression_type="GZIP")
     for parsed in dataset.batch(batch).map(lambda serialized: tf.io.parse_example(serialized, spec)):
         yield {name: values.numpy() for name, values in parsed.items()}

@@ -3,9 +3,10 @@
 ExampleValidator checks one span against the schema; a span can fit the schema
 and still differ from the last one (a site stops sending one class, a new
 scanner changes image sizes). The comparators:
-- L-infinity distance for the categorical `label`, `source` and `format`;
+- L-infinity distance for the categorical `label`, `source` and `format`, and the acquisition's
+  `view_position`, `modality`, `manufacturer` and `manufacturer_model` (a new scanner, a flood of AP films);
 - Jensen-Shannon divergence for the numeric image statistics the ingestion
-  records: `height`, `width`, `channels`, `bit_depth`.
+  records: `height`, `width`, `channels`, `bit_depth`, `bits_stored`.
 Per configuration the run warns (the result is recorded on the output artifact
 and in the run summary) or stops before training.
 
@@ -28,8 +29,9 @@ from cxr import contract
 from cxr.components import artifacts
 from cxr.components.settings import DriftSettings, from_json
 
-CATEGORICAL_FEATURES = (contract.LABEL, contract.SOURCE, contract.FORMAT)
-NUMERIC_FEATURES = (contract.HEIGHT, contract.WIDTH, contract.CHANNELS, contract.BIT_DEPTH)
+CATEGORICAL_FEATURES = (contract.LABEL, contract.SOURCE, contract.FORMAT, contract.VIEW_POSITION, contract.MODALITY,
+                        contract.MANUFACTURER, contract.MANUFACTURER_MODEL)
+NUMERIC_FEATURES = (contract.HEIGHT, contract.WIDTH, contract.CHANNELS, contract.BIT_DEPTH, contract.BITS_STORED)
 COMPARED_SPLIT = contract.TRAIN
 BASELINE_SPAN_FILE = "span"  # beside the statistics
 

@@ -34,9 +34,18 @@ PHASH = "phash"  # 64-bit perceptual hash, 16 hex digits
 FORMAT = "format"  # png or jpeg
 FILE = "file"  # the path under its dataset's root
 HEIGHT, WIDTH, CHANNELS, BIT_DEPTH = "height", "width", "channels", "bit_depth"
+# Raw only: how the image was acquired, as its DICOM header says (cxr/dicom/convert.py) or a public dataset's
+# label file (NIH's View Position), else UNKNOWN (0 for BITS_STORED). None of them identifies a patient.
+VIEW_POSITION, MODALITY = "view_position", "modality"  # PA, AP, LL...; CR, DX...
+PHOTOMETRIC_INTERPRETATION = "photometric_interpretation"  # MONOCHROME1 or MONOCHROME2
+BITS_STORED = "bits_stored"  # of the DICOM's pixels (the PNG's depth is BIT_DEPTH)
+MANUFACTURER, MANUFACTURER_MODEL = "manufacturer", "manufacturer_model"
+UNKNOWN = "unknown"
+ACQUISITION_BYTES_FEATURES = (VIEW_POSITION, MODALITY, PHOTOMETRIC_INTERPRETATION, MANUFACTURER, MANUFACTURER_MODEL)
+ACQUISITION_INT_FEATURES = (BITS_STORED,)
 # Every raw record has each of these features with one value (pipeline/schema/schema.pbtxt says the same).
-RAW_BYTES_FEATURES = (IMAGE, LABEL, SOURCE, PATIENT_ID, IMAGE_ID, SHA256, PHASH, FORMAT, FILE)
-RAW_INT_FEATURES = (HEIGHT, WIDTH, CHANNELS, BIT_DEPTH)
+RAW_BYTES_FEATURES = (IMAGE, LABEL, SOURCE, PATIENT_ID, IMAGE_ID, SHA256, PHASH, FORMAT, FILE) + ACQUISITION_BYTES_FEATURES
+RAW_INT_FEATURES = (HEIGHT, WIDTH, CHANNELS, BIT_DEPTH) + ACQUISITION_INT_FEATURES
 
 # ExampleGen's splits, by hash of PATIENT_ID: the Trainer fits on TRAIN, stops early on EVAL; the
 # Evaluator, the ServingCheck and the report judge on TEST.

@@ -27,6 +27,7 @@ from cxr.dataprep import layouts, nih, records
 from cxr.dataprep.config import IngestConfig
 from cxr.dataprep.dedup import Candidate, FindDuplicates
 from cxr.dataprep.dicom_source import IGNORED_NAMES, DicomSource
+from cxr.dicom.rules import Acquisition
 from cxr.dataprep.ledger import (
     MISSING_EXAMPLES, QUARANTINED, UNMAPPED, WRITTEN, Ignored, LedgerCombineFn, MissingNihFile, Outcome,
     reconciliation)
@@ -228,7 +229,8 @@ def _label_nih_files(keyed, csv_name: str) -> Iterator:
             yield found._replace(problem=f"not listed in {csv_name}", raw_class="")
             continue
         row = rows[0]
-        yield found._replace(raw_class=row.finding_labels, patient_id=row.patient_id)
+        yield found._replace(raw_class=row.finding_labels, patient_id=row.patient_id,
+                             acquisition=Acquisition.stated(view_position=row.view_position))
 
 
 class ProbeFile(beam.DoFn):
@@ -294,7 +296,7 @@ class ProbeFile(beam.DoFn):
         image_id = self._dicom.image_pseudonym(converted.sop_instance_uid) if converted.sop_instance_uid \
             else seen.image_id
         seen = seen._replace(raw_class=label, patient_id=self._dicom.patient_pseudonym(converted.patient_id),
-                             image_id=image_id)
+                             image_id=image_id, acquisition=converted.acquisition)
         return Candidate(seen=seen, label=label, facts=facts)
 
     def _report_progress(self):

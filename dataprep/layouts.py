@@ -11,6 +11,8 @@ Paths are always relative to the root the user named, with '/' separators.
 import posixpath
 from typing import Dict, List, NamedTuple, Optional
 
+from cxr.dicom.rules import Acquisition
+
 IGNORED_FOLDERS = frozenset({"masks", "__macosx"})
 IGNORED_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
 DOCUMENT_SUFFIXES = frozenset({".xlsx", ".xls", ".csv", ".txt", ".md", ".pdf", ".json", ".html"})
@@ -32,6 +34,7 @@ class SeenFile(NamedTuple):
     image_id: str
     patient_id: str
     problem: Optional[str] = None  # known at discovery to be unusable
+    acquisition: Optional[Acquisition] = None  # what the file or the dataset's label file states; None: nothing
 
 
 def relative_path(root: str, path: str) -> str:

@@ -10,6 +10,9 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from cxr import contract
 from cxr.dataprep.dedup import Candidate
+from cxr.dicom.rules import Acquisition
+
+_NOTHING_STATED = Acquisition.stated()
 
 
 _REPEATED, _OPTIONAL = "LABEL_REPEATED", "LABEL_OPTIONAL"
@@ -64,6 +67,7 @@ def feature_values(candidate: Candidate, image_bytes: bytes) -> dict:
         contract.PHASH: f"{facts.phash:016x}", contract.FORMAT: facts.format, contract.FILE: seen.relpath,
         contract.HEIGHT: facts.height, contract.WIDTH: facts.width, contract.CHANNELS: facts.channels,
         contract.BIT_DEPTH: facts.bit_depth,
+        **(seen.acquisition or _NOTHING_STATED).feature_values(),
     }
 
 

@@ -8,7 +8,7 @@ from cxr import contract
 
 DEFAULT_MODALITIES = ("CR", "DX")
 DEFAULT_VIEW_POSITIONS = ("PA", "AP")
-UNKNOWN = "unknown"  # an acquisition fact the file does not state
+UNKNOWN = contract.UNKNOWN  # an acquisition fact the file does not state
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +40,20 @@ class Acquisition(NamedTuple):
     manufacturer: str
     manufacturer_model: str
     transfer_syntax: str
+
+    @classmethod
+    def stated(cls, view_position: str = "") -> "Acquisition":
+        """What a public dataset states (NIH's label file: the View Position), the rest unknown."""
+        return cls(modality=UNKNOWN, view_position=view_position.strip().upper() or UNKNOWN,
+                   photometric_interpretation=UNKNOWN, bits_stored=0, manufacturer=UNKNOWN,
+                   manufacturer_model=UNKNOWN, transfer_syntax="")
+
+    def feature_values(self) -> dict:
+        """{record feature: value} (cxr/contract.py's acquisition features)."""
+        return {contract.VIEW_POSITION: self.view_position, contract.MODALITY: self.modality,
+                contract.PHOTOMETRIC_INTERPRETATION: self.photometric_interpretation,
+                contract.BITS_STORED: self.bits_stored, contract.MANUFACTURER: self.manufacturer,
+                contract.MANUFACTURER_MODEL: self.manufacturer_model}
 
 
 class DicomRefused(ValueError):

@@ -68,7 +68,7 @@ def quirky_trees(tmp_path_factory):
             ("00000004_000.png", "Pneumothorax", 0, 4)]  # the last one's file is missing
     header = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,"
               "View Position,OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n")
-    lines = [f"{name},{findings},{followup},{patient},58,M,PA,1024,1024,0.143,0.143,\n"
+    lines = [f"{name},{findings},{followup},{patient},58,M,{'AP' if followup else 'PA'},1024,1024,0.143,0.143,\n"
              for name, findings, followup, patient in rows]
     write(os.path.join(nih, "Data_Entry_2017.csv"), (header + "".join(lines)).encode())
     write(os.path.join(nih, "BBox_List_2017.csv"), b"Image Index,Finding Label\n")

@@ -21,6 +21,7 @@ from cxr.pipeline.metadata_reader import RunSummary, execution_properties, read_
 
 GALLERY_PER_KIND = 3  # correct and wrong images kept per class for the Grad-CAM gallery
 _METADATA = (contract.LABEL, contract.SOURCE, contract.PATIENT_ID, contract.FILE)  # counting needs no pixels
+_ACQUISITION = (contract.VIEW_POSITION, contract.MODALITY)
 
 
 @dataclasses.dataclass
@@ -36,6 +37,7 @@ class TestPredictions:
     files: List[str]
     labels: np.ndarray  # class ids
     sources: List[str]
+    acquisitions: List[str]  # "view position, modality" of each image (contract.VIEW_POSITION, MODALITY)
     probabilities: np.ndarray  # [N, 4]
     gallery: Dict[str, GalleryImage]  # file -> a few correct and wrong per class
 
@@ -111,9 +113,9 @@ def _split_counts(examples_uri: str):
 def predict_test_split(model_dir: str, examples_uri: str) -> TestPredictions:
     """The model's probabilities on the test split, and the gallery's images explained by the same model."""
     signatures = tf.saved_model.load(model_dir).signatures
-    files, labels, sources, probabilities, kept_images = [], [], [], [], {}
+    files, labels, sources, acquisitions, probabilities, kept_images = [], [], [], [], [], {}
     kept = Counter()
-    for batch in artifacts.read_split(examples_uri, contract.TEST, _METADATA + (contract.IMAGE,)):
+    for batch in artifacts.read_split(examples_uri, contract.TEST, _METADATA + _ACQUISITION + (contract.IMAGE,)):
         batch_probabilities = signatures[contract.PREDICT_SIGNATURE](images=tf.constant(batch[contract.IMAGE]))[
             contract.PROBABILITIES].numpy()
         batch_labels = [LABELS.index(label.decode()) for label in batch[contract.LABEL]]
@@ -126,8 +128,10 @@ def predict_test_split(model_dir: str, examples_uri: str) -> TestPredictions:
         files += batch_files
         labels += batch_labels
         sources += [source.decode() for source in batch[contract.SOURCE]]
+        acquisitions += [f"{view.decode()}, {modality.decode()}"
+                         for view, modality in zip(batch[contract.VIEW_POSITION], batch[contract.MODALITY])]
         probabilities.append(batch_probabilities)
-    return TestPredictions(files, np.array(labels, dtype=int), sources,
+    return TestPredictions(files, np.array(labels, dtype=int), sources, acquisitions,
                            np.concatenate(probabilities) if probabilities else np.zeros((0, len(LABELS))),
                            _explain(signatures[contract.EXPLAIN_SIGNATURE], kept_images))
 

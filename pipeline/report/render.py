@@ -44,6 +44,8 @@ def build_numbers(data: RunReportData) -> dict:
         "tfma_accuracy": data.summary.metrics.get(contract.OVERALL, {}).get(contract.ACCURACY),
         "confusion": counts.tolist(), "per_class": metrics.per_class(p.labels, p.probabilities, LABELS),
         "by_source": metrics.sliced_accuracy(p.labels, predicted, p.sources),
+        "by_acquisition": metrics.sliced_accuracy(
+            p.labels, predicted, [f"{source}: {acquired}" for source, acquired in zip(p.sources, p.acquisitions)]),
         "calibration": metrics.calibration(p.labels, p.probabilities),
         "source_confound": metrics.source_confound(p.labels, p.sources),
         "patient_overlap": _patient_overlap(data.patients),
@@ -243,6 +245,8 @@ def _evaluation_section(numbers: dict) -> str:
                   _interval(r["f1"], r["f1_ci"]), _interval(r["auc"], r["auc_ci"])] for r in numbers["per_class"]]
     sources = [[html.escape(s), v["count"], _interval(v["accuracy"], v["accuracy_ci"])]
                for s, v in numbers["by_source"].items()]
+    acquisitions = [[html.escape(s), v["count"], _interval(v["accuracy"], v["accuracy_ci"])]
+                    for s, v in numbers["by_acquisition"].items()]
     confound = numbers["source_confound"]
     gate = ("BLESSED" if numbers["blessed"] else "NOT BLESSED" if numbers["blessed"] is False else "not evaluated")
     thresholds = numbers["gate"]
@@ -258,6 +262,9 @@ def _evaluation_section(numbers: dict) -> str:
             + "<h3>Per class, with 95 % intervals (Wilson; bootstrap for F1 and AUC)</h3>"
             + _table(["class", "n", "precision", "recall (sensitivity)", "specificity", "F1", "AUC"], per_class)
             + "<h3>By source</h3>" + _table(["source", "n", "accuracy"], sources)
+            + "<h3>By source and acquisition</h3><p>View position and modality as each image's DICOM header or "
+            "its dataset's label file states them: AP films are taken of the sicker patients, a known shortcut."
+            "</p>" + _table(["source: view position, modality", "n", "accuracy"], acquisitions)
             + f"<h3>Source confound</h3><p>Predicting each source's majority label "
             f"({html.escape(', '.join(f'{s}: {LABELS[k]}' for s, k in confound['majority_label'].items()))}) "
             f"is right for <b>{_number(confound['accuracy'])}</b> of the test split; the model: "

@@ -10,15 +10,19 @@ from cxr.components.drift import describe_drift, drift_anomalies, drift_schema
 SCHEMA = os.path.join(os.path.dirname(__file__), "..", "..", "pipeline", "schema", "schema.pbtxt")
 
 
-def _span(counts, height=1024, jpeg_share=0.0):
+def _span(counts, height=1024, jpeg_share=0.0, ap_share=0.2, new_scanner_share=0.0):
     """Statistics of a span with `counts` images per label, all `height` px square."""
     rows = []
     for label, count in counts.items():
         for i in range(count):
             jpeg = i < count * jpeg_share
+            new_scanner = i >= count * (1 - new_scanner_share)
             rows.append({"label": label, "source": "nih" if label == "PNEUMOTHORAX" else "covid_radiography",
                          "format": "jpeg" if jpeg else "png", "height": height + i % 7, "width": height + i % 5,
-                         "channels": 1, "bit_depth": 8})
+                         "channels": 1, "bit_depth": 8, "view_position": "AP" if i < count * ap_share else "PA",
+                         "modality": "CR" if new_scanner else "DX", "bits_stored": 12,
+                         "manufacturer": "Other Corp" if new_scanner else "Phantom Imaging",
+                         "manufacturer_model": "Z-9" if new_scanner else "PX-100", "photometric_interpretation": "MONOCHROME2"})
     return tfdv.generate_statistics_from_dataframe(pd.DataFrame(rows))
 
 
@@ -44,6 +48,13 @@ def test_another_scanner_size_is_drift_by_jensen_shannon(schema):
     lines = describe_drift(drift_anomalies(_span(BALANCED, height=299), _span(BALANCED), schema))
     assert {line.split(":")[0] for line in lines} >= {"height", "width"}
     assert all("Jensen-Shannon" in line for line in lines if line.startswith(("height", "width")))
+
+
+def test_a_flood_of_ap_films_and_a_new_scanner_are_drift(schema):
+    lines = describe_drift(drift_anomalies(_span(BALANCED, ap_share=0.7), _span(BALANCED), schema))
+    assert any(line.startswith("view_position:") and "Linfty distance" in line and "is 0.5" in line for line in lines), lines
+    lines = describe_drift(drift_anomalies(_span(BALANCED, new_scanner_share=0.3), _span(BALANCED), schema))
+    assert {line.split(":")[0] for line in lines} >= {"modality", "manufacturer", "manufacturer_model"}, lines
 
 
 def test_schema_anomalies_are_left_to_the_example_validator(schema):

@@ -45,6 +45,14 @@ def _outcomes(manifest):
     return outcomes
 
 
+def test_nih_records_carry_the_view_position_its_label_file_states_the_others_unknown(span):
+    views = {file: _text(feature["view_position"]) for file, feature in span["records"].items()}
+    assert views["nih:images_001/images/00000001_000.png"] == "PA"
+    assert views["nih:images_001/images/00000001_001.png"] == "AP"
+    assert {view for file, view in views.items() if not file.startswith("nih:")} == {"unknown"}
+    assert {_text(feature["modality"]) for feature in span["records"].values()} == {"unknown"}
+
+
 def test_every_quirky_file_ends_in_the_expected_outcome(span, quirky_trees):
     expected = quirky_trees["expected"]
     listed = _outcomes(span["manifest"])

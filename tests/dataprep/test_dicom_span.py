@@ -115,6 +115,16 @@ def test_each_dicom_ends_in_its_outcome_and_the_records_hold_the_converted_png(s
     assert span["manifest"]["ignored"]["dicom"] == {"DICOMDIR": 1, "*.txt": 1}
 
 
+def test_the_acquisition_facts_are_features_and_the_public_images_state_unknown(span):
+    facts = {(_text(r[contract.SOURCE]), _text(r[contract.VIEW_POSITION]), _text(r[contract.MODALITY]),
+              _text(r[contract.PHOTOMETRIC_INTERPRETATION]), r[contract.BITS_STORED].int64_list.value[0],
+              _text(r[contract.MANUFACTURER]), _text(r[contract.MANUFACTURER_MODEL])) for r in span["records"]}
+    assert {f for f in facts if f[0] == "dicom"} == {
+        ("dicom", "PA", "DX", "MONOCHROME1", 12, "Phantom Imaging", "PX-100"),
+        ("dicom", "PA", "DX", "MONOCHROME2", 12, "Phantom Imaging", "PX-100")}
+    assert {f for f in facts if f[0] == "curated"} == {("curated",) + ("unknown",) * 3 + (0,) + ("unknown",) * 2}
+
+
 def test_one_patient_one_pseudonym_and_no_identifier_in_the_records(span, export):
     dicom_records = [r for r in span["records"] if _text(r[contract.SOURCE]) == "dicom"]
     patients = [_text(r[contract.PATIENT_ID]) for r in dicom_records]
