@@ -144,6 +144,10 @@ TRANSFORM_SIGNATURE = "transform_features"
 EXAMPLES_INPUT = "examples"  # [-1] tf.string of serialized tf.Examples
 
 IMAGES_INPUT = "images"  # [-1] tf.string of encoded PNG or JPEG files
+# Not an input of the model: in a logged request (serving/request_log.py), one JSON object per image with the
+# acquisition facts of the DICOM it was converted from ({} for a PNG or JPEG sent as such). Leave it out of
+# a record replayed as TF Serving warm-up.
+ACQUISITION_LOG_INPUT = "cxr_acquisition"
 CLASS_ID_INPUT = "class_id"  # [-1] int64, explain_class only
 
 PROBABILITIES = "probabilities"  # [N, NUM_CLASSES] float32, in the order of LABELS

@@ -17,8 +17,6 @@ import io
 import re
 from typing import Dict, Mapping, Optional, Tuple
 
-from apache_beam.io.filesystems import FileSystems
-
 from cxr import contract
 from cxr.dicom.pseudonyms import PseudonymKey
 from cxr.dicom.rules import DicomRules
@@ -76,7 +74,8 @@ class DicomSource:
 
 
 def read_labels(path: str) -> Tuple[Dict[str, str], Dict[str, str]]:
-    """({path under DIR: label}, {SOP Instance UID: label}) from the labels CSV."""
+    """({path under DIR: label}, {SOP Instance UID: label}) from the labels CSV (a local or gs:// path)."""
+    from apache_beam.io.filesystems import FileSystems  # not at import: the command line parses without Beam
     try:
         with FileSystems.open(path) as f:
             text = f.read().decode("utf-8-sig")

@@ -27,9 +27,13 @@ EMBED_BATCH = 32
 PIXEL_MEAN, PIXEL_STD, PIXEL_P05, PIXEL_P95 = "pixel_mean", "pixel_std", "pixel_p05", "pixel_p95"
 PREDICTED_CLASS, TOP_PROBABILITY, ENTROPY = "predicted_class", "top_probability", "entropy"
 ANSWER = (PREDICTED_CLASS, TOP_PROBABILITY, ENTROPY)  # what the model said, as answer() describes it
-CATEGORICAL = (contract.FORMAT, PREDICTED_CLASS)
-NUMERIC = (contract.HEIGHT, contract.WIDTH, contract.CHANNELS, contract.BIT_DEPTH,
+# How each image was acquired, as its DICOM header said (the request log's contract.ACQUISITION_LOG_INPUT;
+# the records' acquisition features): a new scanner or a flood of AP films shows here.
+ACQUISITION = (contract.VIEW_POSITION, contract.MODALITY, contract.MANUFACTURER, contract.MANUFACTURER_MODEL)
+CATEGORICAL = (contract.FORMAT, PREDICTED_CLASS) + ACQUISITION
+NUMERIC = (contract.HEIGHT, contract.WIDTH, contract.CHANNELS, contract.BIT_DEPTH, contract.BITS_STORED,
            PIXEL_MEAN, PIXEL_STD, PIXEL_P05, PIXEL_P95, TOP_PROBABILITY, ENTROPY)
+_NOT_STATED = {**{name: contract.UNKNOWN for name in contract.ACQUISITION_BYTES_FEATURES}, contract.BITS_STORED: 0}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +44,7 @@ class Received:
     version: int = 0
     probabilities: Optional[Sequence[float]] = None  # what was answered; None: ask the model
     label: Optional[str] = None  # the training split's only
+    acquisition: Optional[Dict[str, object]] = None  # {acquisition feature: value}; None: nothing stated
 
 
 @dataclasses.dataclass
@@ -69,8 +74,14 @@ def received_from_logs(logs: Iterable) -> List[Received]:
         images = tf.make_ndarray(request.inputs[contract.IMAGES_INPUT]).reshape(-1)
         probabilities = tf.make_ndarray(response.outputs[contract.PROBABILITIES]).reshape(len(images), -1)
         version = record.log_metadata.model_spec.version.value
-        found += [Received(bytes(image), float(record.log_metadata.timestamp_secs), version, tuple(row))
-                  for image, row in zip(images, probabilities)]
+        acquisitions = [None] * len(images)
+        if contract.ACQUISITION_LOG_INPUT in request.inputs:
+            logged = tf.make_ndarray(request.inputs[contract.ACQUISITION_LOG_INPUT]).reshape(-1)
+            if len(logged) == len(images):
+                acquisitions = [json.loads(value) or None for value in logged]
+        found += [Received(bytes(image), float(record.log_metadata.timestamp_secs), version, tuple(row),
+                           acquisition=acquired)
+                  for image, row, acquired in zip(images, probabilities, acquisitions)]
     return found
 
 
@@ -83,7 +94,8 @@ def describe(received: Sequence[Received], embed) -> Described:
             unreadable.append(f"{contract.SHA256} {hashlib.sha256(item.image).hexdigest()}: {facts}")
             continue
         kept.append(item)
-        rows.append({**_facts(facts), **pixel_statistics(item.image, facts.bit_depth)})
+        rows.append({**_facts(facts), **_NOT_STATED, **(item.acquisition or {}),
+                     **pixel_statistics(item.image, facts.bit_depth)})
     embeddings, probabilities = _embedded(kept, embed)
     for row, item, computed in zip(rows, kept, probabilities):
         row.update(answer(item.probabilities if item.probabilities is not None else computed))
@@ -157,7 +169,10 @@ def received_from_examples(paths: Sequence[str], limit: Optional[int] = None, se
     """The training split's images (raw tf.Examples, as ExampleGen writes them) with their labels; with a
     limit, a uniform sample of that many (reservoir sampling: the split is read once, never held whole)."""
     spec = {contract.IMAGE: tf.io.FixedLenFeature([], tf.string),
-            contract.LABEL: tf.io.FixedLenFeature([], tf.string)}
+            contract.LABEL: tf.io.FixedLenFeature([], tf.string),
+            **{name: tf.io.FixedLenFeature([], tf.string, default_value=contract.UNKNOWN)
+               for name in contract.ACQUISITION_BYTES_FEATURES},
+            contract.BITS_STORED: tf.io.FixedLenFeature([], tf.int64, default_value=0)}
     rng = np.random.default_rng(seed)
     found: List[bytes] = []
     for seen, record in enumerate(tf.data.TFRecordDataset(list(paths), compression_type=_compression(paths))):
@@ -171,7 +186,10 @@ def received_from_examples(paths: Sequence[str], limit: Optional[int] = None, se
 
 
 def _received(example) -> Received:
-    return Received(example[contract.IMAGE].numpy(), label=example[contract.LABEL].numpy().decode())
+    acquisition = {name: example[name].numpy().decode() for name in contract.ACQUISITION_BYTES_FEATURES}
+    acquisition[contract.BITS_STORED] = int(example[contract.BITS_STORED].numpy())
+    return Received(example[contract.IMAGE].numpy(), label=example[contract.LABEL].numpy().decode(),
+                    acquisition=acquisition)
 
 
 def _compression(paths: Sequence[str]) -> str:

@@ -23,8 +23,9 @@ from typing import Callable, Optional, Tuple
 
 import tensorflow as tf
 
+from cxr import contract
 from cxr.dicom.rules import DicomRules
-from cxr.serving.dicom_front import converted_body
+from cxr.serving.dicom_front import converted_body, logged_acquisitions
 from cxr.serving.errors import ServingError
 from cxr.serving.http_server import HttpServer, wait_until_stopped, write_address
 from cxr.serving.model_store import LoadedVersion, ModelSource, ModelStore
@@ -131,11 +132,13 @@ def _post(store: ModelStore, path: str, body: bytes, request_log: Optional[Reque
     if method.lower() != "predict":
         raise ServingError("UNIMPLEMENTED", f"the development server answers :predict only, not :{method}")
     loaded = store.get(model, _int(version), label)
+    body, acquisitions = converted_body(body, dicom_rules)
     answered = None
     if request_log is not None:
         def answered(signature: str, inputs: dict, outputs: dict) -> None:
-            request_log.offer(label, lambda: (Served(model, loaded.version, label, signature), inputs, outputs))
-    body, _ = converted_body(body, dicom_rules)
+            facts = logged_acquisitions(acquisitions, len(inputs.get(contract.IMAGES_INPUT, ())))
+            logged = inputs if facts is None else {**inputs, contract.ACQUISITION_LOG_INPUT: facts}
+            request_log.offer(label, lambda: (Served(model, loaded.version, label, signature), logged, outputs))
     return predict(loaded, body, answered)
 
 

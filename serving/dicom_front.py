@@ -77,6 +77,14 @@ def converted_body(body: bytes, rules: DicomRules) -> Tuple[bytes, List[Optional
     return json.dumps(document).encode("utf-8"), acquisitions
 
 
+def logged_acquisitions(acquisitions: List[Optional[Acquisition]], images: int) -> Optional[List[bytes]]:
+    """The request log's contract.ACQUISITION_LOG_INPUT values: one JSON object per image (its DICOM's
+    acquisition facts, {} for an image sent as PNG or JPEG); None when no image came as DICOM."""
+    if not any(acquisitions) or len(acquisitions) != images:
+        return None
+    return [json.dumps(a.feature_values() if a else {}, sort_keys=True).encode("utf-8") for a in acquisitions]
+
+
 def _decoded(value: str, index: int) -> bytes:
     try:
         return base64.b64decode(value, validate=False)

@@ -24,7 +24,7 @@ import numpy as np
 import requests
 
 from cxr import contract
-from cxr.serving.dicom_front import converted_body
+from cxr.serving.dicom_front import converted_body, logged_acquisitions
 from cxr.serving.errors import ServingError
 from cxr.serving.http_server import HttpServer, wait_until_stopped, write_address
 from cxr.serving.request_log import RequestLogger, Served
@@ -69,21 +69,23 @@ class LogProxy:
         if self.request_log is not None:
             self.request_log.close()
 
-    def answered(self, method: str, path: str, body: bytes, status: int, answer: bytes) -> None:
+    def answered(self, method: str, path: str, handled: tuple, status: int, answer: bytes) -> None:
         """Once the answer is on its way: offered to the request log, whose writer thread then builds the
-        record while the client reads, not before it is answered."""
+        record while the client reads, not before it is answered. `handled`: (the body forwarded, the
+        acquisitions of the DICOM files it held)."""
         if method == "POST":
-            self._log(path, body, status, answer)
+            self._log(path, *handled, status, answer)
 
     def handle(self, method: str, path: str, body: bytes) -> Tuple[int, bytes, bytes]:
         """On a worker thread: the request passed to TF Serving as it came, DICOM files converted to PNG
         (serving/dicom_front.py); (status, its answer or 502 / 504, the body forwarded)."""
+        acquisitions: list = []
         if method == "POST" and _PREDICT.fullmatch(path):
             try:
-                body, _ = converted_body(body, self.dicom_rules)
+                body, acquisitions = converted_body(body, self.dicom_rules)
             except ServingError as error:
-                return error.http_status, error_body(error.message), body
-        return (*self._forward(method, path, body), body)
+                return error.http_status, error_body(error.message), (body, [])
+        return (*self._forward(method, path, body), (body, acquisitions))
 
     def _forward(self, method: str, path: str, body: bytes) -> Tuple[int, bytes]:
         try:
@@ -122,7 +124,7 @@ class LogProxy:
             connection.close()
             self._sessions.connection = None
 
-    def _log(self, path: str, body: bytes, status: int, answer: bytes) -> None:
+    def _log(self, path: str, body: bytes, acquisitions: list, status: int, answer: bytes) -> None:
         match = _PREDICT.fullmatch(path)
         if not match:
             return
@@ -132,13 +134,16 @@ class LogProxy:
         if status != 200:
             return
         model, version, label = match.groups()
-        self.request_log.offer(label, lambda: self._logged(model, version, label, path, body, answer))
+        self.request_log.offer(label, lambda: self._logged(model, version, label, path, body, answer, acquisitions))
 
     def _logged(self, model: str, version: Optional[str], label: Optional[str], path: str, body: bytes,
-                answer: bytes):
+                answer: bytes, acquisitions: list):
         """On the request log's thread: the request and its answer as (served, inputs, outputs)."""
         document = parse_body(body)
         inputs, _ = input_values(document, _input_names(document))
+        facts = logged_acquisitions(acquisitions, len(inputs.get(contract.IMAGES_INPUT, ())))
+        if facts is not None:
+            inputs[contract.ACQUISITION_LOG_INPUT] = facts
         answered = int(version) if version else self._version_of(path.rsplit(":", 1)[0])
         return Served(model, answered, label, signature_name(document)), inputs, outputs_of(json.loads(answer))
 

@@ -85,6 +85,18 @@ def test_the_front_forwards_and_logs_the_png_and_leaves_other_images_as_they_cam
     logged = list(tf.make_ndarray(record.predict_log.request.inputs[contract.IMAGES_INPUT]))
     assert logged == [other, convert(PHANTOM).png]
     assert not any(value.startswith(b"\0" * 128 + b"DICM") for value in logged)
+    facts = [json.loads(v) for v in tf.make_ndarray(record.predict_log.request.inputs[contract.ACQUISITION_LOG_INPUT])]
+    assert facts == [{}, {"bits_stored": 12, "manufacturer": "Phantom Imaging", "manufacturer_model": "PX-100",
+                          "modality": "DX", "photometric_interpretation": "MONOCHROME1", "view_position": "PA"}]
+    assert not any(planted in str(record) for planted in F.PLANTED.values())
+    # The monitor reads them back as features of the served images.
+    from cxr.monitoring.features import describe, received_from_logs
+    received = received_from_logs([record])
+    table = describe(received, lambda images: {contract.EMBEDDING: [[0.0]] * len(images),
+                                               contract.PROBABILITIES: [[0.25] * 4] * len(images)}).table
+    assert list(table[contract.VIEW_POSITION]) == ["unknown", "PA"]
+    assert list(table[contract.MANUFACTURER]) == ["unknown", "Phantom Imaging"]
+    assert list(table[contract.BITS_STORED]) == [0, 12]
 
 
 @pytest.mark.parametrize("front", ["log-proxy", "cxr serve"])
