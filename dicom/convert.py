@@ -38,7 +38,8 @@ __all__ = ["Acquisition", "Converted", "DicomRefused", "DicomRules", "FileResult
 
 PHOTOMETRIC_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
 VOI_LUT_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
-PNG_COMPRESS_LEVEL = 1  # zlib's fastest: a 2,000 x 2,500 16-bit CR in about 0.2 s (bench/dicom.py)
+PNG_COMPRESS_LEVEL = 0  # stored, not deflated: 2-3x faster to write and to decode, ~25 % larger (bench/RESULTS.md);
+# the records are gzipped anyway, and the fronts pass the PNG to TF Serving inside the pod.
 _TEXT_FACT_CHARS = 64
 
 

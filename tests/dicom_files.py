@@ -161,3 +161,33 @@ def real_downsampled(name: str, step: int, syntax=ExplicitVRLittleEndian) -> byt
     for keyword, value in PLANTED.items():
         setattr(ds, keyword, value)
     return encoded(ds, syntax)
+
+
+def write_dicom_export(root: str, labels_csv: str, per_class: int = 4, size: int = 64, seed: int = 0) -> dict:
+    """A hospital's export of phantoms in DICOM, as PACS exports name them (folders by MRN, files by
+    accession number), two images per patient, half labelled by path and half by SOP Instance UID in
+    `labels_csv`. Returns {relpath: DICOM bytes}."""
+    import os
+    written, rows = {}, ["file,sop_instance_uid,label"]
+    findings = {"BACTERIAL_PNEUMONIA": "pneumonia", "COVID": "covid", "NORMAL": "normal", "PNEUMOTHORAX": "pneumothorax"}
+    syntaxes = (ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless, JPEGLSLossless)
+    for class_index, (label, finding) in enumerate(findings.items()):
+        for n in range(per_class):
+            number = seed * 10_000 + class_index * 1_000 + n
+            mrn, accession = f"MRN{7_000_000 + number // 2}", f"ACC{number:08d}"
+            uid = pydicom.uid.generate_uid(_UID_ROOT)
+            data = dicom_file(seed=seed * 7919 + number, size=size, bits_stored=(10, 12, 16)[n % 3], finding=finding,
+                              syntax=syntaxes[n % len(syntaxes)], photometric=("MONOCHROME1", "MONOCHROME2")[n % 2],
+                              patient_id=mrn, sop_uid=uid, modality=("CR", "DX")[n % 2],
+                              view=("PA", "AP")[(n // 2) % 2])
+            relpath = f"{mrn}/{accession}.dcm"
+            path = os.path.join(root, relpath)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "wb") as f:
+                f.write(data)
+            written[relpath] = data
+            rows.append(f"{relpath},,{label}" if n % 2 else f",{uid},{label}")
+    os.makedirs(os.path.dirname(labels_csv), exist_ok=True)
+    with open(labels_csv, "w", encoding="utf-8") as f:
+        f.write("\n".join(rows) + "\n")
+    return written

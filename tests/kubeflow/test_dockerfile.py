@@ -46,6 +46,23 @@ def test_every_kubeflow_task_and_the_serving_check_s_server_start_in_the_image(i
     assert "--model_base_path" in _ok(image.run(["python", "-m", "cxr", "serve", "--help"]))
 
 
+def test_the_image_decodes_every_compressed_dicom_syntax(image, tmp_path):
+    # The decoders are native wheels (openjpeg, libjpeg, CharLS, RLE): each must load in the image itself.
+    import dicom_files as F
+    from pydicom.uid import JPEG2000, JPEGLSNearLossless
+    files = {"j2k-lossless.dcm": F.real_file("RG1_J2KR.dcm"), "jpeg-lossless.dcm": F.real_file("JPEG-LL.dcm"),
+             "jpeg-extended.dcm": F.real_file("JPGExtended.dcm"), "rle.dcm": F.real_file("MR_small_RLE.dcm"),
+             "jpeg-ls.dcm": F.dicom_file(syntax=JPEGLSNearLossless), "j2k-lossy.dcm": F.dicom_file(syntax=JPEG2000)}
+    paths = []
+    for name, data in files.items():
+        paths.append(str(tmp_path / name))
+        with open(paths[-1], "wb") as f:
+            f.write(data)
+    shown = _ok(image.run(["python", "-m", "cxr", "convert-dicom", *paths, "--out", str(tmp_path / "png"),
+                           "--dicom-modalities", "CR,DX,NM,MR", "--dicom-allow-missing-view-position"]))
+    assert shown.strip().splitlines()[-1] == f"{len(files)} converted, 0 refused", shown
+
+
 def test_every_cxr_command_answers_help_in_the_image(image):
     commands = _subcommands(_parser())
     assert {("run",), ("serve",), ("kfp", "submit"), ("report",)} <= set(commands)

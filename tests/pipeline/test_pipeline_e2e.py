@@ -1,6 +1,7 @@
 """The whole TFX pipeline on the local runner, on tiny phantom data: real components, real MLMD."""
 import csv
 import glob
+import gzip
 import json
 import os
 import re
@@ -19,11 +20,16 @@ from cxr.contract import class_metric_name
 from cxr.contract import LABELS
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
+from cxr.dataprep.dicom_source import DicomSource
+from cxr.dicom.pseudonyms import PseudonymKey
 from cxr.pipeline.config import PRESETS
 from cxr.pipeline.local_runner import run_local
 from cxr.pipeline.metadata_reader import sqlite_connection
 from cxr.pipeline.pipeline import create_pipeline
+import dicom_files
 from helpers import IN_PROCESS_BEAM, tiny_pipeline_config, write_tiny_data
+
+PSEUDONYM_KEY = "c3" * 32
 
 pytestmark = pytest.mark.slow
 
@@ -32,9 +38,15 @@ UPSTREAM = ("ImportExampleGen", "StatisticsGen", "ExampleValidator", "Validation
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
+    """The three datasets' phantoms and a hospital's DICOM export (planted identifiers, files named by MRN)."""
     base = tmp_path_factory.mktemp("pipeline")
     roots = write_tiny_data(base / "raw")
-    build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(base / "tfrecords"), beam_args=IN_PROCESS_BEAM))
+    export = base / "hospital" / "export"
+    dicom_files.write_dicom_export(str(export), str(base / "hospital" / "labels.csv"), per_class=8, size=64)
+    dicom = DicomSource(root=str(export), labels_file=str(base / "hospital" / "labels.csv"),
+                        key=PseudonymKey(PSEUDONYM_KEY.encode(), "test")).with_labels()
+    build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(base / "tfrecords"), beam_args=IN_PROCESS_BEAM,
+                                 dicom=dicom))
     return base
 
 
@@ -62,6 +74,31 @@ def test_every_component_runs_and_a_blessed_model_is_pushed(first_run, workspace
     assert os.path.isfile(workspace / "serving" / "cxr" / version / "saved_model.pb")
     assert first_run.pushed_to.rstrip("/").endswith(version)
     assert first_run.metrics[""]["example_count"] > 0
+
+
+def test_no_identifier_of_the_hospital_s_dicom_reaches_anything_the_run_wrote(first_run, workspace):
+    """The span, the pipeline's every artifact (statistics, schema, Transform's output, the model, TFMA's
+    results), ML Metadata and the pushed model: no planted identifier, UID, file name or the key."""
+    export = workspace / "hospital" / "export"
+    files = {}
+    for path in glob.glob(str(export / "**" / "*.dcm"), recursive=True):
+        with open(path, "rb") as f:
+            files[os.path.relpath(path, export)] = f.read()
+    identifiers = dicom_files.identifiers_in(files.values()) | {PSEUDONYM_KEY}
+    identifiers |= {part for relpath in files for part in re.split(r"[/.]", relpath) if part != "dcm"}
+    written = [p for folder in ("tfrecords", "root", "serving") for p in glob.glob(
+        str(workspace / folder / "**"), recursive=True) if os.path.isfile(p)] + [str(workspace / "metadata.sqlite")]
+    assert len(written) > 50
+    sources = set()
+    for path in written:
+        with open(path, "rb") as f:
+            data = f.read()
+        if path.endswith(".gz"):
+            data = gzip.decompress(data)
+        found = [identifier for identifier in identifiers if identifier.encode() in data]
+        assert not found, (os.path.relpath(path, workspace), found)
+        sources.add(b"dicom" in data)
+    assert True in sources  # the DICOM span did reach the run's outputs
 
 
 def test_served_signature_on_raw_bytes_matches_the_model_on_transform_output(first_run, workspace):
