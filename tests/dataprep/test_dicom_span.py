@@ -53,6 +53,7 @@ def export(tmp_path_factory):
     add(f"{MRN_C}/zzburn.dcm", F.dicom_file(seed=22, size=96, patient_id=MRN_C, BurnedInAnnotation="YES"),
         "quarantined", "COVID")
     add(f"{MRN_A}/{MRN_A}.png", encode(phantom_picture(23), "PNG"), "quarantined", "NORMAL")  # not DICOM
+    add("anonymous/zzanon.dcm", F.dicom_file(seed=25, size=96, patient_id=""), "quarantined", "NORMAL")
     write(str(root / "DICOMDIR"), F.dicom_file(seed=24, size=16))
     write(str(root / "export-notes.txt"), f"exported for {MRN_A}\n".encode())
     labels = write(str(tmp_path_factory.mktemp("labels") / "labels.csv"), ("\n".join(rows) + "\n").encode())
@@ -108,7 +109,8 @@ def test_each_dicom_ends_in_its_outcome_and_the_records_hold_the_converted_png(s
     assert span["manifest"]["written"][contract.LABELS[0]]["dicom"] == 1
     assert sum(span["manifest"]["unmapped"]["dicom"].values()) == 1
     reasons = sorted(entry["reason"] for entry in span["manifest"]["quarantined"] if entry["file"].startswith("dicom:"))
-    assert len(reasons) == 3
+    assert len(reasons) == 4
+    assert any("(0010,0020) Patient ID: missing" in r for r in reasons)
     assert any("(0018,5101) View Position: LL" in r for r in reasons)
     assert any("(0028,0301) Burned In Annotation: YES" in r for r in reasons)
     assert any("not a DICOM file" in r for r in reasons)
@@ -134,7 +136,7 @@ def test_one_patient_one_pseudonym_and_no_identifier_in_the_records(span, export
 
 def test_nothing_written_holds_an_identifier_or_the_key(span, export):
     identifiers = F.identifiers_in([d for d in export["files"].values() if d.startswith(b"\0" * 128 + b"DICM")])
-    identifiers |= {MRN_A, MRN_B, MRN_C, "ACC5551234", "zzlat", "zzburn", export["labels"], KEY}
+    identifiers |= {MRN_A, MRN_B, MRN_C, "ACC5551234", "zzlat", "zzburn", "zzanon", export["labels"], KEY}
     written = [p for p in glob.glob(os.path.join(span["config"].out_dir, "**"), recursive=True) if os.path.isfile(p)]
     assert written
     for path in written:
@@ -154,6 +156,13 @@ def test_the_same_key_gives_the_same_pseudonyms_in_a_later_span_and_another_key_
     first = sorted(_text(r[contract.PATIENT_ID]) for r in span["records"] if _text(r[contract.SOURCE]) == "dicom")
     assert ids["same"] == first
     assert not set(ids["other"]) & set(first)
+
+
+def test_a_dicom_span_is_built_where_the_key_is_not_by_a_remote_runner(export):
+    dicom = DicomSource(root=export["root"], labels_file=export["labels"], key=_key(KEY))
+    with pytest.raises(ValueError, match="DirectRunner, on the machine that holds the pseudonym key"):
+        IngestConfig(source_roots={}, out_dir="gs://bucket/tfrecords", dicom=dicom,
+                     beam_args=("--runner=DataflowRunner", "--project=p"))
 
 
 def test_the_key_is_refused_beside_the_data_readable_by_all_or_short(export, tmp_path, monkeypatch):
