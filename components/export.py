@@ -13,11 +13,15 @@ Every signature that takes image bytes or tf.Examples checks the images before
 decoding them (InputLimits): a payload that is not a PNG or JPEG, whose header
 declares more pixels than `max_image_pixels` (a decompression bomb) or more decoded
 bytes than `max_image_bytes`, or a request whose images together declare more than
-`max_request_bytes`, fails with InvalidArgument naming the problem and the image's
+`max_request_bytes`, or more images than `max_images_per_request` (`max_examples_per_request` for
+the tf.Example signatures), fails with InvalidArgument naming the problem and the image's
 index; a DICOM file is named as one, to be sent through the serving front or converted first
-(cxr/dicom/convert.py). Transform's graph then decodes the images one at a time.
+(cxr/dicom/convert.py). Transform's graph then decodes the images one at a time, and the
+image signatures run `chunk_images` at a time through decoding and the CNN (`chunked`), so a legal
+request's memory does not grow with its count.
 """
 import os
+from typing import Optional
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -52,8 +56,11 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
     image_size = model.input_shape[1]
 
     def pixels_of(images):
-        images = checked_images(images, limits)
         return decode_pixels(model.tft_layer({IMAGE: tf.reshape(images, [-1, 1])})[IMAGE], image_size)
+
+    def in_chunks(compute, images, most, *more):
+        """compute(images, *more) on `limits.chunk_images` images at a time, once all are checked."""
+        return chunked(compute, limits.chunk_images, checked_images(images, limits, *most), *more)
 
     def predict(pixels):
         probabilities = model(pixels, training=False)
@@ -71,19 +78,25 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
     images_spec = tf.TensorSpec([None], tf.string, name=contract.IMAGES_INPUT)
     examples_spec = tf.TensorSpec([None], tf.string, name=contract.EXAMPLES_INPUT)
 
-    @tf.function(input_signature=[images_spec])
-    def serve_images(images):
-        return predict(pixels_of(images))
-
-    @tf.function(input_signature=[images_spec])
-    def explain(images):
-        return explain_pixels(pixels_of(images))
-
-    @tf.function(input_signature=[images_spec])
-    def embed(images):
+    def embedded(images):
         pixels = pixels_of(images)
         hidden = tf.cast(model.grad_cam_model(pixels, training=False)[1], tf.float32)
         return {contract.EMBEDDING: hidden, **predict(pixels)}
+
+    images_most = (limits.max_images_per_request, "max_images_per_request")
+    examples_most = (limits.max_examples_per_request, "max_examples_per_request")
+
+    @tf.function(input_signature=[images_spec])
+    def serve_images(images):
+        return in_chunks(lambda some: predict(pixels_of(some)), images, images_most)
+
+    @tf.function(input_signature=[images_spec])
+    def explain(images):
+        return in_chunks(lambda some: explain_pixels(pixels_of(some)), images, images_most)
+
+    @tf.function(input_signature=[images_spec])
+    def embed(images):
+        return in_chunks(embedded, images, images_most)
 
     @tf.function(input_signature=[images_spec, tf.TensorSpec([None], tf.int64, name=contract.CLASS_ID_INPUT)])
     def explain_class(images, class_id):
@@ -91,17 +104,21 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
         check = tf.debugging.Assert(tf.reduce_all(known), [
             f"class_id must be 0..{contract.NUM_CLASSES - 1}, got", tf.boolean_mask(class_id, tf.logical_not(known))])
         with tf.control_dependencies([check]):
-            return explain_pixels(pixels_of(images), tf.identity(class_id))
+            return in_chunks(lambda some, ids: explain_pixels(pixels_of(some), ids), images, images_most,
+                             tf.identity(class_id))
 
     @tf.function(input_signature=[examples_spec])
     def serve_examples(examples):
-        images = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE]})[IMAGE]
-        return predict(pixels_of(tf.reshape(images, [-1])))
+        with tf.control_dependencies([_at_most_count(examples, *examples_most, "examples")]):
+            images = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE]})[IMAGE]
+        return in_chunks(lambda some: predict(pixels_of(some)), tf.reshape(images, [-1]), examples_most)
 
     @tf.function(input_signature=[examples_spec])
     def transform_features(examples):
-        raw = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE], LABEL: raw_spec[LABEL]})
-        checked = checked_images(tf.reshape(raw[IMAGE], [-1]), limits)
+        # TFMA's preprocessing: Transform's graph decodes one image at a time and keeps 8-bit pixels.
+        with tf.control_dependencies([_at_most_count(examples, *examples_most, "examples")]):
+            raw = tf.io.parse_example(examples, {IMAGE: raw_spec[IMAGE], LABEL: raw_spec[LABEL]})
+        checked = checked_images(tf.reshape(raw[IMAGE], [-1]), limits, *examples_most)
         return model.tft_layer({**raw, IMAGE: tf.reshape(checked, [-1, 1])})
 
     return {contract.PREDICT_SIGNATURE: serve_images.get_concrete_function(),
@@ -112,8 +129,38 @@ def serving_signatures(model: keras.Model, transform_output: tft.TFTransformOutp
             contract.TRANSFORM_SIGNATURE: transform_features.get_concrete_function()}
 
 
-def checked_images(images: tf.Tensor, limits: InputLimits) -> tf.Tensor:
-    """`images` unchanged once every one is a PNG or JPEG whose header keeps within the limits."""
+def chunked(compute, chunk: int, images: tf.Tensor, *more: tf.Tensor) -> dict:
+    """compute(images[i:i + chunk], *more[i:i + chunk]) for each chunk in turn, the outputs joined: a legal
+    request's memory is one chunk's, however many images it holds (one chunk when it holds few)."""
+    count = tf.shape(images)[0]
+    first = compute(images[:chunk], *(tensor[:chunk] for tensor in more))
+    arrays = {name: tf.TensorArray(value.dtype, size=1, dynamic_size=True, infer_shape=False,
+                                   element_shape=tf.TensorShape([None]).concatenate(value.shape[1:])).write(0, value)
+              for name, value in first.items()}
+
+    def step(index, arrays):
+        start = index * chunk
+        outputs = compute(images[start:start + chunk], *(tensor[start:start + chunk] for tensor in more))
+        return index + 1, {name: arrays[name].write(index, outputs[name]) for name in arrays}
+
+    _, arrays = tf.while_loop(lambda index, _: index * chunk < count, step, (tf.constant(1), arrays),
+                              parallel_iterations=1)
+    return {name: array.concat() for name, array in arrays.items()}
+
+
+def _at_most_count(values: tf.Tensor, most: int, limit: str, what: str):
+    return tf.debugging.Assert(tf.size(values) <= most, [
+        f"the request holds more than {most} {what} (limit {limit}): send fewer per request; it holds",
+        tf.size(values)])
+
+
+def checked_images(images: tf.Tensor, limits: InputLimits, max_count: Optional[int] = None,
+                   limit: str = "max_images_per_request") -> tf.Tensor:
+    """`images` unchanged once they are at most `max_count` and every one is a PNG or JPEG whose header
+    keeps within the limits. The count first: it is what every other check's cost grows with."""
+    max_count = limits.max_images_per_request if max_count is None else max_count
+    with tf.control_dependencies([_at_most_count(images, max_count, limit, "images")]):
+        images = tf.identity(images)
     is_png = tf.logical_and(tf.strings.substr(images, 0, 8) == contract.PNG_SIGNATURE,
                             tf.strings.length(images) >= _PNG_HEADER_BYTES)
     is_jpeg = tf.strings.substr(images, 0, 3) == contract.JPEG_SIGNATURE

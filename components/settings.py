@@ -83,6 +83,18 @@ class InputLimits:
     max_image_bytes: int = contract.MAX_IMAGE_BYTES
     # The sum over one request: images are decoded one at a time, but each one's result is kept.
     max_request_bytes: int = 192 * MIB
+    # How many: the image signatures (REST and gRPC alike), and the tf.Example signatures TFMA calls.
+    max_images_per_request: int = contract.MAX_IMAGES_PER_REQUEST
+    max_examples_per_request: int = contract.MAX_EXAMPLES_PER_REQUEST
+    # A request's images go through decoding and the CNN this many at a time, so that the model's
+    # memory does not grow with a legal request's count (bench/serving_memory.py).
+    chunk_images: int = 8
+
+    def __post_init__(self):
+        for name in ("max_image_pixels", "max_image_bytes", "max_request_bytes", "max_images_per_request",
+                     "max_examples_per_request", "chunk_images"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise SettingsError(f"serving.{name} must be a positive whole number, got {getattr(self, name)!r}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -171,6 +171,13 @@ DICOM_PREFIX = b"DICM"
 # 16-bit gray: 40 MB.
 MAX_IMAGE_PIXELS = 50_000_000
 MAX_IMAGE_BYTES = 42 << 20  # width x height x channels x bytes per sample
+# Images in one request to the image signatures, checked in the model's graph and at the fronts (cxr
+# log-proxy, cxr serve) before anything is decoded or forwarded: every image becomes a full-size tensor,
+# so a request of thousands of 1x1 PNGs once took the server from 0.75 to 7 GB, 20,000 crashed it.
+MAX_IMAGES_PER_REQUEST = 64
+# Examples in one call of the tf.Example signatures: TFMA's batches, which tfx_bsl's BatchElements keeps
+# to 1,000 at most (tfx_bsl/coders/batch_util.py, _BATCH_SIZE_CAP).
+MAX_EXAMPLES_PER_REQUEST = 1000
 
 
 def model_path(model: str, version: Optional[int] = None, label: Optional[str] = None) -> str:

@@ -30,7 +30,8 @@ from cxr.serving.errors import ServingError
 from cxr.serving.http_server import HttpServer, wait_until_stopped, write_address
 from cxr.serving.model_store import LoadedVersion, ModelSource, ModelStore
 from cxr.serving.request_log import RequestLogger, Served
-from cxr.serving.rest_json import error_body, input_values, parse_body, predict_response, signature_name
+from cxr.serving.rest_json import (
+    check_image_count, error_body, input_values, parse_body, predict_response, signature_name)
 from cxr.serving.server_settings import ServerSettings
 
 _POST = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)")
@@ -70,8 +71,8 @@ def start(settings: ServerSettings) -> RunningServer:
     store.require_a_version()
     log_settings = settings.request_log()
     request_log = RequestLogger(log_settings) if log_settings else None
-    rules = settings.dicom_rules()
-    http = HttpServer(lambda method, path, body: handle(store, method, path, body, request_log, rules),
+    rules, most = settings.dicom_rules(), settings.max_images_per_request
+    http = HttpServer(lambda method, path, body: handle(store, method, path, body, request_log, rules, most),
                       settings.host, settings.rest_api_port, settings.http_limits())
     store.poll_forever(settings.file_system_poll_wait_seconds)
     http.start()
@@ -93,15 +94,17 @@ def serve(settings: ServerSettings) -> None:
 
 
 def handle(store: ModelStore, method: str, path: str, body: bytes,
-           request_log: Optional[RequestLogger] = None, dicom_rules: DicomRules = DicomRules()) -> Tuple[int, bytes]:
+           request_log: Optional[RequestLogger] = None, dicom_rules: DicomRules = DicomRules(),
+           max_images: int = contract.MAX_IMAGES_PER_REQUEST) -> Tuple[int, bytes]:
     """One request of TF Serving's REST API: (HTTP status, JSON body); answered :predict requests are
-    offered to the request log, refused ones counted there. DICOM files in a request are converted to the
-    PNG the model receives first, as `cxr log-proxy` does in front of TF Serving."""
+    offered to the request log, refused ones counted there. A request with more than `max_images` images
+    is refused before anything is parsed; DICOM files are converted to the PNG the model receives first,
+    as `cxr log-proxy` does in front of TF Serving."""
     try:
         if method == "GET":
             answer = _get(store, path)
         elif method == "POST":
-            answer = _post(store, path, body, request_log, dicom_rules)
+            answer = _post(store, path, body, request_log, dicom_rules, max_images)
         else:
             raise ServingError("INVALID_ARGUMENT", f"Unsupported HTTP method {method}; GET or POST")
         return 200, json.dumps(answer).encode("utf-8")
@@ -124,7 +127,7 @@ def _get(store: ModelStore, path: str) -> dict:
 
 
 def _post(store: ModelStore, path: str, body: bytes, request_log: Optional[RequestLogger] = None,
-          dicom_rules: DicomRules = DicomRules()) -> dict:
+          dicom_rules: DicomRules = DicomRules(), max_images: int = contract.MAX_IMAGES_PER_REQUEST) -> dict:
     match = _POST.fullmatch(path)
     if not match:
         raise ServingError("INVALID_ARGUMENT", f"Malformed request: POST {path}")
@@ -132,6 +135,7 @@ def _post(store: ModelStore, path: str, body: bytes, request_log: Optional[Reque
     if method.lower() != "predict":
         raise ServingError("UNIMPLEMENTED", f"the development server answers :predict only, not :{method}")
     loaded = store.get(model, _int(version), label)
+    check_image_count(body, max_images)
     body, acquisitions = converted_body(body, dicom_rules)
     answered = None
     if request_log is not None:

@@ -10,32 +10,21 @@ Serving's error shape and status (400, INVALID_ARGUMENT), naming the instance an
 import base64
 import binascii
 import json
-import re
 from typing import Any, List, Optional, Tuple
 
 from cxr import contract
 from cxr.dicom.rules import Acquisition, DicomRefused, DicomRules
 from cxr.serving.errors import ServingError
+from cxr.serving.rest_json import b64_value_starts
 
-_B64_VALUE = re.compile(rb'"b64"\s*:\s*"')
 # Characters 172-175 of a DICOM file's base64: bytes 129-131, the 'ICM' of its 'DICM' prefix.
 _PREFIX_AT = (contract.DICOM_PREAMBLE_BYTES + 1) // 3 * 4
 _ICM_B64 = base64.b64encode(contract.DICOM_PREFIX[1:])
 
 
 def may_hold_dicom(body: bytes) -> bool:
-    """Whether any b64 value of this body starts like a DICOM file (cheap: no JSON parsing). It hops from
-    quote to quote (base64 holds none, so a value's characters are skipped at memchr's speed: 0.4 ms for
-    a 10 MB body, where a regular expression's scan took 2.5 ms)."""
-    at = body.find(b'"')
-    while at >= 0:
-        found = _B64_VALUE.match(body, at)
-        if found:
-            if body[found.end() + _PREFIX_AT:found.end() + _PREFIX_AT + 4] == _ICM_B64:
-                return True
-            at = found.end() - 1  # the value's opening quote: its closing one is next
-        at = body.find(b'"', at + 1)
-    return False
+    """Whether any b64 value of this body starts like a DICOM file (cheap: no JSON parsing)."""
+    return any(body[start + _PREFIX_AT:start + _PREFIX_AT + 4] == _ICM_B64 for start in b64_value_starts(body))
 
 
 def convert_request(document: Any, rules: DicomRules) -> Tuple[Any, List[Optional[Acquisition]]]:

@@ -28,7 +28,8 @@ from cxr.serving.dicom_front import converted_body, logged_acquisitions
 from cxr.serving.errors import ServingError
 from cxr.serving.http_server import HttpServer, wait_until_stopped, write_address
 from cxr.serving.request_log import RequestLogger, Served
-from cxr.serving.rest_json import decode_b64, error_body, input_values, parse_body, signature_name
+from cxr.serving.rest_json import (
+    check_image_count, decode_b64, error_body, input_values, parse_body, signature_name)
 from cxr.serving.server_settings import ProxySettings
 
 log = logging.getLogger("cxr.log_proxy")
@@ -78,10 +79,12 @@ class LogProxy:
 
     def handle(self, method: str, path: str, body: bytes) -> Tuple[int, bytes, bytes]:
         """On a worker thread: the request passed to TF Serving as it came, DICOM files converted to PNG
-        (serving/dicom_front.py); (status, its answer or 502 / 504, the body forwarded)."""
+        (serving/dicom_front.py), unless it holds more images than allowed (400, nothing forwarded);
+        (status, its answer or 502 / 504, the body forwarded)."""
         acquisitions: list = []
         if method == "POST" and _PREDICT.fullmatch(path):
             try:
+                check_image_count(body, self.settings.max_images_per_request)
                 body, acquisitions = converted_body(body, self.dicom_rules)
             except ServingError as error:
                 return error.http_status, error_body(error.message), (body, [])

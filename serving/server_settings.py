@@ -60,11 +60,17 @@ class RequestLogFlags:
 
 
 @dataclasses.dataclass(frozen=True)
-class DicomFlags:
-    """What the fronts take of a DICOM sent in a request (serving/dicom_front.py); the rest is refused."""
+class FrontFlags:
+    """What the fronts (`cxr serve`, `cxr log-proxy`) take before anything is decoded or forwarded: how many
+    images a request may carry, and what a DICOM sent in one must be (serving/dicom_front.py)."""
+    max_images_per_request: int = contract.MAX_IMAGES_PER_REQUEST
     dicom_modalities: Tuple[str, ...] = DEFAULT_MODALITIES
     dicom_view_positions: Tuple[str, ...] = DEFAULT_VIEW_POSITIONS
     dicom_allow_missing_view_position: bool = False
+
+    def __post_init__(self):
+        if self.max_images_per_request < 1:
+            raise ValueError(f"--max_images_per_request must be at least 1, got {self.max_images_per_request}")
 
     def dicom_rules(self) -> DicomRules:
         return DicomRules(modalities=self.dicom_modalities, view_positions=self.dicom_view_positions,
@@ -72,7 +78,7 @@ class DicomFlags:
 
 
 @dataclasses.dataclass(frozen=True)
-class ServerSettings(RequestLogFlags, DicomFlags):
+class ServerSettings(RequestLogFlags, FrontFlags):
     model_base_path: Optional[str] = None
     model_name: str = contract.MODEL_NAME
     model_config_file: Optional[str] = None
@@ -95,7 +101,7 @@ class ServerSettings(RequestLogFlags, DicomFlags):
 
 
 @dataclasses.dataclass(frozen=True)
-class ProxySettings(RequestLogFlags, DicomFlags):
+class ProxySettings(RequestLogFlags, FrontFlags):
     """`cxr log-proxy`: TF Serving's REST API passed through to `upstream`, a sample of it logged."""
     upstream: str = f"http://localhost:{contract.DEFAULT_REST_PORT}"
     port: int = 8511  # 0 picks a free port

@@ -228,3 +228,32 @@ def test_the_warmup_file_holds_one_valid_request_per_image_signature(loaded_mode
         assert Image.open(io.BytesIO(images[0])).format == "PNG"
         outputs = loaded_model.signatures[request.model_spec.signature_name](images=tf.constant(images))
         assert outputs[contract.CLASS_ID].shape == (1,)
+
+
+def test_more_images_than_the_limit_are_refused_before_any_is_decoded(loaded_model):
+    # 65 tiny PNGs: a few kilobytes that, decoded and resized, once took gigabytes.
+    tiny = encode(Image.new("L", (1, 1), 90), "PNG")
+    for signature in (contract.PREDICT_SIGNATURE, contract.EXPLAIN_SIGNATURE, contract.EMBED_SIGNATURE):
+        with pytest.raises(tf.errors.InvalidArgumentError,
+                           match=f"more than {LIMITS.max_images_per_request} images \\(limit max_images_per_request\\)"):
+            loaded_model.signatures[signature](images=tf.constant([tiny] * (LIMITS.max_images_per_request + 1)))
+    # The next request is answered as ever.
+    outputs = loaded_model.signatures[contract.PREDICT_SIGNATURE](images=tf.constant([demo_png(1)]))
+    assert outputs[contract.PROBABILITIES].shape == (1, CLASSES)
+
+
+def test_a_legal_batch_runs_in_chunks_and_answers_as_one_image_at_a_time(loaded_model):
+    images = [demo_png(seed) for seed in range(LIMITS.chunk_images * 2 + 3)]  # three chunks, the last short
+    for signature in (contract.PREDICT_SIGNATURE, contract.EXPLAIN_SIGNATURE, contract.EMBED_SIGNATURE):
+        together = loaded_model.signatures[signature](images=tf.constant(images))
+        alone = [loaded_model.signatures[signature](images=tf.constant([image])) for image in images]
+        for name, value in together.items():
+            assert value.shape[0] == len(images)
+            expected = np.concatenate([one[name].numpy() for one in alone])
+            if value.dtype == tf.string or value.dtype.is_integer:
+                assert (value.numpy() == expected).all(), name
+            else:
+                assert np.allclose(value.numpy(), expected, atol=1e-5), name
+    class_ids = tf.constant([i % CLASSES for i in range(len(images))], tf.int64)
+    explained = loaded_model.signatures[contract.EXPLAIN_CLASS_SIGNATURE](images=tf.constant(images), class_id=class_ids)
+    assert (explained[contract.CLASS_ID].numpy() == class_ids.numpy()).all()

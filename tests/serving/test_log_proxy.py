@@ -144,3 +144,22 @@ def test_a_failure_after_the_answer_is_sent_costs_neither_that_answer_nor_the_ne
         proxy.stop()
     assert [status for status, _ in answers] == [200, 200]
     assert all(len(answer["predictions"]) == 1 for _, answer in answers)
+
+
+def test_a_request_of_too_many_images_is_refused_at_the_proxy_and_never_reaches_the_server(upstream, tmp_path):
+    import base64 as b64
+    from helpers import encode
+    from PIL import Image
+    proxy = _proxy(upstream.url, tmp_path / "log", max_images_per_request=4)
+    tiny = b64.b64encode(encode(Image.new("L", (1, 1), 90), "PNG")).decode()
+    url = proxy.url + contract.model_path(contract.MODEL_NAME) + ":predict"
+    try:
+        refused = requests.post(url, json={"instances": [{"b64": tiny}] * 5}, timeout=30)
+        assert refused.status_code == 400
+        assert "more than 4 images (limit --max_images_per_request)" in refused.json()["error"]
+        assert len(ServingClient(proxy.url).predict([demo_png(seed) for seed in range(4)])) == 4
+    finally:
+        proxy.stop()
+    counts = proxy.request_log.counts()
+    assert counts["refused: 400 the request holds more than N images"] == 1
+    assert counts["written"] == 1  # the answered one; the refused request was not forwarded
