@@ -37,6 +37,12 @@ CASES = (
     ("7,000 x 7,000 8-bit gray (49 M pixels, under the pixel cap)", 1, 7000, 7000, 8, 0),
     ("7,000 x 7,000 16-bit RGBA (hostile, 0.4 MB file)", 1, 7000, 7000, 16, 6),
     ("four 7,000 x 7,000 16-bit RGBA in one request", 4, 7000, 7000, 16, 6),
+    # The count (max_images_per_request, 64): every image is resized to a full-size tensor however small.
+    ("64 1x1 PNGs (the most images a request may hold)", 64, 1, 1, 8, 0),
+    ("65 1x1 PNGs (one over)", 65, 1, 1, 8, 0),
+    ("2,000 1x1 PNGs (210 KB; once 0.75 -> 7 GB resident)", 2000, 1, 1, 8, 0),
+    ("64 NIH X-rays in one request (the most, at 1,024 px)", 64, 1024, 1024, 8, 0),
+    ("four 3,700 x 3,900 RGB (172 MB decoded, under max_request_bytes)", 4, 3700, 3900, 8, 2),
 )
 
 
@@ -104,7 +110,8 @@ def render(rows) -> str:
     lines = ["# Serving memory (`bench/serving_memory.py`)", "",
              f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, no GPU. The demo model exported by the "
              f"Trainer's code with the default limits: max_image_pixels {limits.max_image_pixels:,}, "
-             f"max_image_bytes {limits.max_image_bytes:,}, max_request_bytes {limits.max_request_bytes:,}. "
+             f"max_image_bytes {limits.max_image_bytes:,}, max_request_bytes {limits.max_request_bytes:,}, "
+             f"max_images_per_request {limits.max_images_per_request}, chunk_images {limits.chunk_images}. "
              "One fresh process per row: load, one warm-up request, then the row's request; 'added' is the peak "
              "resident memory (sampled every 2 ms) above the resident memory just before the request.", "",
              "| request | PNG file | outcome | added MB | seconds |", "|---|---:|---|---:|---:|"]

@@ -53,11 +53,13 @@ def monitor(logs_root: str, serving_dir: str, sources: Callable[[int], VersionSo
     """sources(version): where that version's training split and test answers are."""
     if until <= since or window_s <= 0:
         raise ValueError(f"--until must be after --since and the window positive (got {since}..{until}, {window_s} s)")
-    received = [item for item in features.received_from_logs(request_log.read_logs(_log_files(logs_root, since)))
-                if since <= item.time < until]
+    unreadable: List[str] = []
+    received = [item for item in features.received_from_logs(
+        request_log.read_logs(_log_files(logs_root, since), unreadable)) if since <= item.time < until]
     rng = np.random.default_rng(seed)
     result = {"logs": logs_root, "since": since, "until": until, "window_s": window_s,
-              "settings": dataclasses.asdict(settings), "logged_images": len(received), "versions": {}, "windows": []}
+              "settings": dataclasses.asdict(settings), "logged_images": len(received),
+              "unreadable_log_files": unreadable, "versions": {}, "windows": []}
     queued: List[dict] = []
     shown: page.Shown = {}
     for version in sorted({item.version for item in received}):

@@ -20,6 +20,8 @@ import os
 import queue
 import random
 import re
+import secrets
+import socket
 import threading
 import time
 from collections import Counter
@@ -27,6 +29,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
+from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import logging_pb2, model_pb2, predict_pb2, prediction_log_pb2
 
 from cxr.serving.server_settings import RequestLogSettings
@@ -34,6 +37,7 @@ from cxr.serving.server_settings import RequestLogSettings
 log = logging.getLogger("cxr.request_log")
 
 FILE_PATTERN = "requests-*.tfrecord"
+PARTIAL = ".partial"  # a file being written; renamed without it once closed
 _FILE_TIME = re.compile(r"requests-(\d{8}T\d{6})-")
 
 
@@ -71,16 +75,33 @@ def _array(values) -> np.ndarray:
     return np.array(values, dtype=object) if array.dtype.kind == "S" else array
 
 
-def read_logs(paths: Sequence[str]) -> List[prediction_log_pb2.PredictionLog]:
-    return [prediction_log_pb2.PredictionLog.FromString(record.numpy())
-            for record in tf.data.TFRecordDataset(list(paths))]
+def read_logs(paths: Sequence[str], unreadable: Optional[List[str]] = None) -> List[prediction_log_pb2.PredictionLog]:
+    """The records of these log files. A file that is corrupt (a crash mid-write, a copy cut short) is left
+    out whole, logged and, when `unreadable` is given, listed there as 'path: why'."""
+    found = []
+    for path in paths:
+        try:
+            found += [prediction_log_pb2.PredictionLog.FromString(record.numpy())
+                      for record in tf.data.TFRecordDataset([path])]
+        except (tf.errors.DataLossError, tf.errors.NotFoundError, DecodeError) as error:
+            reason = f"{path}: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
+            log.warning("request log: skipped %s", reason)
+            if unreadable is not None:
+                unreadable.append(reason)
+    return found
 
 
 def log_files(root: str) -> List[str]:
-    """Every closed or open log file under root, oldest first (their names start with their time)."""
+    """Every closed log file under root, oldest first (their names start with their time). A file being
+    written is named *.tfrecord.partial until its writer closes it, and is not listed."""
     found = [os.path.join(folder, name) for folder, _, names in tf.io.gfile.walk(root)
              for name in names if name.startswith("requests-") and name.endswith(".tfrecord")]
     return sorted(found, key=os.path.basename)
+
+
+def _partial_files(root: str) -> List[str]:
+    return [os.path.join(folder, name) for folder, _, names in tf.io.gfile.walk(root)
+            for name in names if name.startswith("requests-") and name.endswith(".tfrecord" + PARTIAL)]
 
 
 class RequestLogger:
@@ -165,18 +186,32 @@ class RequestLogger:
                     self._count("removed by retention", len(removed))
 
 
+def writer_id() -> str:
+    """Unique to this writer among the replicas sharing a log root: the pod's name (HOSTNAME in Kubernetes),
+    the process id (1 in every container) and a random part."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "-", os.environ.get("HOSTNAME") or socket.gethostname() or "host")[:63]
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
 class _OpenFile:
-    """<root>/<model>/<YYYY-MM-DD>/<HH>/requests-<YYYYmmddTHHMMSS>-<pid>-<n>.tfrecord, one hour at most."""
+    """<root>/<model>/<YYYY-MM-DD>/<HH>/requests-<YYYYmmddTHHMMSS>-<writer>-<n>.tfrecord, one hour at most:
+    written as <name>.partial, renamed once flushed and closed, so a reader never sees a file being written.
+    On a local disk the folders are 0700 and the files 0600: they hold patient images."""
     _opened = 0
+    _writer_id = writer_id()
 
     def __init__(self, root: str, model: str, when: float):
         moment = time.gmtime(when)
         _OpenFile._opened += 1
         folder = os.path.join(root, model, time.strftime("%Y-%m-%d", moment), time.strftime("%H", moment))
-        tf.io.gfile.makedirs(folder)
-        name = f"requests-{time.strftime('%Y%m%dT%H%M%S', moment)}-{os.getpid()}-{_OpenFile._opened}.tfrecord"
+        _private_folders(root, folder)
+        name = (f"requests-{time.strftime('%Y%m%dT%H%M%S', moment)}-{_OpenFile._writer_id}-"
+                f"{_OpenFile._opened}.tfrecord")
         self.path, self.model, self.hour = os.path.join(folder, name), model, int(when // 3600)
-        self._writer = tf.io.TFRecordWriter(self.path)
+        self.partial = self.path + PARTIAL
+        self._writer = tf.io.TFRecordWriter(self.partial)
+        if _is_local(self.partial):
+            os.chmod(self.partial, 0o600)
         self.size = 0
 
     def takes(self, model: str, when: float, size: int, max_bytes: int) -> bool:
@@ -187,11 +222,35 @@ class _OpenFile:
         self.size += len(record) + 16  # TFRecord framing: length, two CRCs
 
     def close(self) -> None:
+        self._writer.flush()
         self._writer.close()
+        tf.io.gfile.rename(self.partial, self.path, overwrite=False)
+
+
+def _is_local(path: str) -> bool:
+    return "://" not in path
+
+
+def _private_folders(root: str, folder: str) -> None:
+    tf.io.gfile.makedirs(folder)
+    if not _is_local(folder):
+        return
+    root = os.path.abspath(root)
+    here = os.path.abspath(folder)
+    while here.startswith(root) and len(here) >= len(root):
+        os.chmod(here, 0o700)
+        if here == root:
+            break
+        here = os.path.dirname(here)
 
 
 def enforce_retention(root: str, max_age_hours: float, max_total_bytes: int, now: float) -> List[str]:
-    """Removes the log files older than max_age_hours, then the oldest until the rest fit max_total_bytes."""
+    """Removes the log files older than max_age_hours, then the oldest until the rest fit max_total_bytes.
+    A .partial file older than the age (its writer died) goes too: it holds patient images all the same."""
+    stale = [path for path in _partial_files(root)
+             if file_time(path) is not None and now - file_time(path) > max_age_hours * 3600 + 3600]
+    for path in stale:
+        tf.io.gfile.remove(path)
     files = [(path, file_time(path), tf.io.gfile.stat(path).length) for path in log_files(root)]
     removed = [path for path, started, _ in files if started is not None and now - started > max_age_hours * 3600]
     kept = [(path, size) for path, started, size in files if path not in set(removed)]
@@ -203,7 +262,7 @@ def enforce_retention(root: str, max_age_hours: float, max_total_bytes: int, now
         total -= size
     for path in removed:
         tf.io.gfile.remove(path)
-    return removed
+    return stale + removed
 
 
 def file_time(path: str) -> Optional[float]:

@@ -141,3 +141,54 @@ def _drain(logger, written, timeout_s=30):
     deadline = time.monotonic() + timeout_s
     while logger.counts().get("written", 0) < written and time.monotonic() < deadline:
         time.sleep(0.05)
+
+
+def test_files_are_partial_until_closed_writer_unique_and_owner_only(tmp_path, monkeypatch):
+    import stat
+    from cxr.serving import request_log as module
+    root = str(tmp_path / "log")
+    logger = RequestLogger(RequestLogSettings(root=root, sample_rate=1.0))
+    assert logger.offer(None, _build([demo_png(1)]))
+    deadline = time.monotonic() + 30
+    while logger.counts().get("written", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert log_files(root) == []  # being written: not listed, not read
+    [partial] = module._partial_files(root)
+    assert partial.endswith(".tfrecord.partial") and module._OpenFile._writer_id in partial
+    logger.close()
+    [closed] = log_files(root)
+    assert closed == partial[:-len(".partial")] and not module._partial_files(root)
+    assert stat.S_IMODE(os.stat(closed).st_mode) == 0o600
+    folder = os.path.dirname(closed)
+    while folder != os.path.dirname(root):
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
+        folder = os.path.dirname(folder)
+    # Two replicas in containers are both PID 1: the random part still tells their files apart.
+    monkeypatch.setenv("HOSTNAME", "cxr-serving-7d9f-abcde")
+    assert module.writer_id() != module.writer_id() and module.writer_id().startswith("cxr-serving-7d9f-abcde-")
+
+
+def test_a_corrupt_file_is_skipped_with_its_reason_and_the_others_read(tmp_path):
+    root = str(tmp_path / "log")
+    logger = RequestLogger(RequestLogSettings(root=root, sample_rate=1.0, max_file_bytes=1))
+    for seed in range(3):
+        assert logger.offer(None, _build([demo_png(seed)]))
+    logger.close()
+    files = log_files(root)
+    assert len(files) == 3
+    with open(files[1], "r+b") as f:
+        f.truncate(os.path.getsize(files[1]) // 2)
+    unreadable = []
+    assert len(read_logs(files, unreadable)) == 2
+    assert len(unreadable) == 1 and unreadable[0].startswith(files[1]) and "DataLossError" in unreadable[0]
+
+
+def test_retention_removes_a_dead_writer_s_partial_file_once_past_the_age(tmp_path):
+    from cxr.serving import request_log as module
+    folder = tmp_path / "log" / "cxr" / "2026-11-01" / "08"
+    folder.mkdir(parents=True)
+    stale = folder / "requests-20261101T080000-pod-1-abcd-1.tfrecord.partial"
+    stale.write_bytes(b"half a record")
+    now = calendar.timegm(time.strptime("20261201T080000", "%Y%m%dT%H%M%S"))
+    removed = enforce_retention(str(tmp_path / "log"), 24 * 30 - 2, 1 << 30, now)
+    assert removed == [str(stale)] and not stale.exists() and module._partial_files(str(tmp_path / "log")) == []
