@@ -351,6 +351,9 @@ def _add_serve(commands) -> None:
     command.add_argument("--max_images_per_request", type=int, default=defaults.max_images_per_request,
                          help="refuse requests with more images with HTTP 400, before any is decoded "
                               "(default %(default)s)")
+    command.add_argument("--drain_seconds", type=float, default=defaults.drain_seconds,
+                         help="on SIGTERM, let the requests under way finish for at most this long "
+                              "(default %(default)s)")
     command.add_argument("--rest_api_num_threads", dest="workers", metavar="N", type=int, default=defaults.workers,
                          help="requests computed at once (default %(default)s)")
     command.add_argument("--read_timeout_seconds", type=float, default=defaults.read_timeout_seconds,
@@ -418,6 +421,9 @@ def _add_log_proxy(commands) -> None:
                          help="requests forwarded at once (default %(default)s)")
     command.add_argument("--max_images_per_request", type=int, default=defaults.max_images_per_request,
                          help="refuse requests with more images with HTTP 400, nothing forwarded (default %(default)s)")
+    command.add_argument("--drain_seconds", type=float, default=defaults.drain_seconds,
+                         help="on SIGTERM, let the requests under way finish for at most this long "
+                              "(default %(default)s)")
     command.add_argument("--address_file", help="once answering, write the proxy's URL to this file")
     _add_request_log_flags(command, defaults)
     _add_dicom_flags(command, tf_serving_style=True)

@@ -56,9 +56,9 @@ class RunningServer:
     http: HttpServer
     request_log: Optional[RequestLogger] = None
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 0.0) -> None:
+        self.http.stop(drain_s)
         self.store.stop()
-        self.http.stop()
         if self.request_log is not None:
             self.request_log.close()
 
@@ -90,7 +90,7 @@ def serve(settings: ServerSettings) -> None:
     try:
         wait_until_stopped(running.http.thread)
     finally:
-        running.stop()
+        running.stop(settings.drain_seconds)
 
 
 def handle(store: ModelStore, method: str, path: str, body: bytes,

@@ -70,6 +70,8 @@ class HttpServer:
         self._pool = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="rest-worker")
         self._loop = asyncio.new_event_loop()
         self._open = 0
+        self._busy = 0  # requests read and not yet answered
+        self._server = None
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="rest-api", daemon=True)
 
@@ -78,7 +80,16 @@ class HttpServer:
         self._ready.wait()
         return self
 
-    def stop(self) -> None:
+    def stop(self, drain_s: float = 0.0) -> None:
+        """Stops; with drain_s, first stops taking connections and lets the requests under way finish, for at
+        most that long (Kubernetes sends SIGTERM, then SIGKILL after the pod's grace period)."""
+        if drain_s > 0 and self._loop.is_running() and self._server is not None:
+            self._loop.call_soon_threadsafe(self._server.close)
+            deadline = time.monotonic() + drain_s
+            while self._busy and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self._busy:
+                log.warning("stopping with %d requests still under way after %g s", self._busy, drain_s)
         if self._loop.is_running():
             self._loop.call_soon_threadsafe(self._loop.stop)
         self.thread.join(timeout=10)
@@ -87,7 +98,7 @@ class HttpServer:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        server = self._loop.run_until_complete(asyncio.start_server(
+        server = self._server = self._loop.run_until_complete(asyncio.start_server(
             self._connection, sock=self._socket, limit=self.limits.max_header_bytes))
         self._ready.set()
         try:
@@ -129,15 +140,19 @@ class HttpServer:
             return False
         if request is None:
             return False  # closed between requests, or idle past the header timeout
-        status, body, handled = await self._loop.run_in_executor(self._pool, self._handle, request)
-        await self._write(writer, peer, f"{request.method} {request.path}", status, body, request.keep_alive,
-                          started)
+        self._busy += 1
+        try:
+            status, body, handled = await self._loop.run_in_executor(self._pool, self._handle, request)
+            keep_alive = request.keep_alive and not (self._server is not None and not self._server.is_serving())
+            await self._write(writer, peer, f"{request.method} {request.path}", status, body, keep_alive, started)
+        finally:
+            self._busy -= 1
         if self.answered is not None:
             try:
                 self.answered(request.method, request.path, handled, status, body)
             except Exception:  # what follows an answer must not take the connection down
                 log.exception("%s %s: after answering", request.method, request.path)
-        return request.keep_alive
+        return keep_alive
 
     def _handle(self, request: _Request) -> Tuple[int, bytes, bytes]:
         """(status, answer, the request body as handled: `answered` sees the body the handler passed on)."""

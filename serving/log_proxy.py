@@ -65,8 +65,8 @@ class LogProxy:
         host, port = self.http.server_address
         return f"http://{host}:{port}"
 
-    def stop(self) -> None:
-        self.http.stop()
+    def stop(self, drain_s: float = 0.0) -> None:
+        self.http.stop(drain_s)
         if self.request_log is not None:
             self.request_log.close()
 
@@ -213,4 +213,4 @@ def serve_proxy(settings: ProxySettings) -> None:
     try:
         wait_until_stopped(proxy.http.thread)
     finally:
-        proxy.stop()
+        proxy.stop(settings.drain_seconds)

@@ -64,6 +64,9 @@ class FrontFlags:
     """What the fronts (`cxr serve`, `cxr log-proxy`) take before anything is decoded or forwarded: how many
     images a request may carry, and what a DICOM sent in one must be (serving/dicom_front.py)."""
     max_images_per_request: int = contract.MAX_IMAGES_PER_REQUEST
+    # On SIGTERM: stop taking connections, let the requests under way finish for at most this long, then stop
+    # (within Kubernetes' default 30 s grace period; serving/k8s/deployment.yaml).
+    drain_seconds: float = 20.0
     dicom_modalities: Tuple[str, ...] = DEFAULT_MODALITIES
     dicom_view_positions: Tuple[str, ...] = DEFAULT_VIEW_POSITIONS
     dicom_allow_missing_view_position: bool = False

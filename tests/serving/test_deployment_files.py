@@ -278,6 +278,17 @@ def test_the_proxy_runs_cxr_s_own_command_line_against_tf_serving_in_the_same_po
     assert proxy_container()["securityContext"] == {"allowPrivilegeEscalation": False, "runAsNonRoot": True}
 
 
+def test_the_proxy_is_probed_on_its_own_port_and_drains_within_the_grace_period():
+    proxy, settings = proxy_container(), proxy_settings()
+    (port,) = [p for p in proxy["ports"] if p["containerPort"] == settings.port]
+    assert proxy["readinessProbe"]["httpGet"] == {"path": f"/v1/models/{PipelineConfig().model_name}",
+                                                  "port": port["name"]}
+    assert proxy["livenessProbe"]["tcpSocket"]["port"] == port["name"]
+    pre_stop = proxy["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    assert float(pre_stop[1]) + settings.drain_seconds < pod_spec(deployment())["terminationGracePeriodSeconds"]
+
+
 def proxy_container():
     (found,) = [c for c in pod_spec(deployment())["containers"] if c["name"] == "request-log-proxy"]
     return found

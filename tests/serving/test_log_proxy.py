@@ -163,3 +163,48 @@ def test_a_request_of_too_many_images_is_refused_at_the_proxy_and_never_reaches_
     counts = proxy.request_log.counts()
     assert counts["refused: 400 the request holds more than N images"] == 1
     assert counts["written"] == 1  # the answered one; the refused request was not forwarded
+
+
+def test_on_sigterm_the_proxy_finishes_the_request_under_way_then_stops(tmp_path):
+    # Kubernetes sends SIGTERM as it takes the pod out of the Service: a request already forwarded must
+    # still get its answer (the upstream here takes 2 s to answer).
+    import threading as threads
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            time.sleep(2)
+            body = json.dumps({"predictions": [{"class_name": "NORMAL"}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    slow = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    threads.Thread(target=slow.serve_forever, daemon=True).start()
+    address = tmp_path / "address"
+    proxy = subprocess.Popen([sys.executable, "-m", "cxr", "log-proxy", "--upstream",
+                              f"http://127.0.0.1:{slow.server_address[1]}", "--port", "0",
+                              "--address_file", str(address)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not address.exists() and proxy.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+        url = address.read_text().strip() + contract.model_path(contract.MODEL_NAME) + ":predict"
+        answers = []
+        sender = threads.Thread(target=lambda: answers.append(requests.post(url, json={"instances": [1]}, timeout=30)))
+        sender.start()
+        time.sleep(0.7)
+        proxy.send_signal(signal.SIGTERM)
+        sender.join(30)
+        _, stderr = proxy.communicate(timeout=60)
+    finally:
+        slow.shutdown()
+        if proxy.poll() is None:
+            proxy.kill()
+    assert proxy.returncode == 0, stderr[-2000:]
+    assert [answer.status_code for answer in answers] == [200]
