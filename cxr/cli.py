@@ -299,6 +299,9 @@ def _add_predict(commands) -> None:
                          help="retries while the server refuses connections or answers 503 (default %(default)s)")
     command.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
                          help="first wait up to SECONDS for the model to be AVAILABLE (default: do not wait)")
+    command.add_argument("--ca-file", help="an https:// front: the CA its certificate must chain to")
+    command.add_argument("--cert-file", help="this client's certificate, where the front asks for one (mutual TLS)")
+    command.add_argument("--key-file", help="its private key")
     _add_dicom_flags(command)
     command.set_defaults(run=_run_predict)
 
@@ -311,7 +314,8 @@ def _run_predict(args) -> int:
         if not os.path.isfile(path):
             raise ValueError(f"{path}: no such image file")
     client = ServingClient(url=args.url, model=args.model, version=args.version, label=args.label,
-                           timeout_s=args.timeout, retries=args.retries, dicom_rules=_dicom_rules(args))
+                           timeout_s=args.timeout, retries=args.retries, dicom_rules=_dicom_rules(args),
+                           ca_file=args.ca_file, cert_file=args.cert_file, key_file=args.key_file)
     if args.wait:
         client.wait_until_available(args.wait)
     # `explain` answers with the probabilities too, so one request per batch serves both.
@@ -366,8 +370,23 @@ def _add_serve(commands) -> None:
     command.add_argument("--address_file", help="once answering, write the server's URL to this file (with "
                                                 "--rest_api_port 0, how a caller learns the port)")
     _add_request_log_flags(command, defaults)
+    _add_tls_flags(command, defaults)
     _add_dicom_flags(command, tf_serving_style=True)
     command.set_defaults(run=_run_serve)
+
+
+def _add_tls_flags(command, defaults) -> None:
+    tls = command.add_argument_group(
+        "TLS", "HTTPS with the server's certificate, and mutual TLS: only callers with a certificate the client CA "
+               "signed (files a Kubernetes Secret mounts; re-read when they change)")
+    tls.add_argument("--tls_cert_file", help="the server's certificate (PEM, with its chain)")
+    tls.add_argument("--tls_key_file", help="its private key (PEM)")
+    tls.add_argument("--tls_client_ca_file", help="the CA whose client certificates are let in (mutual TLS)")
+    tls.add_argument("--tls_reload_seconds", type=float, default=defaults.tls_reload_seconds,
+                     help="how often to look for a rotated certificate (default %(default)s)")
+    tls.add_argument("--plaintext_behind_mesh", action="store_true",
+                     help="plain HTTP on a non-loopback --host: only where a service mesh (Istio, Linkerd) "
+                          "terminates mutual TLS for the pod")
 
 
 def _add_request_log_flags(command, defaults) -> None:
@@ -426,6 +445,7 @@ def _add_log_proxy(commands) -> None:
                               "(default %(default)s)")
     command.add_argument("--address_file", help="once answering, write the proxy's URL to this file")
     _add_request_log_flags(command, defaults)
+    _add_tls_flags(command, defaults)
     _add_dicom_flags(command, tf_serving_style=True)
     command.set_defaults(run=_run_log_proxy)
 

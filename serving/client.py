@@ -52,6 +52,11 @@ class ServingClient:
     retries: int = 3
     backoff_s: float = 0.5
     dicom_rules: DicomRules = DicomRules()  # what a DICOM file must be to be sent
+    # https:// fronts: the CA the server's certificate must chain to (default: the system's), and this
+    # client's certificate and key where the front asks for one (mutual TLS).
+    ca_file: Optional[str] = None
+    cert_file: Optional[str] = None
+    key_file: Optional[str] = None
 
     def __post_init__(self):
         # localhost:8501, as curl lines write it, means http://localhost:8501.
@@ -131,7 +136,11 @@ class ServingClient:
     def _send(self, method: str, url: str, body: Optional[dict] = None) -> dict:
         for attempt in range(self.retries + 1):
             try:
-                response = requests.request(method, url, json=body, timeout=self.timeout_s)
+                response = requests.request(method, url, json=body, timeout=self.timeout_s, verify=self.ca_file or True,
+                                            cert=(self.cert_file, self.key_file) if self.cert_file else None)
+            except requests.exceptions.SSLError as error:
+                raise ServingRequestError(f"TLS with {url} failed: {_reason(error)} (--ca-file is the CA of the "
+                                          f"server's certificate; --cert-file and --key-file this client's)") from None
             except requests.ConnectionError as error:
                 failure = ServingRequestError(f"cannot reach {url}: {_reason(error)}")
             except requests.Timeout:

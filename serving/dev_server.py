@@ -73,11 +73,11 @@ def start(settings: ServerSettings) -> RunningServer:
     request_log = RequestLogger(log_settings) if log_settings else None
     rules, most = settings.dicom_rules(), settings.max_images_per_request
     http = HttpServer(lambda method, path, body: handle(store, method, path, body, request_log, rules, most),
-                      settings.host, settings.rest_api_port, settings.http_limits())
+                      settings.host, settings.rest_api_port, settings.http_limits(), tls=settings.tls())
     store.poll_forever(settings.file_system_poll_wait_seconds)
     http.start()
     host, port = http.server_address
-    return RunningServer(f"http://{host}:{port}", store, http, request_log)
+    return RunningServer(f"{'https' if http.tls else 'http'}://{host}:{port}", store, http, request_log)
 
 
 def serve(settings: ServerSettings) -> None:

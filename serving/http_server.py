@@ -9,18 +9,23 @@ per request; protocol errors are answered with a status and a one-line reason, a
 import asyncio
 import dataclasses
 import errno
+import json
 import logging
 import os
+import re
 import signal
 import socket
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Optional, Tuple
 
 from cxr.serving.rest_json import error_body
+from cxr.serving.tls import ReloadingContext, TlsFiles, caller
 
 log = logging.getLogger("cxr.serve")
+audit = logging.getLogger("cxr.audit")
 
 # handler(method, path, body) -> (HTTP status, JSON body) or (status, JSON body, the body it passed on,
 # e.g. with DICOM files converted); runs on a worker thread.
@@ -63,8 +68,10 @@ class _Request:
 class HttpServer:
     """`start()` binds (naming a busy port) and serves on a thread of its own until `stop()`."""
 
-    def __init__(self, handler: Handler, host: str, port: int, limits: HttpLimits, answered: Optional[Answered] = None):
+    def __init__(self, handler: Handler, host: str, port: int, limits: HttpLimits, answered: Optional[Answered] = None,
+                 tls: Optional[TlsFiles] = None):
         self.handler, self.limits, self.answered = handler, limits, answered
+        self.tls = ReloadingContext(tls) if tls is not None else None
         self._socket = _bound_socket(host, port)
         self.server_address = self._socket.getsockname()[:2]
         self._pool = ThreadPoolExecutor(max_workers=limits.workers, thread_name_prefix="rest-worker")
@@ -95,11 +102,14 @@ class HttpServer:
         self.thread.join(timeout=10)
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._socket.close()
+        if self.tls is not None:
+            self.tls.close()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
+        tls = {"ssl": self.tls.listening, "ssl_handshake_timeout": self.limits.header_timeout_s} if self.tls else {}
         server = self._server = self._loop.run_until_complete(asyncio.start_server(
-            self._connection, sock=self._socket, limit=self.limits.max_header_bytes))
+            self._connection, sock=self._socket, limit=self.limits.max_header_bytes, **tls))
         self._ready.set()
         try:
             self._loop.run_forever()
@@ -113,13 +123,14 @@ class HttpServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = "{}:{}".format(*writer.get_extra_info("peername")[:2])
+        who = caller(writer.get_extra_info("peercert")) if self.tls else "-"
         self._open += 1
         try:
             if self._open > self.limits.max_connections:
                 await self._write(writer, peer, "-", 503, error_body(
                     f"server busy: {self.limits.max_connections} connections open"), keep_alive=False, started=None)
                 return
-            while await self._serve_one(reader, writer, peer):
+            while await self._serve_one(reader, writer, peer, who):
                 pass
         except (ConnectionError, asyncio.IncompleteReadError):
             log.info("%s closed the connection", peer)
@@ -129,22 +140,27 @@ class HttpServer:
             self._open -= 1
             writer.close()
 
-    async def _serve_one(self, reader, writer, peer) -> bool:
+    async def _serve_one(self, reader, writer, peer, who="-") -> bool:
         """Answers one request; whether the connection stays open for another."""
         started = time.monotonic()
         try:
             request = await self._read_request(reader)
         except _Refused as refused:
             log.warning("%s: %s", peer, refused.message)
-            await self._write(writer, peer, "-", refused.status, error_body(refused.message), False, started)
+            body = error_body(refused.message)
+            await self._write(writer, peer, "-", refused.status, body, False, started)
+            _audit(who, peer, "-", "-", _request_id({}), refused.status, 0, len(body), started)
             return False
         if request is None:
             return False  # closed between requests, or idle past the header timeout
         self._busy += 1
+        request_id = _request_id(request.headers)
         try:
             status, body, handled = await self._loop.run_in_executor(self._pool, self._handle, request)
             keep_alive = request.keep_alive and not (self._server is not None and not self._server.is_serving())
-            await self._write(writer, peer, f"{request.method} {request.path}", status, body, keep_alive, started)
+            await self._write(writer, peer, f"{request.method} {request.path}", status, body, keep_alive, started,
+                              request_id)
+            _audit(who, peer, request.method, request.path, request_id, status, len(request.body), len(body), started)
         finally:
             self._busy -= 1
         if self.answered is not None:
@@ -200,13 +216,40 @@ class HttpServer:
             raise _Refused(408, f"request body of {length} bytes not received within "
                                 f"{self.limits.body_timeout_s:g} s") from None
 
-    async def _write(self, writer, peer, request_line, status, body, keep_alive, started) -> None:
+    async def _write(self, writer, peer, request_line, status, body, keep_alive, started, request_id=None) -> None:
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Content-Type: application/json",
                 f"Content-Length: {len(body)}"] + ([] if keep_alive else ["Connection: close"])
+        if request_id:
+            head.append(f"X-Request-Id: {request_id}")
         took = f"{(time.monotonic() - started) * 1000:.0f} ms" if started is not None else "-"
         log.info('%s "%s" %d %d %s', peer, request_line, status, len(body), took)
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
         await asyncio.wait_for(writer.drain(), self.limits.body_timeout_s)
+
+
+_MODEL_PATH = re.compile(r"(?i)/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _request_id(headers: Dict[str, str]) -> str:
+    """The caller's X-Request-Id when it is a plain token, else a new one: the audit line and the answer carry it."""
+    given = headers.get("x-request-id", "")
+    return given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex[:16]
+
+
+def _audit(who: str, peer: str, method: str, path: str, request_id: str, status: int, request_bytes: int,
+           answer_bytes: int, started: float) -> None:
+    """One line per request (HIPAA 45 CFR 164.312(b), audit controls): when, who (the client certificate's
+    name), from where, which model and version asked for, the request id, the outcome and the sizes. Never
+    an image, a body or a query string."""
+    found = _MODEL_PATH.match(path.split("?", 1)[0]) if path != "-" else None
+    model, version, label = found.groups() if found else ("-", None, None)
+    audit.info(json.dumps({
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "caller": who, "peer": peer.rsplit(":", 1)[0],
+        "request_id": request_id, "method": method, "model": model,
+        "version": version or (f"label:{label}" if label else "latest"), "status": status,
+        "request_bytes": request_bytes, "answer_bytes": answer_bytes,
+        "ms": round((time.monotonic() - started) * 1000, 1)}, sort_keys=True))
 
 
 def _parse_head(head: bytes) -> _Request:

@@ -54,7 +54,7 @@ class LogProxy:
         self._versions: Dict[str, Tuple[float, int]] = {}
         self._versions_lock = threading.Lock()
         self.http = HttpServer(self.handle, settings.host, settings.port, settings.http_limits(),
-                               answered=self.answered if self.request_log is not None else None)
+                               answered=self.answered if self.request_log is not None else None, tls=settings.tls())
 
     def start(self) -> "LogProxy":
         self.http.start()
@@ -63,7 +63,7 @@ class LogProxy:
     @property
     def url(self) -> str:
         host, port = self.http.server_address
-        return f"http://{host}:{port}"
+        return f"{'https' if self.http.tls else 'http'}://{host}:{port}"
 
     def stop(self, drain_s: float = 0.0) -> None:
         self.http.stop(drain_s)

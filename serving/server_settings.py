@@ -6,6 +6,9 @@ from typing import Mapping, Optional, Tuple
 from cxr import contract
 from cxr.dicom.rules import DEFAULT_MODALITIES, DEFAULT_VIEW_POSITIONS, DicomRules
 from cxr.serving.http_server import HttpLimits
+from cxr.serving.tls import TlsFiles
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 UNLABELLED = ""  # the rate key of requests that named no version label
 
@@ -64,6 +67,14 @@ class FrontFlags:
     """What the fronts (`cxr serve`, `cxr log-proxy`) take before anything is decoded or forwarded: how many
     images a request may carry, and what a DICOM sent in one must be (serving/dicom_front.py)."""
     max_images_per_request: int = contract.MAX_IMAGES_PER_REQUEST
+    # TLS (serving/tls.py): the server's certificate and key, and the CA of the client certificates let in
+    # (mutual TLS). Without them the front speaks plain HTTP, which it does only on the loopback address,
+    # or behind a service mesh that terminates mutual TLS for it (Istio, Linkerd): plaintext_behind_mesh.
+    tls_cert_file: Optional[str] = None
+    tls_key_file: Optional[str] = None
+    tls_client_ca_file: Optional[str] = None
+    tls_reload_seconds: float = 60.0
+    plaintext_behind_mesh: bool = False
     # On SIGTERM: stop taking connections, let the requests under way finish for at most this long, then stop
     # (within Kubernetes' default 30 s grace period; serving/k8s/deployment.yaml).
     drain_seconds: float = 20.0
@@ -74,6 +85,20 @@ class FrontFlags:
     def __post_init__(self):
         if self.max_images_per_request < 1:
             raise ValueError(f"--max_images_per_request must be at least 1, got {self.max_images_per_request}")
+        if bool(self.tls_cert_file) != bool(self.tls_key_file):
+            raise ValueError("--tls_cert_file and --tls_key_file go together")
+        if self.tls_client_ca_file and not self.tls_cert_file:
+            raise ValueError("--tls_client_ca_file (mutual TLS) needs --tls_cert_file and --tls_key_file")
+        host = getattr(self, "host", "127.0.0.1")
+        if not self.tls_cert_file and not self.plaintext_behind_mesh and host not in _LOOPBACK:
+            raise ValueError(f"--host {host} without TLS would take plain HTTP from the network: give "
+                             f"--tls_cert_file and --tls_key_file (and --tls_client_ca_file for mutual TLS), or "
+                             f"--plaintext_behind_mesh where a service mesh terminates mutual TLS for the pod")
+
+    def tls(self) -> Optional[TlsFiles]:
+        if not self.tls_cert_file:
+            return None
+        return TlsFiles(self.tls_cert_file, self.tls_key_file, self.tls_client_ca_file, self.tls_reload_seconds)
 
     def dicom_rules(self) -> DicomRules:
         return DicomRules(modalities=self.dicom_modalities, view_positions=self.dicom_view_positions,

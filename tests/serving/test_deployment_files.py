@@ -253,15 +253,38 @@ def test_the_container_declares_the_ports_the_server_listens_on():
     assert (grpc_port(), rest_port()) == (8500, 8501)
 
 
-def test_the_service_forwards_grpc_to_the_server_and_rest_through_the_request_log_s_proxy():
+def test_the_service_reaches_the_model_through_the_front_only():
     svc = service()
     assert svc["spec"]["type"] == "ClusterIP"
     targets = {p["name"]: p["targetPort"] for p in svc["spec"]["ports"]}
-    assert container_port(targets["grpc"]) == grpc_port()
+    assert list(targets) == ["https"]  # no gRPC: it would skip the front's limits, TLS and log
     proxy = proxy_container()
-    (proxy_port,) = [p["containerPort"] for p in proxy["ports"] if p["name"] == targets["http"]]
+    (proxy_port,) = [p["containerPort"] for p in proxy["ports"] if p["name"] == targets["https"]]
     assert proxy_port == proxy_settings().port
-    assert {p["name"]: p["port"] for p in svc["spec"]["ports"]} == {"grpc": 8500, "http": 8501}
+
+
+def test_the_network_policy_lets_in_the_front_s_port_only():
+    (policy,) = [doc for doc in resource_docs(CPU_ENTRY) if doc["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"] == pod_spec_labels()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    (rule,) = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [proxy_settings().port]
+    assert rule["from"] and all("namespaceSelector" in source or "podSelector" in source for source in rule["from"])
+    assert grpc_port() not in [p["port"] for p in rule["ports"]] and rest_port() not in [p["port"] for p in rule["ports"]]
+
+
+def pod_spec_labels():
+    return deployment()["spec"]["template"]["metadata"]["labels"]
+
+
+def test_the_front_takes_mutual_tls_from_a_secret_only_its_user_reads():
+    settings = proxy_settings()
+    assert settings.tls_cert_file and settings.tls_key_file and settings.tls_client_ca_file
+    (mount,) = [m for m in proxy_container()["volumeMounts"] if m["name"] == "tls"]
+    assert mount["readOnly"] and all(path.startswith(mount["mountPath"] + "/") for path in (
+        settings.tls_cert_file, settings.tls_key_file, settings.tls_client_ca_file))
+    (volume,) = [v for v in pod_spec(deployment())["volumes"] if v["name"] == "tls"]
+    assert volume["secret"]["defaultMode"] == 0o400
 
 
 def test_the_proxy_runs_cxr_s_own_command_line_against_tf_serving_in_the_same_pod():
@@ -281,8 +304,8 @@ def test_the_proxy_runs_cxr_s_own_command_line_against_tf_serving_in_the_same_po
 def test_the_proxy_is_probed_on_its_own_port_and_drains_within_the_grace_period():
     proxy, settings = proxy_container(), proxy_settings()
     (port,) = [p for p in proxy["ports"] if p["containerPort"] == settings.port]
-    assert proxy["readinessProbe"]["httpGet"] == {"path": f"/v1/models/{PipelineConfig().model_name}",
-                                                  "port": port["name"]}
+    # The kubelet has no client certificate for the mutual-TLS port: the probes open it without HTTP.
+    assert proxy["readinessProbe"]["tcpSocket"]["port"] == port["name"]
     assert proxy["livenessProbe"]["tcpSocket"]["port"] == port["name"]
     pre_stop = proxy["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "sleep"
@@ -353,7 +376,8 @@ def test_every_file_the_kustomizations_list_exists():
             for name in listed:
                 path = os.path.join(directory, name)
                 assert os.path.isfile(path) or os.path.isfile(os.path.join(path, "kustomization.yaml")), path
-    assert len(resource_docs(GPU_ENTRY)) == len(resource_docs(CPU_ENTRY)) == 4  # two claims, the Deployment, the Service
+    # two claims, the Deployment, the Service, the NetworkPolicy
+    assert len(resource_docs(GPU_ENTRY)) == len(resource_docs(CPU_ENTRY)) == 5
 
 
 def test_the_config_files_parse_as_tf_serving_reads_them():
