@@ -510,7 +510,8 @@ def _add_kfp(commands) -> None:
 
 
 def _kfp_action(actions, name: str, help_text: str, run):
-    action = actions.add_parser(name, help=help_text)
+    # No abbreviations: `--token VALUE`, once a flag, would be taken for --token-file and name the secret.
+    action = actions.add_parser(name, help=help_text, allow_abbrev=False)
     _add_connection(action)
     action.set_defaults(run=run)
     return action
@@ -531,8 +532,10 @@ def _add_connection(action) -> None:
                                        "Kubeflow gateway; without it kfp.Client finds the API in-cluster (service "
                                        "account token, KF_PIPELINES_SA_TOKEN_PATH) or through your kube config")
     action.add_argument("--namespace", help="Kubeflow profile namespace (multi-user deployments)")
-    action.add_argument("--token", help="a bearer token, sent as Authorization: Bearer")
-    action.add_argument("--cookies", help="session cookies, e.g. 'authservice_session=...' behind Dex / IAP")
+    action.add_argument("--token-file", help="a file holding a bearer token, sent as Authorization: Bearer "
+                                             "(default: $CXR_KFP_TOKEN); never on the command line, where ps shows it")
+    action.add_argument("--cookies-file", help="a file holding session cookies, e.g. 'authservice_session=...' "
+                                               "behind Dex / IAP (default: $CXR_KFP_COOKIES)")
 
 
 def _run_kfp_compile(args) -> None:
@@ -545,8 +548,10 @@ def _run_kfp_compile(args) -> None:
 
 
 def _client(args):
-    from cxr.kubeflow.client import Connection, connect
-    return connect(Connection(host=args.host, namespace=args.namespace, token=args.token, cookies=args.cookies))
+    from cxr.kubeflow.client import Connection, connect, secret
+    return connect(Connection(host=args.host, namespace=args.namespace,
+                              token=secret(args.token_file, "CXR_KFP_TOKEN", "--token-file"),
+                              cookies=secret(args.cookies_file, "CXR_KFP_COOKIES", "--cookies-file")))
 
 
 def _checked_package(args) -> Tuple[str, dict]:

@@ -1,8 +1,9 @@
 """`cxr kfp submit|schedule|schedules|unschedule`: the compiled pipeline on a Kubeflow Pipelines v2 cluster.
 
 Everything goes through kfp 2.5's own `kfp.Client` (KFP REST API v2beta1). Our code reads no
-environment variable and writes nothing; authentication is what the caller passes (`--token`,
-sent as `Authorization: Bearer ...`; `--cookies`, sent verbatim as the `Cookie` header) plus
+environment variable and writes nothing; authentication is what the caller passes (`--token-file` or
+$CXR_KFP_TOKEN, sent as `Authorization: Bearer ...`, only over https:// or to localhost; `--cookies-file`
+or $CXR_KFP_COOKIES, sent verbatim as the `Cookie` header) plus
 what kfp.Client picks up by itself:
 
 * `~/.config/kfp/context.json` (namespace, cookie, extra auth header), which kfp.Client loads
@@ -20,7 +21,9 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
 import urllib.error
+import urllib.parse
 import urllib.request
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -42,8 +45,33 @@ class Connection:
     cookies: Optional[str] = None
 
 
+def secret(path: Optional[str], variable: str, flag: str) -> Optional[str]:
+    """A credential from a file (its first line) or the environment variable, never from the command line."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as f:
+                value = f.read().strip()
+        except OSError as error:
+            raise ValueError(f"{flag} {path}: cannot read it ({error.strerror})") from None
+        if not value:
+            raise ValueError(f"{flag} {path} is empty")
+        return value
+    return os.environ.get(variable) or None
+
+
+def _check_transport(connection: Connection) -> None:
+    """A credential goes over https://, or plain http:// to this machine only (kubectl port-forward's tunnel)."""
+    if not (connection.token or connection.cookies) or not connection.host:
+        return
+    parsed = urllib.parse.urlsplit(connection.host if "://" in connection.host else f"http://{connection.host}")
+    if parsed.scheme != "https" and parsed.hostname not in ("localhost", "127.0.0.1", "::1"):
+        raise ValueError(f"refusing to send the token or cookies to {connection.host} over plain HTTP: use "
+                         f"https://, or kubectl port-forward and --host http://localhost:PORT")
+
+
 def connect(connection: Connection) -> kfp.Client:
     """kfp.Client for the connection; building it already asks the API server for its health."""
+    _check_transport(connection)
     namespace = {"namespace": connection.namespace} if connection.namespace else {}
     if connection.host:
         _probe_health(connection)

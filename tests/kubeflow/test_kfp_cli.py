@@ -23,8 +23,10 @@ def package(tmp_path_factory):
     return f"{out}/pipeline.yaml"
 
 
-def test_compile_then_submit_then_schedule_the_pipeline(kfp_server, package, capsys):
-    assert main(["kfp", "submit", "--host", kfp_server.url, "--package", package, "--token", "s3cret"]) == 0
+def test_compile_then_submit_then_schedule_the_pipeline(kfp_server, package, capsys, tmp_path):
+    token = tmp_path / "token"
+    token.write_text("s3cret\n")
+    assert main(["kfp", "submit", "--host", kfp_server.url, "--package", package, "--token-file", str(token)]) == 0
     assert "/#/runs/details/" in capsys.readouterr().out
     [upload] = kfp_server.requests_to("POST", "/pipelines/upload")
     with open(package, "rb") as f:
@@ -152,3 +154,15 @@ def test_a_unix_cron_is_refused_before_anything_is_uploaded(kfp_server, tmp_path
 def test_submit_without_a_compiled_pipeline_says_to_compile_first(kfp_server, tmp_path, capsys):
     assert main(["kfp", "submit", "--host", kfp_server.url, "--package", str(tmp_path / "none.yaml")]) == 2
     assert "run `cxr kfp compile` first" in capsys.readouterr().err
+
+
+def test_a_token_is_taken_from_a_file_or_the_environment_and_never_sent_over_plain_http(kfp_server, package,
+                                                                                        capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("CXR_KFP_TOKEN", "from-the-environment")
+    assert main(["kfp", "submit", "--host", kfp_server.url, "--package", package]) == 0
+    assert kfp_server.requests_to("POST", "/pipelines/upload")[-1].headers["authorization"] == "Bearer from-the-environment"
+    assert main(["kfp", "submit", "--host", "http://kfp.hospital.example:8080", "--package", package]) == 2
+    assert "refusing to send the token or cookies to http://kfp.hospital.example:8080 over plain HTTP" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["kfp", "submit", "--host", kfp_server.url, "--package", package, "--token", "s3cret"])
