@@ -62,21 +62,29 @@ def _monitor_component(image: str):
 def run_monitoring(config: PipelineConfig, metadata_connection, run_id: str, until_text: str,
                    executor_input_json: str) -> dict:
     from cxr.monitoring.moments import parse_moment
-    from cxr.monitoring.monitor import PAGE as PAGE_FILE, monitor
+    from cxr.monitoring.monitor import PAGE as PAGE_FILE, monitor, prune_old_files
+    from cxr.monitoring.page import render as render_page
     from cxr.pipeline.served_versions import sources_from_metadata
 
     executor_input = json_format.Parse(executor_input_json, pipeline_spec_pb2.ExecutorInput())
     until = time.time() if "{{" in until_text or not until_text else parse_moment(until_text, "--until")
     settings = config.monitoring
     out_dir = os.path.join(config.pipeline_root, MONITORING_DIR, run_id)
+    # Earlier runs' queues and pages hold patient images too: each run enforces their retention.
+    removed = prune_old_files(os.path.join(config.pipeline_root, MONITORING_DIR), settings.retention_days)
     result = monitor(settings.logs_root, os.path.join(config.serving_dir, config.model_name),
                      sources_from_metadata(metadata_connection), until - settings.lookback_s, until,
                      settings.window_s, settings, out_dir)
+    result["earlier_runs_files_removed_by_retention"] = removed
     metrics = output_artifact(dsl.Metrics, executor_input, METRICS)
     for name, value in monitoring_metrics(result).items():
         metrics.log_metric(name, value)
     page = output_artifact(dsl.HTML, executor_input, PAGE)
-    _copy(os.path.join(out_dir, PAGE_FILE), page.path)
+    if settings.kfp_page_images:
+        _copy(os.path.join(out_dir, PAGE_FILE), page.path)
+    else:  # KFP's UI and artifact store: the page without the served images (monitoring.kfp_page_images)
+        with open(page.path, "w", encoding="utf-8") as f:
+            f.write(render_page(result, {}))
     write_executor_output(executor_input.outputs.output_file, {METRICS: metrics}, files={PAGE: page})
     return result
 

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import time
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -80,7 +81,7 @@ def monitor(logs_root: str, serving_dir: str, sources: Callable[[int], VersionSo
         queued += queue
         shown.update(_explained(windows, mine, model_dir))
     result["alarm"] = any(window["alarm"] for window in result["windows"])
-    write_outputs(result, queued, shown, out_dir)
+    write_outputs(result, queued, shown, out_dir, settings.retention_days)
     return result
 
 
@@ -185,15 +186,22 @@ def _most_outlying(described: Described, reference: Reference, shown: int) -> Li
              "top_probability": float(described.table[features.TOP_PROBABILITY].iloc[i])} for i in order]
 
 
-def write_outputs(result: dict, queued: List[dict], shown: page.Shown, out_dir: str) -> None:
-    tf.io.gfile.makedirs(os.path.join(out_dir, QUEUE_DIR))
+def write_outputs(result: dict, queued: List[dict], shown: page.Shown, out_dir: str,
+                  retention_days: float = MonitoringSettings.retention_days) -> None:
+    """monitoring.json, the page and queue/ (patient images: on a local disk folders 0700, files 0600); queued
+    images older than retention_days go first."""
+    queue_dir = os.path.join(out_dir, QUEUE_DIR)
+    _private_folder(out_dir)
+    _private_folder(queue_dir)
+    result["removed_by_retention"] = prune_old_files(queue_dir, retention_days)
     rows = []
     for entry in queued:
         item: Received = entry["item"]
         sha = _sha256(item.image)
         name = f"{sha}.{'png' if item.image.startswith(contract.PNG_SIGNATURE) else 'jpg'}"
-        with tf.io.gfile.GFile(os.path.join(out_dir, QUEUE_DIR, name), "wb") as f:
+        with tf.io.gfile.GFile(os.path.join(queue_dir, name), "wb") as f:
             f.write(item.image)
+        _owner_only(os.path.join(queue_dir, name))
         rows.append({"sha256": sha, "file": name, "time": item.time, "version": item.version,
                      **{key: entry[key] for key in ("predicted_class", "top_probability", "distance", "reason")}})
     with tf.io.gfile.GFile(os.path.join(out_dir, QUEUE_DIR, QUEUE_CSV), "w") as f:
@@ -205,6 +213,33 @@ def write_outputs(result: dict, queued: List[dict], shown: page.Shown, out_dir: 
         json.dump(result, f, indent=1, default=_plain)
     with tf.io.gfile.GFile(os.path.join(out_dir, PAGE), "w") as f:
         f.write(page.render(result, shown))
+    _owner_only(os.path.join(out_dir, PAGE))
+
+
+def prune_old_files(folder: str, retention_days: float, now: Optional[float] = None) -> int:
+    """Removes the files under folder last written more than retention_days ago; how many."""
+    if not tf.io.gfile.exists(folder):
+        return 0
+    cutoff = (time.time() if now is None else now) - retention_days * 86400
+    removed = 0
+    for root, _, names in tf.io.gfile.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            if tf.io.gfile.stat(path).mtime_nsec / 1e9 < cutoff:
+                tf.io.gfile.remove(path)
+                removed += 1
+    return removed
+
+
+def _private_folder(path: str) -> None:
+    tf.io.gfile.makedirs(path)
+    if "://" not in path:
+        os.chmod(path, 0o700)
+
+
+def _owner_only(path: str) -> None:
+    if "://" not in path:
+        os.chmod(path, 0o600)
 
 
 def _plain(value):

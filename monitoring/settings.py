@@ -49,10 +49,16 @@ class MonitoringSettings:
     logs_root: str = ""
     lookback_s: float = 86400.0
     window_s: float = 3600.0
+    # Patient images the monitor writes (the queue to label, the page's outliers): their retention, enforced
+    # by every monitoring run over its output folder (the Kubeflow job: over every earlier run's folder too).
+    retention_days: float = 30.0
+    # Whether the page shown in KFP's UI (copied to KFP's artifact store, which more people read than the
+    # pipeline root) embeds the outlying served images; the page in the monitoring folder always does.
+    kfp_page_images: bool = False
 
     def __post_init__(self):
         for name in ("lookback_s", "window_s", "min_window_images", "max_training_images", "mmd_permutations",
-                     "embedding_components"):
+                     "embedding_components", "retention_days"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"monitoring.{name} must be positive, got {getattr(self, name)}")
         if self.window_s > self.lookback_s:

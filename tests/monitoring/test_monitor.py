@@ -5,6 +5,7 @@ import csv
 import hashlib
 import json
 import math
+import os
 import time
 
 import numpy as np
@@ -239,3 +240,21 @@ def test_no_request_in_the_span_is_said_and_a_bad_moment_is_refused_by_flag(tmp_
         capsys.readouterr().out
     assert main(common + ["--since", "yesterday"]) == 2
     assert "--since 'yesterday': expected ISO 8601" in capsys.readouterr().err
+
+
+def test_the_queue_and_page_are_owner_only_and_old_queued_images_go_with_retention(monitored, tmp_path):
+    import stat
+    from cxr.monitoring.monitor import prune_old_files
+    queue = monitored["out"] / "queue"
+    assert stat.S_IMODE(os.stat(queue).st_mode) == 0o700 and stat.S_IMODE(os.stat(monitored["out"]).st_mode) == 0o700
+    queued = [p for p in queue.iterdir() if p.suffix in (".png", ".jpg")]
+    assert queued and all(stat.S_IMODE(os.stat(p).st_mode) == 0o600 for p in queued)
+    assert stat.S_IMODE(os.stat(monitored["out"] / "index.html").st_mode) == 0o600
+    old = tmp_path / "old-run" / "queue"
+    old.mkdir(parents=True)
+    (old / "a.png").write_bytes(b"x")
+    (old / "b.png").write_bytes(b"y")
+    month_ago = time.time() - 31 * 86400
+    os.utime(old / "a.png", (month_ago, month_ago))
+    assert prune_old_files(str(tmp_path / "old-run"), retention_days=30) == 1
+    assert [p.name for p in old.iterdir()] == ["b.png"]
