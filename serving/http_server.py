@@ -46,6 +46,9 @@ class HttpLimits:
     max_header_bytes: int = 64 * 1024
     workers: int = 4  # requests run at once: each may decode a request's images
     max_connections: int = 512
+    # Request bodies held at once, read or being read, over all connections (one always fits): 512
+    # connections of 32 MiB bodies would otherwise be 16 GiB. Past it a request is answered 503.
+    max_buffered_bytes: int = 256 << 20
 
 
 class _Refused(Exception):
@@ -78,6 +81,7 @@ class HttpServer:
         self._loop = asyncio.new_event_loop()
         self._open = 0
         self._busy = 0  # requests read and not yet answered
+        self._buffered = 0  # bytes of request bodies held (HttpLimits.max_buffered_bytes)
         self._server = None
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="rest-api", daemon=True)
@@ -163,6 +167,7 @@ class HttpServer:
             _audit(who, peer, request.method, request.path, request_id, status, len(request.body), len(body), started)
         finally:
             self._busy -= 1
+            self._buffered -= len(request.body)
         if self.answered is not None:
             try:
                 self.answered(request.method, request.path, handled, status, body)
@@ -210,11 +215,20 @@ class HttpServer:
         if int(length) > self.limits.max_body_bytes:
             raise _Refused(413, f"request body of {length} bytes is over the server's limit of "
                                 f"{self.limits.max_body_bytes} bytes (--max_body_bytes)")
+        size = int(length)
+        if self._buffered and self._buffered + size > self.limits.max_buffered_bytes:
+            raise _Refused(503, f"server busy: {self._buffered} bytes of request bodies held already "
+                                f"(limit {self.limits.max_buffered_bytes}); try again")
+        self._buffered += size
         try:
-            return await asyncio.wait_for(reader.readexactly(int(length)), self.limits.body_timeout_s)
+            return await asyncio.wait_for(reader.readexactly(size), self.limits.body_timeout_s)
         except asyncio.TimeoutError:
+            self._buffered -= size
             raise _Refused(408, f"request body of {length} bytes not received within "
                                 f"{self.limits.body_timeout_s:g} s") from None
+        except BaseException:
+            self._buffered -= size
+            raise
 
     async def _write(self, writer, peer, request_line, status, body, keep_alive, started, request_id=None) -> None:
         head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}", "Content-Type: application/json",

@@ -137,7 +137,8 @@ class LogProxy:
         if status != 200:
             return
         model, version, label = match.groups()
-        self.request_log.offer(label, lambda: self._logged(model, version, label, path, body, answer, acquisitions))
+        self.request_log.offer(label, lambda: self._logged(model, version, label, path, body, answer, acquisitions),
+                               size=len(body) + len(answer))
 
     def _logged(self, model: str, version: Optional[str], label: Optional[str], path: str, body: bytes,
                 answer: bytes, acquisitions: list):

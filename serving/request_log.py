@@ -113,20 +113,29 @@ class RequestLogger:
         self._clock, self._rng = clock, rng or random.Random()
         self._queue: "queue.Queue" = queue.Queue(maxsize=settings.max_queued)
         self._counts: Counter = Counter()
+        self._queued_bytes = 0
         self._lock = threading.Lock()
         self._file: Optional[_OpenFile] = None
         self._thread = threading.Thread(target=self._write_forever, name="request-log", daemon=True)
         self._thread.start()
 
-    def offer(self, label: Optional[str], build: Callable[[], Tuple[Served, Mapping, Mapping]]) -> bool:
+    def offer(self, label: Optional[str], build: Callable[[], Tuple[Served, Mapping, Mapping]], size: int = 0) -> bool:
         """Samples a request made to this version label (None: none); `build()` -> (served, inputs, outputs)
-        runs later, on the writer thread. Returns whether the sample was queued; never blocks, never raises."""
+        runs later, on the writer thread; `size`: the bytes the queued sample holds (its body), which the
+        queue bounds as well as the count. Returns whether the sample was queued; never blocks, never raises."""
         rate = self.settings.rate(label)
         if rate <= 0 or self._rng.random() >= rate:
             return False
+        with self._lock:
+            if self._queued_bytes + size > self.settings.max_queued_bytes and self._queued_bytes:
+                self._counts["dropped: queue full (bytes)"] += 1
+                return False
+            self._queued_bytes += size
         try:
-            self._queue.put_nowait((build, self._clock(), rate))
+            self._queue.put_nowait((build, self._clock(), rate, size))
         except queue.Full:
+            with self._lock:
+                self._queued_bytes -= size
             self._count("dropped: queue full")
             return False
         self._count("sampled")
@@ -154,12 +163,16 @@ class RequestLogger:
             if item is None:
                 self._close_file()
                 return
+            build, when, rate, size = item
             try:
-                self._write(*item)
+                self._write(build, when, rate)
             except Exception as error:  # a full disk, a slow or refusing bucket: drop the sample, keep serving
                 self._count("dropped: write failed")
                 log.warning("request log: a sample was dropped: %s", error)
                 self._close_file(enforce=False)
+            finally:
+                with self._lock:
+                    self._queued_bytes -= size
 
     def _write(self, build: Callable[[], tuple], when: float, rate: float) -> None:
         served, inputs, outputs = build()

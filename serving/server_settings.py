@@ -21,6 +21,7 @@ class RequestLogSettings:
     label_rates: Mapping[str, float] = dataclasses.field(default_factory=dict)
     max_file_bytes: int = 64 << 20  # a file is closed past this size, and at the turn of each hour
     max_queued: int = 256  # records waiting to be written; past this, samples are dropped and counted
+    max_queued_bytes: int = 256 << 20  # and the request bodies they hold, together (one body always fits)
     max_age_hours: float = 24 * 30
     max_total_bytes: int = 20 << 30
 
@@ -29,8 +30,8 @@ class RequestLogSettings:
             if not 0 <= rate <= 1:
                 raise ValueError(f"request log sample rate{f' of label {label!r}' if label else ''} must lie in "
                                  f"0..1, got {rate}")
-        if self.max_file_bytes < 1 or self.max_queued < 1:
-            raise ValueError("request log file size and queue length must be positive")
+        if self.max_file_bytes < 1 or self.max_queued < 1 or self.max_queued_bytes < 1:
+            raise ValueError("request log file size, queue length and queue bytes must be positive")
 
     def rate(self, label: Optional[str]) -> float:
         return self.label_rates.get(label or UNLABELLED, self.sample_rate)

@@ -1,6 +1,7 @@
 """`cxr serve` against TF Serving's REST contract: request bodies from TF Serving's REST documentation,
 its response and error shapes and status codes, bad inputs, labels, concurrency and hot reload."""
 import base64
+import dataclasses
 import json
 import logging
 import os
@@ -412,3 +413,23 @@ def test_thousands_of_tiny_images_are_refused_before_any_is_decoded_and_the_next
     assert time.monotonic() - started < 5
     assert _post(server, _one(demo_png(1))).status_code == 200
     assert _post(server, {"instances": [{"b64": tiny}] * contract.MAX_IMAGES_PER_REQUEST}).status_code == 200
+
+
+def test_request_bodies_held_at_once_are_bounded_in_bytes_and_the_server_recovers(model_base_path):
+    # Two connections sending 600 KB bodies slowly, against a budget of 1 MB: the second waits for nothing,
+    # it is answered 503; once the first is done, requests are answered again.
+    running = start(ServerSettings(model_base_path=model_base_path, rest_api_port=0, body_timeout_seconds=5.0))
+    running.http.limits = dataclasses.replace(running.http.limits, max_buffered_bytes=1_000_000)
+    host, port = running.http.server_address
+    try:
+        first = socket.create_connection((host, port), timeout=10)
+        first.sendall(b"POST /v1/models/cxr:predict HTTP/1.1\r\nHost: x\r\nContent-Length: 600000\r\n\r\n" + b" " * 1000)
+        time.sleep(0.3)
+        second = requests.post(f"{running.url}/v1/models/cxr:predict", data=b" " * 600_000, timeout=30)
+        assert second.status_code == 503 and "bytes of request bodies held already" in second.json()["error"]
+        first.close()
+        time.sleep(0.3)
+        assert _post(running, _one(demo_png(1))).status_code == 200
+        assert running.http._buffered == 0
+    finally:
+        running.stop()

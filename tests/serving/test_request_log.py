@@ -192,3 +192,20 @@ def test_retention_removes_a_dead_writer_s_partial_file_once_past_the_age(tmp_pa
     now = calendar.timegm(time.strptime("20261201T080000", "%Y%m%dT%H%M%S"))
     removed = enforce_retention(str(tmp_path / "log"), 24 * 30 - 2, 1 << 30, now)
     assert removed == [str(stale)] and not stale.exists() and module._partial_files(str(tmp_path / "log")) == []
+
+
+def test_the_queue_holds_at_most_max_queued_bytes_of_bodies(tmp_path):
+    release = threading.Event()
+
+    def slow_build():
+        release.wait(30)
+        return _build([demo_png(1)])()
+
+    logger = RequestLogger(RequestLogSettings(root=str(tmp_path), sample_rate=1.0, max_queued_bytes=100))
+    assert logger.offer(None, slow_build, size=80)  # the writer holds it until released
+    assert not logger.offer(None, _build([demo_png(2)]), size=80)
+    assert logger.counts()["dropped: queue full (bytes)"] == 1
+    release.set()
+    logger.close()
+    assert logger.counts()["written"] == 1
+    assert logger.offer(None, _build([demo_png(3)]), size=1_000)  # alone, one body always fits
