@@ -33,8 +33,10 @@ BLOCK = 20
 TARGET_ADDED_P50_MS = 2.0
 
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
+
+
 def pngs(count: int):
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
     from cxr.dataprep import phantoms
     from helpers import encode
     from PIL import Image
@@ -117,11 +119,19 @@ def main(argv=None) -> int:
             processes.append(broken)
             plain, plain_url = started(["log-proxy", "--upstream", server_url, "--port", "0"], work, "plain")
             processes.append(plain)
+            pki = certificates(work)
+            secure, secure_url = started(["log-proxy", "--upstream", server_url, "--port", "0", "--request_log_root",
+                                          os.path.join(work, "log-tls"), "--request_log_sample_rate", "1.0",
+                                          "--tls_cert_file", pki["server"][0], "--tls_key_file", pki["server"][1],
+                                          "--tls_client_ca_file", pki["ca"]], work, "secure")
+            processes.append(secure)
             clients = [ServingClient(url=url, retries=0, timeout_s=120) for url in (server_url, plain_url, proxy_url)]
+            clients.append(ServingClient(url=secure_url, retries=0, timeout_s=120, ca_file=pki["ca"],
+                                         cert_file=pki["client"][0], key_file=pki["client"][1]))
             for client in clients:
                 client.wait_until_available(120)
                 client.predict(images[:1])
-            straight, forwarded, through = interleaved(clients, images, count)
+            straight, forwarded, through, secured = interleaved(clients, images, count)
             rate, failed = concurrent(proxy_url, images, per_client)
             direct_rate, direct_failed = concurrent(server_url, images, per_client)
             broken_rate, broken_failed = concurrent(broken_url, images, per_client)
@@ -131,16 +141,25 @@ def main(argv=None) -> int:
                 process.terminate()
                 process.wait(30)
     report = render(straight, forwarded, through, (direct_rate, direct_failed), (rate, failed), (broken_rate, broken_failed),
-                    logged, images)
+                    logged, images, secured)
     print(report)
     if args.write:
         write_section(args.write, report)
     return 0
 
 
-def render(straight, forwarded, through, direct, proxied, broken, logged_files, images) -> str:
-    p50s, p50f, p50t = (np.median(values) * 1000 for values in (straight, forwarded, through))
-    p99s, p99f, p99t = (np.percentile(values, 99) * 1000 for values in (straight, forwarded, through))
+def certificates(work: str) -> dict:
+    """A CA, the proxy's certificate for 127.0.0.1 and a client's (tests/certificates.py)."""
+    from certificates import Authority, write_pair
+    ca = Authority("bench CA")
+    folder = os.path.join(work, "pki")
+    return {"ca": ca.write(folder), "server": write_pair(folder, "server", *ca.issue("proxy", server=True)),
+            "client": write_pair(folder, "client", *ca.issue("bench-client"))}
+
+
+def render(straight, forwarded, through, direct, proxied, broken, logged_files, images, secured) -> str:
+    p50s, p50f, p50t, p50m = (np.median(values) * 1000 for values in (straight, forwarded, through, secured))
+    p99s, p99f, p99t, p99m = (np.percentile(values, 99) * 1000 for values in (straight, forwarded, through, secured))
     added = p50t - p50s
     kb = sum(len(image) for image in images) / len(images) / 1e3
     lines = ["# Request log proxy (`bench/proxy.py`)", "",
@@ -151,9 +170,12 @@ def render(straight, forwarded, through, direct, proxied, broken, logged_files, 
              "| path | requests | p50 ms | p99 ms |", "|---|---:|---:|---:|",
              f"| straight to the server | {len(straight)} | {p50s:,.1f} | {p99s:,.1f} |",
              f"| through a proxy that does not log | {len(forwarded)} | {p50f:,.1f} | {p99f:,.1f} |",
-             f"| through the proxy, logging every request | {len(through)} | {p50t:,.1f} | {p99t:,.1f} |", "",
+             f"| through the proxy, logging every request | {len(through)} | {p50t:,.1f} | {p99t:,.1f} |",
+             f"| through the proxy with mutual TLS, logging every request | {len(secured)} | {p50m:,.1f} | "
+             f"{p99m:,.1f} |", "",
              f"Added at p50: **{added:,.2f} ms** (target <= {TARGET_ADDED_P50_MS:g} ms: "
-             f"{'met' if added <= TARGET_ADDED_P50_MS else 'NOT met'}); forwarding alone {p50f - p50s:,.2f} ms.", "",
+             f"{'met' if added <= TARGET_ADDED_P50_MS else 'NOT met'}); forwarding alone {p50f - p50s:,.2f} ms; "
+             f"with mutual TLS (kept-alive connections, one handshake per client) {p50m - p50s:,.2f} ms.", "",
              f"| {CLIENTS} clients at once | images/s | failed requests |", "|---|---:|---:|",
              f"| straight to the server | {direct[0]:,.1f} | {direct[1]} |",
              f"| through the proxy, logging | {proxied[0]:,.1f} | {proxied[1]} |",

@@ -8,6 +8,7 @@ server refuses is sent again one file at a time, so each error names its file.
 """
 import base64
 import dataclasses
+import threading
 import time
 from typing import Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -133,11 +134,23 @@ class ServingClient:
             except ServingRequestError as error:
                 yield ImageResult(path, error=error.message)
 
+    def _session(self) -> requests.Session:
+        """One kept-alive connection pool per thread: a TLS handshake per request would cost more than the
+        request (bench/RESULTS.md, Request log proxy)."""
+        local = self.__dict__.get("_local")
+        if local is None:
+            local = threading.local()
+            object.__setattr__(self, "_local", local)
+        if getattr(local, "session", None) is None:
+            local.session = requests.Session()
+        return local.session
+
     def _send(self, method: str, url: str, body: Optional[dict] = None) -> dict:
         for attempt in range(self.retries + 1):
             try:
-                response = requests.request(method, url, json=body, timeout=self.timeout_s, verify=self.ca_file or True,
-                                            cert=(self.cert_file, self.key_file) if self.cert_file else None)
+                response = self._session().request(
+                    method, url, json=body, timeout=self.timeout_s, verify=self.ca_file or True,
+                    cert=(self.cert_file, self.key_file) if self.cert_file else None)
             except requests.exceptions.SSLError as error:
                 raise ServingRequestError(f"TLS with {url} failed: {_reason(error)} (--ca-file is the CA of the "
                                           f"server's certificate; --cert-file and --key-file this client's)") from None

@@ -3,8 +3,9 @@
 asyncio reads every connection, with a deadline for a request's headers (and for the next request
 on a kept-alive connection) and one for its body, a cap on header and body sizes and on open
 connections. Only a complete request reaches the bounded pool of workers that run the model, so a
-hundred stalled connections cost a hundred idle coroutines, not the workers. One access-log line
-per request; protocol errors are answered with a status and a one-line reason, and logged.
+hundred stalled connections cost a hundred idle coroutines, not the workers. One audit line (JSON,
+logger cxr.audit) per request; protocol errors are answered with a status and a one-line reason, and
+logged. With TLS files (serving/tls.py) it speaks HTTPS, and mutual TLS with a client CA.
 """
 import asyncio
 import dataclasses
@@ -235,8 +236,6 @@ class HttpServer:
                 f"Content-Length: {len(body)}"] + ([] if keep_alive else ["Connection: close"])
         if request_id:
             head.append(f"X-Request-Id: {request_id}")
-        took = f"{(time.monotonic() - started) * 1000:.0f} ms" if started is not None else "-"
-        log.info('%s "%s" %d %d %s', peer, request_line, status, len(body), took)
         writer.write(("\r\n".join(head) + "\r\n\r\n").encode("ascii") + body)
         await asyncio.wait_for(writer.drain(), self.limits.body_timeout_s)
 

@@ -313,14 +313,17 @@ def test_protocol_errors_get_a_status_and_a_reason_and_are_logged(strict_server,
     assert any(message in record.getMessage() for record in caplog.records)
 
 
-def test_every_request_gets_one_access_log_line(strict_server, caplog):
-    with caplog.at_level(logging.INFO, logger="cxr.serve"):
+def test_every_request_gets_one_audit_line(strict_server, caplog):
+    with caplog.at_level(logging.INFO, logger="cxr.audit"):
         _post(strict_server, _one(demo_png(7)))
-        requests.get(strict_server.url + "/v1/models/nope", timeout=10)
-    lines = [record.getMessage() for record in caplog.records if '"' in record.getMessage()]
-    assert len(lines) == 2
-    assert re.search(r'"POST /v1/models/cxr:predict" 200 \d+ \d+ ms$', lines[0])
-    assert re.search(r'"GET /v1/models/nope" 404 \d+ \d+ ms$', lines[1])
+        requests.get(strict_server.url + "/v1/models/nope/versions/3", timeout=10, headers={"X-Request-Id": "ris-42"})
+        deadline = time.monotonic() + 10  # written once the answer is sent
+        while len([r for r in caplog.records if r.name == "cxr.audit"]) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    lines = [json.loads(record.getMessage()) for record in caplog.records if record.name == "cxr.audit"]
+    assert [(line["method"], line["model"], line["version"], line["status"]) for line in lines] == [
+        ("POST", "cxr", "latest", 200), ("GET", "nope", "3", 404)]
+    assert lines[1]["request_id"] == "ris-42" and lines[0]["request_bytes"] > 0 and lines[0]["caller"] == "-"
 
 
 def test_an_internal_error_is_logged_and_not_shown_to_the_client(strict_server, caplog, monkeypatch):
