@@ -433,6 +433,9 @@ def test_request_bodies_held_at_once_are_bounded_in_bytes_and_the_server_recover
         first.close()
         time.sleep(0.3)
         assert _post(running, _one(demo_png(1))).status_code == 200
+        deadline = time.monotonic() + 5  # released once the answer is written, which the client may see first
+        while running.http._buffered and time.monotonic() < deadline:
+            time.sleep(0.02)
         assert running.http._buffered == 0
     finally:
         running.stop()
