@@ -624,6 +624,9 @@ def _add_report(commands) -> None:
     command.add_argument("--run", dest="run_id", default="latest",
                          help="latest or a run id from ML Metadata (default latest)")
     command.add_argument("--out", default="demo/report", help="folder to write index.html into (default demo/report)")
+    command.add_argument("--gallery-all-sources", action="store_true",
+                         help="let the gallery show a site's (DICOM) and served images too: patient images, in a "
+                              "report whoever reads --out can read (default: the public datasets' only)")
     command.set_defaults(run=_run_report)
 
 
@@ -635,7 +638,7 @@ def _run_report(args) -> None:
     from cxr.pipeline.report.collect import collect
     from cxr.pipeline.report.render import write_report
     connection = grpc_connection(args.metadata_grpc) if args.metadata_grpc else sqlite_connection(args.metadata)
-    path = write_report(collect(connection, args.run_id), args.out)
+    path = write_report(collect(connection, args.run_id, args.gallery_all_sources), args.out)
     print(f"report: {os.path.abspath(path)}")
 
 

@@ -58,8 +58,9 @@ class RunReportData:
     gate: Dict[str, float]  # the configured thresholds
 
 
-def collect(metadata_connection, run: str = "latest") -> RunReportData:
-    """Everything from what the run recorded: its inputs, its components' settings, its artifacts."""
+def collect(metadata_connection, run: str = "latest", gallery_all_sources: bool = False) -> RunReportData:
+    """Everything from what the run recorded: its inputs, its components' settings, its artifacts. The
+    gallery shows the public datasets' images only, unless gallery_all_sources."""
     summary, outputs = read_run(metadata_connection, run)
     if Nodes.TRAINER not in outputs or "model" not in outputs[Nodes.TRAINER]:
         raise ValueError(f"run {summary.run_id or run} has no trained model to report on "
@@ -79,7 +80,7 @@ def collect(metadata_connection, run: str = "latest") -> RunReportData:
         settings=_read_json(os.path.join(model_run, contract.TRAINER_SETTINGS_FILE)),
         curves=learning_curves(model_run),
         tuner_trials=_tuner_trials(outputs.get(Nodes.TUNER, {})), tuner_search=summary.tuner_search,
-        predictions=predict_test_split(model_dir, examples.uri), gate=_recorded_gate(given))
+        predictions=predict_test_split(model_dir, examples.uri, gallery_all_sources), gate=_recorded_gate(given))
 
 
 def _recorded_gate(given: Dict[str, dict]) -> Dict[str, float]:
@@ -110,7 +111,7 @@ def _split_counts(examples_uri: str):
     return counts, dict(patients)
 
 
-def predict_test_split(model_dir: str, examples_uri: str) -> TestPredictions:
+def predict_test_split(model_dir: str, examples_uri: str, gallery_all_sources: bool = False) -> TestPredictions:
     """The model's probabilities on the test split, and the gallery's images explained by the same model."""
     signatures = tf.saved_model.load(model_dir).signatures
     files, labels, sources, acquisitions, probabilities, kept_images = [], [], [], [], [], {}
@@ -120,14 +121,18 @@ def predict_test_split(model_dir: str, examples_uri: str) -> TestPredictions:
             contract.PROBABILITIES].numpy()
         batch_labels = [LABELS.index(label.decode()) for label in batch[contract.LABEL]]
         batch_files = [name.decode() for name in batch[contract.FILE]]
+        batch_sources = [source.decode() for source in batch[contract.SOURCE]]
         for index, (name, class_id) in enumerate(zip(batch_files, batch_labels)):
             correct = int(batch_probabilities[index].argmax()) == class_id
-            if kept[(class_id, correct)] < GALLERY_PER_KIND:
+            # The gallery shows the public datasets' images only: a site's (DICOM) or served images are
+            # patients' (docs/patient-data.md), unless the report is asked to show them.
+            public = batch_sources[index] in contract.SOURCES
+            if (public or gallery_all_sources) and kept[(class_id, correct)] < GALLERY_PER_KIND:
                 kept[(class_id, correct)] += 1
                 kept_images[name] = batch[contract.IMAGE][index]
         files += batch_files
         labels += batch_labels
-        sources += [source.decode() for source in batch[contract.SOURCE]]
+        sources += batch_sources
         acquisitions += [f"{view.decode()}, {modality.decode()}"
                          for view, modality in zip(batch[contract.VIEW_POSITION], batch[contract.MODALITY])]
         probabilities.append(batch_probabilities)

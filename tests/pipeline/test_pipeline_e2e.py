@@ -208,6 +208,17 @@ def test_records_with_an_unknown_label_or_source_stop_the_run_at_the_validation_
 
 
 
+def test_the_report_s_gallery_shows_no_site_image_unless_asked(first_run, workspace):
+    from cxr.pipeline.report.collect import collect
+    connection = sqlite_connection(_config(workspace).metadata_path)
+    predictions = collect(connection, first_run.run_id).predictions
+    sources = dict(zip(predictions.files, predictions.sources))
+    assert "dicom" in sources.values()  # the hospital's images are in the test split and its figures
+    assert predictions.gallery and all(sources[file] in contract.SOURCES for file in predictions.gallery)
+    shown = collect(connection, first_run.run_id, gallery_all_sources=True).predictions.gallery
+    assert len(shown) >= len(predictions.gallery)
+
+
 def test_the_report_agrees_with_tfma_and_with_a_count_of_its_predictions(first_run, workspace, tmp_path):
     from cxr.pipeline.report.collect import collect
     from cxr.pipeline.report.render import write_report
