@@ -194,6 +194,9 @@ PRESETS = {
                                   augmentation=AugmentationSettings(rotation=0.02, zoom=0.05, brightness=0.05,
                                                                     contrast=0.05)),
         gate=GateSettings(min_accuracy=0.6, min_class_recall=0.3, max_accuracy_regression=0.05),
+        # With tuner.enabled=true: 5-epoch trials cannot leave the demo's class-share plateau (left after ~6
+        # epochs); 15-epoch ones can, and 6 of them took 961 s on two cores (bench/RESULTS.md, "Tuning").
+        tuner=TunerSettings(epochs_per_trial=15, max_trials=6),
     ),
 }
 
