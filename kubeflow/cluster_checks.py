@@ -37,6 +37,8 @@ EXAMPLE_PLACEHOLDER = "YOUR-"  # what kubeflow/cluster.example.yaml asks to repl
 
 def check_cluster_config(config: PipelineConfig, target: str) -> None:
     problems = [*_placeholders_left(config), *_image_problems(config), *_storage_problems(config, target)]
+    if target == "kfp":
+        problems += _models_volume_problems(config)
     if config.name == DEFAULT_NAME:
         # TFX keys its contexts in ML Metadata by pipeline name: the baseline model the Evaluator compares
         # with, the cache, the spans ExampleGen has read. A cluster's ML Metadata serves every team.
@@ -86,6 +88,26 @@ def _storage_problems(config: PipelineConfig, target: str) -> Iterator[str]:
         elif not any(_under(path, mount) for mount in mounts):
             yield (f"{setting} is {path!r}, which no task mounts: use gs://, or mount a volume there "
                    f"(kubeflow.volumes: claim-name:/mount/path; mounted now: {', '.join(mounts) or 'none'})")
+
+
+def models_mount(config: PipelineConfig):
+    """The mount path of the volume serving_dir lies on (None for a bucket or no such volume)."""
+    held = [mount for mount in config.kubeflow.mounts() if _under(config.serving_dir, mount)]
+    return max(held, key=len) if held else None
+
+
+def _models_volume_problems(config: PipelineConfig) -> Iterator[str]:
+    """Only the Pusher's task mounts the served models' volume (kfp_pipeline.task_mounts): no other path of
+    the pipeline may lie on it, or the tasks that need that path could not reach it."""
+    models = models_mount(config)
+    if models is None:
+        return
+    for setting, path in config.storage_paths().items():
+        if setting != "serving_dir" and "://" not in path and _under(path, models) and not (
+                setting == "metadata_path" and config.kubeflow.metadata_grpc != SQLITE_METADATA):
+            yield (f"{setting} is {path!r}, on the volume mounted at {models} that holds serving_dir "
+                   f"({config.serving_dir!r}): only the Pusher's task mounts that volume, so that no other task can "
+                   f"write the served models; give serving_dir a claim of its own (serving/k8s/models-pvc.yaml)")
 
 
 def _under(path: str, mount: str) -> bool:

@@ -14,7 +14,7 @@ from typing import Dict, List
 from kfp import compiler, dsl, kubernetes
 
 from cxr.contract import Nodes
-from cxr.kubeflow.cluster_checks import check_cluster_config
+from cxr.kubeflow.cluster_checks import check_cluster_config, models_mount
 from cxr.kubeflow.task import node_dependencies
 from cxr.pipeline.config import KubeflowConfig, PipelineConfig, TAINT, to_json
 
@@ -32,13 +32,14 @@ def compile_kfp(config: PipelineConfig, path: str) -> None:
 
 def _pipeline_function(config: PipelineConfig, dependencies: Dict[str, List[str]]):
     settings, compiled_config = config.kubeflow, to_json(config)
+    mounts = {node_id: task_mounts(config, node_id) for node_id in [*dependencies, None]}
 
     def cxr_pipeline(config: str = compiled_config):  # the parameter's name is CONFIG_PARAMETER
         tasks = {}
         for node_id, upstream in dependencies.items():
             task = _node_component(node_id, settings.image)(config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
             task.set_display_name(node_id).set_caching_options(False).after(*(tasks[u] for u in upstream))
-            mount_volumes(task, settings)
+            mount_volumes(task, mounts[node_id])
             if node_id in GPU_NODES:
                 _place_on_gpu_nodes(task, settings)
             elif node_id in BEAM_NODES:
@@ -47,7 +48,7 @@ def _pipeline_function(config: PipelineConfig, dependencies: Dict[str, List[str]
             tasks[node_id] = task
         outputs = _ui_outputs_component(settings.image)(config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         outputs.set_display_name("KFP UI outputs").set_caching_options(False).after(*tasks.values())
-        mount_volumes(outputs, settings)
+        mount_volumes(outputs, mounts[None])
 
     return dsl.pipeline(name=config.name, pipeline_root=default_pipeline_root(config), description=(
         "The cxr chest X-ray pipeline: one task per TFX node, state in ML Metadata"))(cxr_pipeline)
@@ -78,8 +79,20 @@ def _ui_outputs_component(image: str):
     return dsl.container_component(kfp_ui_outputs)
 
 
-def mount_volumes(task, settings: KubeflowConfig) -> None:
-    for mount_path, claim in settings.mounts().items():
+def task_mounts(config: PipelineConfig, node_id) -> Dict[str, str]:
+    """{mount path: claim} a task mounts: every volume, but the served models' (the one serving_dir lies on)
+    on the Pusher's task alone, so that no other task can write what TF Serving serves. kfp-kubernetes mounts
+    a claim read-write or not at all (its PvcMount has no read-only field), and cluster_checks refuses a
+    serving_dir whose volume also holds another of the pipeline's paths."""
+    mounts = config.kubeflow.mounts()
+    models = models_mount(config)
+    if models is not None and node_id != Nodes.PUSHER:
+        del mounts[models]
+    return mounts
+
+
+def mount_volumes(task, mounts: Dict[str, str]) -> None:
+    for mount_path, claim in mounts.items():
         kubernetes.mount_pvc(task, pvc_name=claim, mount_path=mount_path)
 
 

@@ -44,7 +44,9 @@ def _pipeline_function(config: PipelineConfig):
         task = _monitor_component(settings.image)(
             config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, until=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER)
         task.set_display_name("cxr monitor").set_caching_options(False)
-        mount_volumes(task, settings)
+        # Every volume, the served models' too: the monitor reads each served version (kfp-kubernetes cannot
+        # mount a claim read-only); it is the one task but the Pusher's that mounts it.
+        mount_volumes(task, settings.mounts())
 
     return dsl.pipeline(name=f"{config.name}-monitoring", pipeline_root=default_pipeline_root(config), description=(
         "cxr monitor on the served model's request log: skew against training, drift, answers"))(cxr_monitoring)

@@ -4,11 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v uv >/dev/null 2>&1; then
-  echo "bootstrap: installing uv" >&2
-  python3 -m pip install --quiet uv
-  export PATH="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$HOME/.local/bin:$PATH"
+# One uv for every machine, the version the pipeline image installs (kubeflow/Dockerfile): its resolver
+# wrote the locks and it checks their hashes. It comes hash-checked too (scripts/uv-requirements.txt).
+UV_VERSION=$(sed -n 's/^uv==\([0-9.]*\).*/\1/p' scripts/uv-requirements.txt)
+if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
+  echo "bootstrap: installing uv $UV_VERSION" >&2
+  python3 -m pip install --quiet --user --require-hashes -r scripts/uv-requirements.txt 2>/dev/null \
+    || python3 -m pip install --quiet --require-hashes -r scripts/uv-requirements.txt
+  export PATH="$(python3 -c 'import site; print(site.USER_BASE)')/bin:$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
 fi
+[ "$(uv --version | cut -d' ' -f2)" = "$UV_VERSION" ] || { echo "bootstrap: uv $UV_VERSION not found on PATH" >&2; exit 1; }
 
 find_python310() {
   local candidate
@@ -37,7 +42,8 @@ fi
 # as on CI machines, or a read-only environment) each one compiles them again, about 19 s per process on
 # two cores (bench/RESULTS.md, make demo). Compiling all ~20,900 modules of the lock takes ~33 s, so only
 # the folders make demo imports are compiled here (scripts/bytecode.py); `make test` compiles the rest.
-uv pip sync --quiet --python .venv/bin/python requirements.lock
+# --require-hashes: every file installed is checked against the sha256 the lock holds for it.
+uv pip sync --quiet --require-hashes --python .venv/bin/python requirements.lock
 uv pip install --quiet --python .venv/bin/python --no-deps --editable .
 .venv/bin/python scripts/bytecode.py compile .venv
 echo "bootstrap: .venv ready ($(.venv/bin/python --version))" >&2

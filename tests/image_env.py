@@ -40,6 +40,18 @@ NETWORK_SETTINGS = re.compile(r"(?i).*_proxy|ssl_cert_(file|dir)|.*ca_bundle|pip
 _SYSTEM_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
+def without_gpu_only_packages(lines):
+    """A lock's lines without the GPU-only requirements, each with its `--hash` continuation lines."""
+    skipping = False
+    for line in lines:
+        if line[:1].isalnum():
+            skipping = bool(GPU_ONLY_PACKAGES.match(line))
+        elif not line.startswith(" "):
+            skipping = False
+        if not skipping:
+            yield line
+
+
 class DockerfileError(Exception):
     """The Dockerfile uses something this rebuild cannot reproduce faithfully."""
 
@@ -208,7 +220,7 @@ class _Builder:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         if target.endswith(".lock"):
             with open(source, encoding="utf-8") as f, open(target, "w", encoding="utf-8") as out:
-                out.writelines(line for line in f if not GPU_ONLY_PACKAGES.match(line))
+                out.writelines(without_gpu_only_packages(f))
         else:
             shutil.copy2(source, target)
 

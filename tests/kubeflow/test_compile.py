@@ -143,11 +143,22 @@ def test_the_trainer_asks_for_gpus_on_the_gpu_node_pool_and_every_task_mounts_th
         {"key": "dedicated", "operator": "Exists", "effect": "NoExecute"}]
     for task in [*tasks.values(), "kfp-ui-outputs"]:
         label = _executor_label(spec, task)
-        assert platform[label]["pvcMount"] == [{"constant": "cxr-data", "mountPath": "/mnt/cxr"},
-                                               {"constant": "cxr-models", "mountPath": "/models"}], task
+        models = [{"constant": "cxr-models", "mountPath": "/models"}] if task == tasks["Pusher"] else []
+        assert platform[label]["pvcMount"] == [{"constant": "cxr-data", "mountPath": "/mnt/cxr"}, *models], task
         if task != tasks["Trainer"]:
             assert not _container(spec, task).resources.accelerator.type, task
             assert "nodeSelector" not in platform[label] and "tolerations" not in platform[label], task
+
+
+@pytest.mark.parametrize("overrides, setting", [
+    (('kubeflow.volumes=["cxr-data:/mnt/cxr"]', "serving_dir=/mnt/cxr/models"), "pipeline_root"),
+    (('kubeflow.volumes=["cxr-data:/mnt/cxr", "cxr-models:/models"]', "data.tfrecords_dir=/models/tfrecords"),
+     "data.tfrecords_dir")])
+def test_a_path_on_the_served_models_volume_is_refused_as_only_the_pusher_mounts_it(overrides, setting):
+    # The Pusher's task alone mounts the claim serving_dir lies on; a path other tasks need cannot lie there.
+    with pytest.raises(ConfigError, match=re.escape(setting) + r" is '/.*', on the volume mounted at /\w+(/\w+)? "
+                       r"that holds serving_dir .*: only the Pusher's task mounts that volume"):
+        compile_pipeline(_config(*overrides), "kfp", "/nonexistent")
 
 
 def test_the_tuner_when_enabled_runs_on_the_gpu_nodes_too(tmp_path):

@@ -100,19 +100,83 @@ def test_the_image_imports_every_module_and_class_the_compiled_pipeline_names(im
     assert json.loads(_ok(image.run(["python", "-c", script, json.dumps(named)])).splitlines()[-1]) == []
 
 
-def _pins(path):
+DEVELOPMENT_ONLY = os.path.join(image_env.ROOT, "requirements-dev.in")
+IMAGE_EXCLUDE = os.path.join(image_env.ROOT, "kubeflow", "image.exclude")
+
+
+def _requirements(path):
+    """{name: (version, [sha256...])} of a lock file uv compiled with --generate-hashes."""
+    found, name = {}, None
     with open(path, encoding="utf-8") as f:
-        return dict(line.strip().split("==") for line in f if re.match(r"^[A-Za-z0-9]", line))
+        for line in f:
+            if re.match(r"^[A-Za-z0-9]", line):
+                name, version = line.split(" ")[0].strip().split("==")
+                found[name] = (version, [])
+            elif line.strip().startswith("--hash=sha256:"):
+                found[name][1].append(line.strip().split(":", 1)[1].rstrip(" \\"))
+    return found
 
 
-def test_the_image_lock_is_the_development_lock_plus_tensorflows_cuda_libraries():
+def _pins(path):
+    return {name: version for name, (version, _) in _requirements(path).items()}
+
+
+def _names(path):
+    with open(path, encoding="utf-8") as f:
+        return {re.split(r"[=<>\[ ]", line.strip())[0] for line in f if re.match(r"^[A-Za-z0-9]", line)}
+
+
+def test_the_image_lock_is_the_development_lock_without_the_test_packages_plus_tensorflows_cuda_libraries():
     image_pins, development_pins = _pins(IMAGE_LOCK), _pins(DEVELOPMENT_LOCK)
-    assert {name: image_pins.get(name) for name in development_pins} == development_pins
+    shared = set(image_pins) & set(development_pins)
+    assert {name: image_pins[name] for name in shared} == {name: development_pins[name] for name in shared}
     added = {name: version for name, version in image_pins.items() if name not in development_pins}
     from importlib import metadata
     cuda_extra = {requirement.split(";")[0].replace(" ", "") for requirement in metadata.requires("tensorflow")
                   if "extra == 'and-cuda'" in requirement}
     assert {f"{name}=={version}" for name, version in added.items()} == cuda_extra
+    # Test-only packages (pytest, the storage emulator, the DICOM test files, the Kubernetes schemas) and the
+    # notebook servers stay out of the image.
+    left_out = _names(DEVELOPMENT_ONLY) | _names(IMAGE_EXCLUDE) | {"notebook", "jupyterlab", "jupyter-server"}
+    assert {"pytest", "gcp-storage-emulator", "pydicom-data", "widgetsnbextension"} <= left_out
+    assert left_out & set(development_pins) and not left_out & set(image_pins)
+
+
+@pytest.mark.parametrize("lock", [IMAGE_LOCK, DEVELOPMENT_LOCK, os.path.join(
+    image_env.ROOT, "scripts", "uv-requirements.txt")], ids=["image", "development", "uv"])
+def test_every_locked_package_carries_the_sha256_of_its_files(lock):
+    requirements = _requirements(lock)
+    assert len(requirements) > (0 if lock.endswith(".txt") else 150)
+    assert not [name for name, (_, hashes) in requirements.items() if not hashes]
+    assert all(re.fullmatch(r"[0-9a-f]{64}", h) for _, hashes in requirements.values() for h in hashes)
+
+
+def test_every_install_checks_the_hashes_with_the_pinned_uv():
+    with open(image_env.DOCKERFILE, encoding="utf-8") as f:
+        dockerfile = f.read()
+    with open(os.path.join(image_env.ROOT, "scripts", "bootstrap.sh"), encoding="utf-8") as f:
+        bootstrap = f.read()
+    for text in (dockerfile, bootstrap):
+        assert re.search(r"pip install [^\n]*--require-hashes -r [^\n]*uv-requirements\.txt", text)
+        syncs = [line for line in text.splitlines() if "uv pip sync" in line and not line.lstrip().startswith("#")]
+        assert syncs and all("--require-hashes" in line for line in syncs), syncs
+    assert "uv pip install" not in re.sub(r"uv pip install [^\n]*--no-deps[^\n]*", "", dockerfile + bootstrap)
+    # One uv version: what both install, and what the tests run (the development lock's).
+    [pinned] = _pins(os.path.join(image_env.ROOT, "scripts", "uv-requirements.txt")).values()
+    assert _pins(DEVELOPMENT_LOCK)["uv"] == pinned
+
+
+def test_a_lock_file_with_a_wrong_hash_is_refused_by_the_install(tmp_path):
+    # uv's --require-hashes refuses a file whose sha256 the lock does not hold, before installing anything.
+    name, (version, _) = next((n, r) for n, r in _requirements(DEVELOPMENT_LOCK).items() if n == "six")
+    (tmp_path / "bad.lock").write_text(f"{name}=={version} \\\n    --hash=sha256:{'0' * 64}\n")
+    import subprocess, sys
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(tmp_path / "venv")], check=True)
+    uv = os.path.join(os.path.dirname(sys.executable), "uv")  # the development lock's, bootstrap's version
+    done = subprocess.run([uv, "pip", "sync", "--require-hashes", "--python", str(tmp_path / "venv" / "bin" / "python"),
+                           str(tmp_path / "bad.lock")], capture_output=True, text=True)
+    assert done.returncode != 0 and "hash" in done.stderr.lower(), done.stderr
+    assert not list((tmp_path / "venv").glob("lib/python*/site-packages/six*"))
 
 
 def test_the_environment_holds_exactly_the_locks_versions(image):

@@ -33,10 +33,13 @@ def _span_read(summary_outputs) -> int:
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory, image):
-    """A volume mounted at the same path in every task, and the pipeline compiled once for it."""
+    """A volume mounted at the same path in every task, the served models' inside it (the Pusher's task alone
+    mounts that one), and the pipeline compiled once for them."""
     volume = tmp_path_factory.mktemp("cxr-volume")
+    (volume / "serving").mkdir()
     config = tiny_pipeline_config(
-        volume, "name=cxr-local-cluster", "kubeflow.image=registry.example.com/cxr-pipeline:test", f'kubeflow.volumes=["cxr-data:{volume}"]',
+        volume, "name=cxr-local-cluster", "kubeflow.image=registry.example.com/cxr-pipeline:test",
+        f'kubeflow.volumes=["cxr-data:{volume}", "cxr-models:{volume / "serving"}"]',
         "kubeflow.metadata_grpc=sqlite", "kubeflow.trainer_gpus=0", *ORCHESTRATION_ONLY)
     package = compile_pipeline(config, "kfp", str(tmp_path_factory.mktemp("compiled")))
     check_package(package)

@@ -1,0 +1,123 @@
+"""Every Kubernetes manifest the repository ships, validated against Kubernetes' own OpenAPI schemas, as the
+API server validates an object (kubernetes-validate, its strict schemas: an unknown field is refused, as
+`kubectl apply --validate=strict` refuses it). Checked against the oldest Kubernetes the deployment guide
+supports and the newest the package knows, with the GPU overlay's patch merged onto its base the way
+kustomize's strategic merge does for these fields (lists of named items merged by name)."""
+import copy
+import glob
+import os
+import shutil
+import subprocess
+
+import kubernetes_validate
+import pytest
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OLDEST_SUPPORTED = "1.29"
+VERSIONS = (OLDEST_SUPPORTED, kubernetes_validate.latest_version())
+KUSTOMIZE_KINDS = {"Kustomization"}  # kustomize's own files, not Kubernetes objects
+PATCHES = {os.path.join("serving", "gpu", "deployment-gpu-patch.yaml"): os.path.join("serving", "k8s", "deployment.yaml")}
+MERGE_KEYS = ("name", "mountPath", "containerPort")  # the patchMergeKey of containers, volumes, env, mounts, ports
+
+
+def _documents(path):
+    with open(path, encoding="utf-8") as f:
+        return [doc for doc in yaml.safe_load_all(f) if doc]
+
+
+def manifest_files():
+    """Every YAML file of the repository holding a Kubernetes object (kind and apiVersion)."""
+    found = []
+    for path in sorted(glob.glob(os.path.join(ROOT, "**", "*.yaml"), recursive=True)):
+        relative = os.path.relpath(path, ROOT)
+        if relative.split(os.sep)[0] in (".venv", "demo", "build", "tests"):
+            continue
+        if any("apiVersion" in doc and "kind" in doc and doc["kind"] not in KUSTOMIZE_KINDS
+               for doc in _documents(path) if isinstance(doc, dict)):
+            found.append(relative)
+    return found
+
+
+def strategic_merge(base, patch):
+    """kustomize's strategic merge for what the overlays patch: maps merged key by key, lists of named items
+    merged by their merge key, other lists replaced."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        merged = copy.deepcopy(base)
+        for key, value in patch.items():
+            merged[key] = strategic_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    if isinstance(base, list) and isinstance(patch, list) and patch and all(isinstance(i, dict) for i in base + patch):
+        key = next((k for k in MERGE_KEYS if all(k in item for item in base + patch)), None)
+        if key is not None:
+            merged = [copy.deepcopy(item) for item in base]
+            for item in patch:
+                at = [i for i, old in enumerate(merged) if old[key] == item[key]]
+                if at:
+                    merged[at[0]] = strategic_merge(merged[at[0]], item)
+                else:
+                    merged.append(copy.deepcopy(item))
+            return merged
+    return copy.deepcopy(patch)
+
+
+def objects(relative):
+    """The file's Kubernetes objects; a patch merged onto the object it patches."""
+    docs = [d for d in _documents(os.path.join(ROOT, relative)) if d.get("kind") not in KUSTOMIZE_KINDS]
+    if relative in PATCHES:
+        bases = _documents(os.path.join(ROOT, PATCHES[relative]))
+        return [strategic_merge(next(b for b in bases if (b["kind"], b["metadata"]["name"]) ==
+                                     (d["kind"], d["metadata"]["name"])), d) for d in docs]
+    return docs
+
+
+def test_the_repository_s_manifests_are_found():
+    found = manifest_files()
+    for expected in ("serving/k8s/deployment.yaml", "serving/k8s/service.yaml", "serving/k8s/network-policy.yaml",
+                     "serving/k8s/models-pvc.yaml", "serving/k8s/request-logs-pvc.yaml",
+                     "serving/gpu/deployment-gpu-patch.yaml", "kubeflow/data-pvc.yaml"):
+        assert expected in found, found
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+@pytest.mark.parametrize("relative", manifest_files())
+def test_every_manifest_is_valid_against_the_kubernetes_schemas(relative, version):
+    for obj in objects(relative):
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            path = ".".join(str(part) for part in error.absolute_path)
+            pytest.fail(f"{relative}: {obj['kind']}/{obj['metadata']['name']} at {path}: {error.message}")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0]["securityContext"].update(runAsNonroot=True),
+     "runAsNonroot"),  # a misspelt field, which strict validation refuses
+    (lambda d: d["spec"].update(replicas="two"), "'two' is not of type 'integer'"),
+    (lambda d: d["spec"]["template"]["spec"]["containers"][0].pop("name"), "'name' is a required property"),
+])
+def test_the_validation_refuses_what_the_api_server_refuses(change, message):
+    [deployment] = [d for d in objects("serving/k8s/deployment.yaml") if d["kind"] == "Deployment"]
+    broken = copy.deepcopy(deployment)
+    change(broken)
+    with pytest.raises(kubernetes_validate.ValidationError) as refused:
+        kubernetes_validate.validate(broken, OLDEST_SUPPORTED, strict=True)
+    assert message in str(refused.value.message)
+
+
+def test_the_merged_gpu_deployment_keeps_the_base_and_takes_the_patch():
+    [merged] = objects("serving/gpu/deployment-gpu-patch.yaml")
+    [base] = [d for d in _documents(os.path.join(ROOT, "serving/k8s/deployment.yaml")) if d["kind"] == "Deployment"]
+    names = [c["name"] for c in merged["spec"]["template"]["spec"]["containers"]]
+    assert names == [c["name"] for c in base["spec"]["template"]["spec"]["containers"]]
+    assert merged["spec"]["template"]["spec"]["containers"][0]["image"].endswith("-gpu")
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+@pytest.mark.parametrize("entry", ["serving", "serving/gpu"])
+def test_what_kustomize_builds_is_valid_too(entry):
+    built = subprocess.run(["kubectl", "kustomize", os.path.join(ROOT, entry)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    for obj in (d for d in yaml.safe_load_all(built.stdout) if d):
+        for version in VERSIONS:
+            kubernetes_validate.validate(obj, version, strict=True)
