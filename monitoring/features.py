@@ -7,7 +7,7 @@ import hashlib
 import io
 import json
 import math
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -65,8 +65,11 @@ class Described:
 
 
 def received_from_logs(logs: Iterable) -> List[Received]:
+    return list(iter_received(logs))
+
+
+def iter_received(logs: Iterable) -> Iterator[Received]:
     """Each image of each logged :predict that sent images and got probabilities back, one per row."""
-    found = []
     for record in logs:
         request, response = record.predict_log.request, record.predict_log.response
         if contract.IMAGES_INPUT not in request.inputs or contract.PROBABILITIES not in response.outputs:
@@ -79,10 +82,9 @@ def received_from_logs(logs: Iterable) -> List[Received]:
             logged = tf.make_ndarray(request.inputs[contract.ACQUISITION_LOG_INPUT]).reshape(-1)
             if len(logged) == len(images):
                 acquisitions = [json.loads(value) or None for value in logged]
-        found += [Received(bytes(image), float(record.log_metadata.timestamp_secs), version, tuple(row),
+        for image, row, acquired in zip(images, probabilities, acquisitions):
+            yield Received(bytes(image), float(record.log_metadata.timestamp_secs), version, tuple(row),
                            acquisition=acquired)
-                  for image, row, acquired in zip(images, probabilities, acquisitions)]
-    return found
 
 
 def describe(received: Sequence[Received], embed) -> Described:

@@ -10,7 +10,7 @@ import hashlib
 import json
 import os
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -55,11 +55,11 @@ def monitor(logs_root: str, serving_dir: str, sources: Callable[[int], VersionSo
     if until <= since or window_s <= 0:
         raise ValueError(f"--until must be after --since and the window positive (got {since}..{until}, {window_s} s)")
     unreadable: List[str] = []
-    received = [item for item in features.received_from_logs(
-        request_log.read_logs(_log_files(logs_root, since), unreadable)) if since <= item.time < until]
     rng = np.random.default_rng(seed)
+    received, logged = sample_windows(features.iter_received(request_log.iter_logs(
+        _log_files(logs_root, since), unreadable)), since, until, window_s, settings.max_window_images, rng)
     result = {"logs": logs_root, "since": since, "until": until, "window_s": window_s,
-              "settings": dataclasses.asdict(settings), "logged_images": len(received),
+              "settings": dataclasses.asdict(settings), "logged_images": sum(logged.values()),
               "unreadable_log_files": unreadable, "versions": {}, "windows": []}
     queued: List[dict] = []
     shown: page.Shown = {}
@@ -76,13 +76,47 @@ def monitor(logs_root: str, serving_dir: str, sources: Callable[[int], VersionSo
             "training_images": len(reference.described), "training_unreadable": reference.described.unreadable,
             "test_answers": found.test_answers, "outlier_distance": reference.embedding.outlier_distance}
         mine = [item for item in received if item.version == version]
-        windows, queue = judge_windows(mine, reference, embed, since, until, window_s, settings, rng)
+        windows, queue = judge_windows(mine, reference, embed, since, until, window_s, settings, rng, logged)
         result["windows"] += windows
         queued += queue
         shown.update(_explained(windows, mine, model_dir))
     result["alarm"] = any(window["alarm"] for window in result["windows"])
     write_outputs(result, queued, shown, out_dir, settings.retention_days)
     return result
+
+
+def window_index(time_: float, since: float, window_s: float) -> int:
+    """The window [since + k * window_s, since + (k + 1) * window_s) holding time_, as judge_windows cuts them."""
+    index = int((time_ - since) // window_s)
+    if time_ < since + index * window_s:
+        index -= 1
+    elif time_ >= since + (index + 1) * window_s:
+        index += 1
+    return index
+
+
+def sample_windows(items: Iterable[Received], since: float, until: float, window_s: float, limit: int,
+                   rng: np.random.Generator):
+    """The logged images of [since, until) read once, as they stream: per (version, window), all of them up to
+    `limit`, past it a uniform sample of `limit` (reservoir sampling), so memory holds at most `limit` images a
+    window whatever the traffic. Returns the kept images, oldest first, and {(version, window index): images
+    logged}."""
+    kept: Dict[tuple, List[Received]] = {}
+    logged: Dict[tuple, int] = {}
+    for item in items:
+        if not since <= item.time < until:
+            continue
+        key = (item.version, window_index(item.time, since, window_s))
+        seen = logged.get(key, 0)
+        logged[key] = seen + 1
+        sample = kept.setdefault(key, [])
+        if seen < limit:
+            sample.append(item)
+        else:
+            slot = rng.integers(seen + 1)
+            if slot < limit:
+                sample[slot] = item
+    return sorted((item for sample in kept.values() for item in sample), key=lambda item: item.time), logged
 
 
 def _explained(windows: List[dict], received: Sequence[Received], model_dir: str) -> page.Shown:
@@ -121,13 +155,17 @@ def reference_of(version: int, described: Described, settings: MonitoringSetting
 
 
 def judge_windows(received: Sequence[Received], reference: Reference, embed, since: float, until: float,
-                  window_s: float, settings: MonitoringSettings, rng: np.random.Generator):
+                  window_s: float, settings: MonitoringSettings, rng: np.random.Generator,
+                  logged: Optional[Dict[tuple, int]] = None):
+    """`logged`: {(version, window index): images logged} when `received` is a sample (sample_windows)."""
     windows, queue, previous = [], [], None
-    start = since
-    while start < until:
-        end = min(start + window_s, until)
+    index = 0
+    while since + index * window_s < until:
+        start, end = since + index * window_s, min(since + (index + 1) * window_s, until)
         inside = [item for item in received if start <= item.time < end]
-        window = {"version": reference.version, "start": start, "end": end, "images": len(inside),
+        count = len(inside) if logged is None else logged.get((reference.version, index), 0)
+        window = {"version": reference.version, "start": start, "end": end, "images": count,
+                  "sampled": len(inside),
                   "judged": False, "alarm": False, "findings": [], "unreadable": [], "outliers": []}
         if inside:
             described = features.describe(inside, embed)
@@ -137,7 +175,7 @@ def judge_windows(received: Sequence[Received], reference: Reference, embed, sin
             window["outliers"] = _most_outlying(described, reference, settings.outliers_shown)
             previous = window_statistics
         windows.append(window)
-        start = end
+        index += 1
     return windows, queue
 
 

@@ -49,9 +49,15 @@ def _windows_table(windows: List[dict]) -> str:
                  f"<span class='bad'>{html.escape(', '.join(alarms))}</span>" if w["alarm"] else
                  "<span class='good'>as in training</span>")
         rows.append(f"<tr><td>{w['version']}</td><td>{_when(w['start'])}</td><td>{_when(w['end'])}</td>"
-                    f"<td>{w['images']}</td><td style='text-align:left'>{state}</td></tr>")
+                    f"<td>{_count(w)}</td><td style='text-align:left'>{state}</td></tr>")
     return ("<h2>Windows</h2><table><tr><th>version</th><th>from (UTC)</th><th>to</th><th>images</th>"
             f"<th>verdict</th></tr>{''.join(rows)}</table>")
+
+
+def _count(window: dict) -> str:
+    """Logged images, and the sample judged when the window held more than monitoring.max_window_images."""
+    sampled = window.get("sampled", window["images"])
+    return str(window["images"]) if sampled == window["images"] else f"{window['images']} ({sampled} judged, a sample)"
 
 
 def _trend_table(windows: List[dict], check: str) -> str:

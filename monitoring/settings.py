@@ -15,6 +15,10 @@ class MonitoringSettings:
     # The training images each version's reference describes: a uniform sample of the split when it is
     # larger (each image costs a decode and a pass of the model; the distributions need no more).
     max_training_images: int = 2000
+    # The logged images each window of each version is judged on: all of them up to this, past it a uniform
+    # sample of this many, drawn as the log streams by (memory holds at most this many images a window,
+    # whatever the traffic; the window's count of logged images stays exact).
+    max_window_images: int = 1000
     # TFDV's comparators: L-infinity distance for categorical features (format, the predicted class),
     # Jensen-Shannon divergence for numeric ones (size, depth, pixel statistics, top probability,
     # entropy); skew compares a window with the training split, drift with the window before, and two
@@ -57,7 +61,8 @@ class MonitoringSettings:
     kfp_page_images: bool = False
 
     def __post_init__(self):
-        for name in ("lookback_s", "window_s", "min_window_images", "max_training_images", "mmd_permutations",
+        for name in ("lookback_s", "window_s", "min_window_images", "max_window_images", "max_training_images",
+                     "mmd_permutations",
                      "embedding_components", "retention_days"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"monitoring.{name} must be positive, got {getattr(self, name)}")

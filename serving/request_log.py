@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import tensorflow as tf
@@ -76,19 +76,25 @@ def _array(values) -> np.ndarray:
 
 
 def read_logs(paths: Sequence[str], unreadable: Optional[List[str]] = None) -> List[prediction_log_pb2.PredictionLog]:
-    """The records of these log files. A file that is corrupt (a crash mid-write, a copy cut short) is left
-    out whole, logged and, when `unreadable` is given, listed there as 'path: why'."""
-    found = []
+    """The records of these log files, as a list (iter_logs streams them)."""
+    return list(iter_logs(paths, unreadable))
+
+
+def iter_logs(paths: Sequence[str], unreadable: Optional[List[str]] = None) -> Iterator[prediction_log_pb2.PredictionLog]:
+    """The records of these log files, one file in memory at a time (a file is at most the writer's
+    max_file_bytes, it rolls over then). A file that is corrupt (a crash mid-write, a copy cut short) is
+    left out whole, logged and, when `unreadable` is given, listed there as 'path: why'."""
     for path in paths:
         try:
-            found += [prediction_log_pb2.PredictionLog.FromString(record.numpy())
-                      for record in tf.data.TFRecordDataset([path])]
+            records = [prediction_log_pb2.PredictionLog.FromString(record.numpy())
+                       for record in tf.data.TFRecordDataset([path])]
         except (tf.errors.DataLossError, tf.errors.NotFoundError, DecodeError) as error:
             reason = f"{path}: {type(error).__name__}: {str(error).splitlines()[0][:200]}"
             log.warning("request log: skipped %s", reason)
             if unreadable is not None:
                 unreadable.append(reason)
-    return found
+            continue
+        yield from records
 
 
 def log_files(root: str) -> List[str]:

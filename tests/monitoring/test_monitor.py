@@ -204,6 +204,53 @@ def test_a_training_split_larger_than_the_limit_is_sampled_uniformly_in_one_pass
     assert len(chosen) == 50 and 20 <= min(chosen.values()) and max(chosen.values()) <= 65  # 40 each expected
 
 
+def test_the_log_is_read_as_it_streams_and_each_window_keeps_a_uniform_sample_of_at_most_the_limit():
+    import gc
+    import weakref
+    from cxr.monitoring.features import Received
+    from cxr.monitoring.monitor import sample_windows
+    alive, most_alive = set(), [0]
+
+    def stream():  # 2 versions x 3 windows of 600 images each, every one tracked while it lives
+        for i in range(3600):
+            item = Received(b"image %d" % i, 100.0 + (i % 1800) / 10, 1 + i // 1800, (0.25,) * 4)
+            alive.add(id(item))
+            weakref.finalize(item, alive.discard, id(item))
+            if i % 100 == 0:
+                gc.collect()
+                most_alive[0] = max(most_alive[0], len(alive))
+            yield item
+
+    kept, logged = sample_windows(stream(), since=100.0, until=280.0, window_s=60.0, limit=50,
+                                  rng=np.random.default_rng(0))
+    assert logged == {(version, window): 600 for version in (1, 2) for window in range(3)}
+    per_window = collections.Counter((item.version, int((item.time - 100.0) // 60.0)) for item in kept)
+    assert set(per_window.values()) == {50} and len(per_window) == 6
+    assert [item.time for item in kept] == sorted(item.time for item in kept)
+    assert most_alive[0] <= 6 * 50 + 2  # never the whole log: the samples, and the image in hand
+    # uniform: over seeds, every image of a window is about equally likely to be kept
+    chosen = collections.Counter()
+    for seed in range(100):
+        window = (Received(b"%d" % i, 0.5 + i / 1000, 1, (0.25,) * 4) for i in range(200))
+        chosen.update(item.image for item in sample_windows(window, 0.0, 1.0, 1.0, 20, np.random.default_rng(seed))[0])
+    assert len(chosen) == 200 and 2 <= min(chosen.values()) and max(chosen.values()) <= 22  # 10 each expected
+
+
+def test_a_window_over_the_limit_is_judged_on_its_sample_and_reports_every_logged_image(logged, model_base_path):
+    out = logged["root"] / "out-sampled"
+    main(["monitor", "--logs", str(logged["root"] / "log"), "--training", str(logged["root"] / "train.tfrecord.gz"),
+          "--model_base_path", model_base_path, "--since", str(logged["since"]), "--until", str(logged["until"]),
+          "--window", str(logged["window"]), "--out", str(out), "--set", "monitoring.max_window_images=32"])
+    with open(out / "monitoring.json") as f:
+        result = json.load(f)
+    windows = result["windows"]
+    assert result["logged_images"] == 89
+    assert [(w["images"], w["sampled"], w["judged"]) for w in windows] == [(40, 32, True), (40, 32, True),
+                                                                           (9, 9, False)]
+    with open(out / "index.html", encoding="utf-8") as f:
+        assert f.read().count("<td>40 (32 judged, a sample)</td>") == 2
+
+
 def _sha256(data):
     return hashlib.sha256(data).hexdigest()
 
