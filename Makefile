@@ -41,6 +41,7 @@ bench: setup
 	$(PY) bench/train.py --write bench/RESULTS.md
 	$(PY) bench/serving.py --write bench/RESULTS.md
 	$(PY) bench/proxy.py --write bench/RESULTS.md
+	$(PY) bench/proxy_memory.py --write bench/RESULTS.md
 	$(PY) bench/dicom.py --write bench/RESULTS.md
 
 # The pipeline image for Kubeflow (needs Docker): make image IMAGE=registry.example.com/cxr-pipeline:1

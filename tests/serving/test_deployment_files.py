@@ -485,3 +485,15 @@ def test_the_memory_limit_covers_the_model_and_the_largest_requests_at_once():
     assert limit.endswith("Gi")
     runtime_and_two_versions = 1.0e9
     assert runtime_and_two_versions + concurrent * largest_request_bytes <= int(limit[:-2]) * 2**30
+
+
+def test_the_proxy_s_memory_limit_covers_its_measured_peak_with_its_queue_full():
+    results = os.path.join(os.path.dirname(SERVING), "bench", "RESULTS.md")
+    with open(results, encoding="utf-8") as f:
+        section = f.read().split("# Log proxy memory (`bench/proxy_memory.py`)", 1)[1].split("\n# ", 1)[0]
+    rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in section.splitlines()
+            if line.startswith("| ") and line.split("|")[1].strip().isdigit()]
+    assert len(rows) >= 3, "the Log proxy memory table lost its rows"
+    peak_bytes = max(float(row[3]) + float(row[4]) for row in rows) * 1e6
+    limit = proxy_container()["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi") and peak_bytes * 1.25 <= int(limit[:-2]) * 2**30
