@@ -430,6 +430,14 @@ def test_request_bodies_held_at_once_are_bounded_in_bytes_and_the_server_recover
         time.sleep(0.3)
         second = requests.post(f"{running.url}/v1/models/cxr:predict", data=b" " * 600_000, timeout=30)
         assert second.status_code == 503 and "bytes of request bodies held already" in second.json()["error"]
+        # A body far larger than the socket's buffers: the server reads and discards what the client still
+        # sends after answering (a lingering close), so the client gets the 503 rather than a broken pipe.
+        import http.client
+        third = http.client.HTTPConnection(host, port, timeout=30)
+        third.request("POST", "/v1/models/cxr:predict", body=b" " * 16_000_000)
+        answer = third.getresponse()
+        assert answer.status == 503 and b"bytes of request bodies held already" in answer.read()
+        third.close()
         first.close()
         time.sleep(0.3)
         assert _post(running, _one(demo_png(1))).status_code == 200
