@@ -6,7 +6,7 @@ DEMO_DIR := demo
 
 .PHONY: setup compile-all demo test test-fast test-slow bench lock clean image
 
-.venv/.installed: requirements.lock setup.py scripts/bootstrap.sh
+.venv/.installed: requirements.lock requirements-schemas.lock setup.py scripts/bootstrap.sh
 	scripts/bootstrap.sh
 	touch $@
 
@@ -57,6 +57,7 @@ image:
 LOCK_TARGET := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --generate-hashes
 lock:
 	uv pip compile $(LOCK_TARGET) requirements.in requirements-dev.in -o requirements.lock
+	uv pip compile $(LOCK_TARGET) --no-deps requirements-schemas.in -c requirements.lock -o requirements-schemas.lock
 	uv pip compile $(LOCK_TARGET) requirements.in kubeflow/image.in -c requirements.lock \
 	  --excludes kubeflow/image.exclude -o kubeflow/image.lock
 

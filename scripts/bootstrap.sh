@@ -45,5 +45,8 @@ fi
 # --require-hashes: every file installed is checked against the sha256 the lock holds for it.
 uv pip sync --quiet --require-hashes --python .venv/bin/python requirements.lock
 uv pip install --quiet --python .venv/bin/python --no-deps --editable .
+# The Kubernetes schemas for the manifest tests, off the environment's path (requirements-schemas.in says why).
+uv pip install --quiet --require-hashes --no-deps --python .venv/bin/python --target .venv/k8s-schemas \
+  -r requirements-schemas.lock
 .venv/bin/python scripts/bytecode.py compile .venv
 echo "bootstrap: .venv ready ($(.venv/bin/python --version))" >&2

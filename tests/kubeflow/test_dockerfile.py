@@ -101,6 +101,7 @@ def test_the_image_imports_every_module_and_class_the_compiled_pipeline_names(im
 
 
 DEVELOPMENT_ONLY = os.path.join(image_env.ROOT, "requirements-dev.in")
+SCHEMAS_LOCK = os.path.join(image_env.ROOT, "requirements-schemas.lock")
 IMAGE_EXCLUDE = os.path.join(image_env.ROOT, "kubeflow", "image.exclude")
 
 
@@ -138,15 +139,16 @@ def test_the_image_lock_is_the_development_lock_without_the_test_packages_plus_t
     # Test-only packages (pytest, the storage emulator, the DICOM test files, the Kubernetes schemas) and the
     # notebook servers stay out of the image.
     left_out = _names(DEVELOPMENT_ONLY) | _names(IMAGE_EXCLUDE) | {"notebook", "jupyterlab", "jupyter-server"}
+    assert not _names(SCHEMAS_LOCK) & (set(image_pins) | set(development_pins))  # beside both, in neither
     assert {"pytest", "gcp-storage-emulator", "pydicom-data", "widgetsnbextension"} <= left_out
     assert left_out & set(development_pins) and not left_out & set(image_pins)
 
 
-@pytest.mark.parametrize("lock", [IMAGE_LOCK, DEVELOPMENT_LOCK, os.path.join(
-    image_env.ROOT, "scripts", "uv-requirements.txt")], ids=["image", "development", "uv"])
+@pytest.mark.parametrize("lock", [IMAGE_LOCK, DEVELOPMENT_LOCK, SCHEMAS_LOCK, os.path.join(
+    image_env.ROOT, "scripts", "uv-requirements.txt")], ids=["image", "development", "schemas", "uv"])
 def test_every_locked_package_carries_the_sha256_of_its_files(lock):
     requirements = _requirements(lock)
-    assert len(requirements) > (0 if lock.endswith(".txt") else 150)
+    assert len(requirements) > (150 if lock in (IMAGE_LOCK, DEVELOPMENT_LOCK) else 0)
     assert not [name for name, (_, hashes) in requirements.items() if not hashes]
     assert all(re.fullmatch(r"[0-9a-f]{64}", h) for _, hashes in requirements.values() for h in hashes)
 
