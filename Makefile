@@ -51,15 +51,13 @@ image:
 
 # requirements.lock for development and CI (requirements.in and the test-only requirements-dev.in);
 # kubeflow/image.lock for the pipeline image: requirements.in's packages at the development lock's
-# versions plus TensorFlow's CUDA libraries, without the test-only ones or the notebook servers
-# (kubeflow/image.exclude). Both carry every file's
+# versions plus TensorFlow's CUDA libraries, without the test-only ones. Both carry every file's
 # sha256, and every install checks them (scripts/bootstrap.sh, kubeflow/Dockerfile: --require-hashes).
 LOCK_TARGET := --python-version 3.10 --python-platform x86_64-manylinux_2_28 --generate-hashes
 lock:
 	uv pip compile $(LOCK_TARGET) requirements.in requirements-dev.in -o requirements.lock
 	uv pip compile $(LOCK_TARGET) --no-deps requirements-schemas.in -c requirements.lock -o requirements-schemas.lock
-	uv pip compile $(LOCK_TARGET) requirements.in kubeflow/image.in -c requirements.lock \
-	  --excludes kubeflow/image.exclude -o kubeflow/image.lock
+	uv pip compile $(LOCK_TARGET) requirements.in kubeflow/image.in -c requirements.lock -o kubeflow/image.lock
 
 clean:
 	rm -rf .venv $(DEMO_DIR) build *.egg-info

@@ -102,7 +102,6 @@ def test_the_image_imports_every_module_and_class_the_compiled_pipeline_names(im
 
 DEVELOPMENT_ONLY = os.path.join(image_env.ROOT, "requirements-dev.in")
 SCHEMAS_LOCK = os.path.join(image_env.ROOT, "requirements-schemas.lock")
-IMAGE_EXCLUDE = os.path.join(image_env.ROOT, "kubeflow", "image.exclude")
 
 
 def _requirements(path):
@@ -136,11 +135,10 @@ def test_the_image_lock_is_the_development_lock_without_the_test_packages_plus_t
     cuda_extra = {requirement.split(";")[0].replace(" ", "") for requirement in metadata.requires("tensorflow")
                   if "extra == 'and-cuda'" in requirement}
     assert {f"{name}=={version}" for name, version in added.items()} == cuda_extra
-    # Test-only packages (pytest, the storage emulator, the DICOM test files, the Kubernetes schemas) and the
-    # notebook servers stay out of the image.
-    left_out = _names(DEVELOPMENT_ONLY) | _names(IMAGE_EXCLUDE) | {"notebook", "jupyterlab", "jupyter-server"}
+    # Test-only packages (pytest, the storage emulator, the DICOM test files, uv) stay out of the image.
+    left_out = _names(DEVELOPMENT_ONLY)
     assert not _names(SCHEMAS_LOCK) & (set(image_pins) | set(development_pins))  # beside both, in neither
-    assert {"pytest", "gcp-storage-emulator", "pydicom-data", "widgetsnbextension"} <= left_out
+    assert {"pytest", "gcp-storage-emulator", "pydicom-data"} <= left_out
     assert left_out & set(development_pins) and not left_out & set(image_pins)
 
 

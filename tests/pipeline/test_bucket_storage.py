@@ -4,6 +4,7 @@ where TensorFlow's own gs:// file system and Beam's GCS client reach an emulated
 Only ML Metadata stays local (SQLite), as it is a database, not a file in the bucket."""
 import json
 import os
+import sys
 
 import pytest
 import yaml
@@ -27,7 +28,8 @@ def in_sandbox(tmp_path_factory, image):
     storage = str(tmp_path_factory.mktemp("gcs"))
 
     def run(*command):
-        done = gcs_sandbox.run(list(command), storage, python=image.python, cwd=image.workdir, env=image.env,
+        # The sandbox (the emulator, test-only) runs on the tests' Python; the command in the image's environment.
+        done = gcs_sandbox.run(list(command), storage, python=sys.executable, cwd=image.workdir, env=image.env,
                                capture_output=True, text=True, timeout=1800)
         assert done.returncode == 0, f"{command} exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
         return done.stdout
