@@ -43,6 +43,10 @@ BATCH = 16
 START_TIMEOUT_S = 300
 REQUEST_TIMEOUT_S = 120
 SERVED_NAME = contract.MODEL_NAME  # the candidate is served as version 1 of this model
+# The server the check starts as a process of its own: no import of this module reaches it, so the code
+# fingerprint (pipeline/fingerprint.py) follows it from here, and a change to serving reruns the check.
+SERVER_MODULE = "cxr.serving.dev_server"
+SUBPROCESS_MODULES = (SERVER_MODULE,)
 
 
 class ServingCheckFailed(Exception):
@@ -109,9 +113,10 @@ class _served:
         # Its log goes to a file: a pipe nobody reads while it serves would stop it once full.
         self._log_path = os.path.join(self._work, "server.log")
         with open(self._log_path, "w") as log:
+            settings = {"model_base_path": os.path.join(self._work, SERVED_NAME), "model_name": SERVED_NAME,
+                        "rest_api_port": 0, "address_file": address}
             self._server = subprocess.Popen(
-                [sys.executable, "-m", "cxr", "serve", "--model_base_path", os.path.join(self._work, SERVED_NAME),
-                 "--model_name", SERVED_NAME, "--rest_api_port", "0", "--address_file", address],
+                [sys.executable, "-m", SERVER_MODULE, "--settings", json.dumps(settings)],
                 stdout=subprocess.DEVNULL, stderr=log)
         try:
             url = self._wait_for(address)

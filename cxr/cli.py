@@ -540,9 +540,7 @@ def _add_connection(action) -> None:
 
 def _run_kfp_compile(args) -> None:
     config = load_config(args.preset, args.config, args.set)
-    from cxr.kubeflow.cluster_checks import check_cluster_config
-    check_cluster_config(config, args.target)  # before TFX is imported: a left-over YOUR-... is answered at once
-    from cxr.kubeflow.runner import compile_pipeline
+    from cxr.kubeflow.runner import compile_pipeline  # checks the configuration before it imports kfp or TFX
     path = compile_pipeline(config, args.target, args.out, args.job)
     print(f"compiled the {args.job} job for {args.target}: {path}")
 
@@ -557,11 +555,12 @@ def _client(args):
 def _checked_package(args) -> Tuple[str, dict]:
     """The compiled pipeline and the run's parameters, typed as it declares them; refused before connecting
     if Kubeflow Pipelines would refuse them."""
-    from cxr.kubeflow.cluster_checks import check_package, package_params
+    from cxr.kubeflow.cluster_checks import check_package, check_run_changes, package_params
     if not os.path.isfile(args.package):
         raise ValueError(f"{args.package}: no compiled pipeline; run `cxr kfp compile` first or give --package")
     params = package_params(args.package, _param_texts(args.param))
     check_package(args.package, params)
+    check_run_changes(args.package, params)  # the config parameter's changes, as each task will read them
     return args.package, params
 
 
@@ -726,19 +725,18 @@ def _add_feedback(commands) -> None:
     command.add_argument("--tfrecords-dir", default=default_dir, help="the spans' folder (default %(default)s)")
     command.add_argument("--from-span", type=int, help="the span to extend (default: the latest)")
     command.add_argument("--span", type=int, help="the new span's number (default: the latest plus one)")
-    command.add_argument("--near-duplicate-max-distance", type=int, default=ingest["near_duplicate_max_distance"],
-                         help="as cxr build-tfrecords (default %(default)s)")
+    command.add_argument("--near-duplicate-distance", type=int,
+                         help="as cxr build-tfrecords (default: the setting the extended span was built with, "
+                              "from its manifest)")
     command.set_defaults(run=_run_feedback)
 
 
 def _run_feedback(args) -> None:
-    from cxr.dataprep.config import IngestConfig
     from cxr.dataprep.feedback import find_images, latest_span, read_labels, write_feedback_span
 
     confirmed = find_images(read_labels(args.labels), args.images)
     latest = latest_span(args.tfrecords_dir)
     from_span = latest if args.from_span is None else args.from_span
     span = latest + 1 if args.span is None else args.span
-    manifest = write_feedback_span(confirmed, args.tfrecords_dir, from_span, span, args.near_duplicate_max_distance,
-                                   _defaults(IngestConfig)["max_pixels"])
+    manifest = write_feedback_span(confirmed, args.tfrecords_dir, from_span, span, args.near_duplicate_distance)
     print(output.feedback_summary(manifest))

@@ -13,7 +13,7 @@ import datetime
 import hashlib
 import json
 import os
-from typing import Dict, List, NamedTuple, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import tensorflow as tf
 
@@ -94,10 +94,16 @@ def latest_span(tfrecords_dir: str) -> int:
 
 
 def write_feedback_span(confirmed: Sequence[Confirmed], tfrecords_dir: str, from_span: int, span: int,
-                        near_duplicate_max_distance: int, max_pixels: int) -> dict:
-    """Publishes span `span`: span `from_span`'s records and the confirmed images that are new. Returns its manifest."""
+                        near_duplicate_max_distance: Optional[int] = None) -> dict:
+    """Publishes span `span`: span `from_span`'s records and the confirmed images that are new. Returns its manifest.
+
+    The images are judged with the settings span `from_span` was built with, as its manifest records them
+    (the near-duplicate distance, the pixel limit); a distance given here replaces the recorded one."""
     source_dir = contract.span_dir(tfrecords_dir, from_span)
     manifest = read_manifest(source_dir)
+    max_pixels = _recorded(manifest, "max_pixels", source_dir)
+    if near_duplicate_max_distance is None:
+        near_duplicate_max_distance = _recorded(manifest, "near_duplicate_max_distance", source_dir)
     shards = sorted(tf.io.gfile.glob(f"{source_dir}/*{SHARD_SUFFIX}"))
     existing = _existing_candidates(shards, max_pixels)
     outcomes, kept = _judge(confirmed, existing, near_duplicate_max_distance, max_pixels)
@@ -118,6 +124,13 @@ def write_feedback_span(confirmed: Sequence[Confirmed], tfrecords_dir: str, from
             discard(staging)
             raise
     return new_manifest
+
+
+def _recorded(manifest: dict, setting: str, span_dir: str) -> int:
+    if not isinstance(manifest.get(setting), int):
+        raise FeedbackError(f"{span_dir}/{MANIFEST} records no {setting} (an integer expected): the span was not "
+                            f"written by cxr build-tfrecords or cxr feedback")
+    return manifest[setting]
 
 
 def _existing_candidates(shards: Sequence[str], max_pixels: int) -> List[Candidate]:

@@ -3,53 +3,66 @@
 `check_cluster_config`: settings that cannot work on a cluster (left from the example file, the
 local image, storage no task can reach, the default pipeline name), refused when compiling.
 
+`run_configuration`: what a run of the compiled pipeline runs with, its `config` parameter merged
+onto the compiled configuration; every task and `cxr kfp submit` / `schedule` read it so.
+
 `check_package`: a compiled pipeline checked as Kubeflow Pipelines' API server and Argo compiler
-check it before a run starts, so `cxr kfp submit` and `schedule` refuse it before connecting.
-The rules and messages follow KFP's backend (kubeflow/pipelines, tags 2.0.5 to 2.5.0):
-- backend/src/apiserver/template/v2_template.go, NewV2SpecTemplate: the spec must parse strictly,
-  schemaVersion must be 2.1.0, the name non-empty, the root component present;
-- backend/src/apiserver/common/utils.go, ValidatePipelineName (called on upload by
-  resource/resource_manager.go): the name must match ^[a-z0-9][a-z0-9-]{0,127}$;
-- backend/src/v2/compiler/visitor.go and argocompiler/dag.go: only container and importer
-  executors are implemented ("resolver executors not implemented", "custom job executors is Google
-  Cloud only"); the backend reads no container lifecycle hook, so a TFX driver attached as
-  `lifecycle.preCacheCheck` (what KubeflowV2DagRunner emits for ExampleGen) would silently not run;
-- v2_template.go, validatePipelineJobInputs: a run must give every root parameter that is neither
-  optional nor defaulted, no parameter the pipeline does not declare, and each value of the type
-  the pipeline declares (a STRING parameter takes a string value, not the struct its text parses to);
-- server/api_converter.go, toModelJob: a recurring run's max concurrency is 1 to 10.
+check it before a run starts (kubeflow/kfp_rules.py, each rule with the KFP source it follows), so
+`cxr kfp submit` and `schedule` refuse it before connecting.
 """
-import re
 from typing import Dict, Iterator, List, Mapping, Tuple
 
 import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from cxr.pipeline.config import DEFAULT_IMAGE, SQLITE_METADATA, ConfigError, PipelineConfig, to_dict
+from cxr.kubeflow import kfp_rules
+from cxr.kubeflow.kfp_rules import executors
+from cxr.kubeflow.settings import (
+    CONFIG_PARAMETER, DEFAULT_IMAGE, MONITORING, RUNTIME_SETTINGS, SQLITE_METADATA, TRAINING)
+from cxr.pipeline.config import ConfigError, PipelineConfig, changed_settings, to_dict, with_changes
 
 DEFAULT_NAME = PipelineConfig().name
-SCHEMA_VERSION = "2.1.0"
-MAX_CONCURRENCY = 10
-PIPELINE_NAME = re.compile(r"^[a-z0-9][a-z0-9-]{0,127}$")
 EXAMPLE_PLACEHOLDER = "YOUR-"  # what kubeflow/cluster.example.yaml asks to replace
 
 
-def check_cluster_config(config: PipelineConfig, target: str) -> None:
+def check_cluster_config(config: PipelineConfig, target: str, job: str = TRAINING) -> None:
+    """Refuses, naming every setting at fault, a configuration the cluster could not run as `job`."""
     problems = [*_placeholders_left(config), *_image_problems(config), *_storage_problems(config, target)]
     if target == "kfp":
         problems += _models_volume_problems(config)
+    if job == MONITORING and not config.monitoring.logs_root:
+        problems.append("monitoring.logs_root is empty: set it to the log proxies' --request_log_root "
+                        "(serving/k8s/deployment.yaml), on a volume or gs://")
     if config.name == DEFAULT_NAME:
         # TFX keys its contexts in ML Metadata by pipeline name: the baseline model the Evaluator compares
         # with, the cache, the spans ExampleGen has read. A cluster's ML Metadata serves every team.
         problems.append(f"name is the default {DEFAULT_NAME!r}: the cluster's ML Metadata is shared by every "
                         f"pipeline, and TFX finds the baseline model, its cache and the spans it has read by pipeline "
                         f"name; name this deployment, e.g. {DEFAULT_NAME}-<team>")
-    if target == "kfp" and not PIPELINE_NAME.match(config.name):
+    if target == "kfp" and not kfp_rules.PIPELINE_NAME.match(config.name):
         problems.append(f"name {config.name!r}: Kubeflow Pipelines takes lower-case letters, digits and '-', "
                         f"starting with a letter or digit")
     if problems:
-        raise ConfigError(f"cannot compile for {target}:\n  - " + "\n  - ".join(problems))
+        raise ConfigError(f"cannot compile the {job} job for {target}:\n  - " + "\n  - ".join(problems))
+
+
+def run_configuration(compiled: PipelineConfig, changes: str, target: str = "kfp", job: str = TRAINING
+                      ) -> PipelineConfig:
+    """What a run of the compiled pipeline runs with: the compiled configuration with the run's `config`
+    parameter (a JSON object of the settings to change, `{}` for none) merged onto it, checked as compiling
+    checks it. A change the compiled spec cannot follow (the pipeline's name, the kubeflow section but
+    kubeflow.metadata_grpc) is refused, naming it: recompile for those."""
+    origin = f"the run's {CONFIG_PARAMETER} parameter"
+    config = with_changes(compiled, changes, origin)
+    fixed = [name for name in changed_settings(compiled, config) if name == "name" or (
+        name.startswith("kubeflow.") and name[len("kubeflow."):] not in RUNTIME_SETTINGS)]
+    if fixed:
+        raise ConfigError(f"{origin} changes {', '.join(fixed)}, which the compiled pipeline holds (its name, "
+                          f"image, volumes, resources, placement): change them in the configuration and "
+                          f"recompile (cxr kfp compile)")
+    check_cluster_config(config, target, job)
+    return config
 
 
 def _placeholders_left(config: PipelineConfig) -> Iterator[str]:
@@ -120,7 +133,8 @@ def _under(path: str, mount: str) -> bool:
 def check_package(path: str, params: Mapping[str, object] = None) -> pipeline_spec_pb2.PipelineSpec:
     """The PipelineSpec in `path`, refused with KFP's reason if its API server or compiler would refuse it."""
     spec = _read_spec(path)
-    problems = _spec_problems(spec) + _parameter_problems(spec, params or {})
+    problems = [*kfp_rules.template_problems(spec), *kfp_rules.compiler_problems(spec),
+                *kfp_rules.job_input_problems(spec, params or {})]
     if problems:
         raise ValueError(f"{path} would be refused by Kubeflow Pipelines:\n  - " + "\n  - ".join(problems))
     return spec
@@ -130,6 +144,34 @@ def package_pipeline_root(path: str) -> str:
     """The compiled pipeline's default root ('' if none). KFP's backend reads a run's root from the run's
     runtime config only (apiserver/template/template.go), never the spec's default, so submit sends it."""
     return _read_spec(path).default_pipeline_root
+
+
+COMPILED_CONFIG_INPUT = "compiled_config"  # each task's constant input (kfp_pipeline.config_args)
+
+
+def package_config(path: str) -> Tuple[PipelineConfig, str]:
+    """The configuration a package was compiled with, and its job (the monitoring job's one task monitors)."""
+    from cxr.pipeline.config import from_json
+    spec = _read_spec(path)
+    for task in spec.root.dag.tasks.values():
+        if COMPILED_CONFIG_INPUT in task.inputs.parameters:
+            text = task.inputs.parameters[COMPILED_CONFIG_INPUT].runtime_value.constant.string_value
+            job = MONITORING if _task_args(spec, task)[:1] == ["monitor"] else TRAINING
+            return from_json(text, f"{path}: the compiled configuration"), job
+    raise ValueError(f"{path}: no task holds the compiled configuration ({COMPILED_CONFIG_INPUT}); compile it with "
+                     f"this version's `cxr kfp compile`")
+
+
+def _task_args(spec, task) -> List[str]:
+    executor = executors(spec)[spec.components[task.component_ref.name].executor_label]
+    return list(executor.container.args)
+
+
+def check_run_changes(path: str, params: Mapping[str, object]) -> PipelineConfig:
+    """What a run of the package with these parameters would run with, refused as its tasks would refuse it."""
+    compiled, job = package_config(path)
+    changes = params.get(CONFIG_PARAMETER, "{}")
+    return run_configuration(compiled, changes, "kfp", job) if isinstance(changes, str) else compiled
 
 
 def _read_spec(path: str) -> pipeline_spec_pb2.PipelineSpec:
@@ -145,51 +187,12 @@ def _read_spec(path: str) -> pipeline_spec_pb2.PipelineSpec:
     if "pipelineSpec" in document:
         raise ValueError(f"{path} is a Vertex AI PipelineJob; compile with `cxr kfp compile --target kfp`")
     try:
-        return json_format.ParseDict(document, pipeline_spec_pb2.PipelineSpec())
+        return kfp_rules.parse_spec(document)
     except json_format.ParseError as error:
         raise ValueError(f"{path}: invalid v2 pipeline spec: {error}") from error
 
 
-def _spec_problems(spec: pipeline_spec_pb2.PipelineSpec) -> List[str]:
-    problems = []
-    if spec.schema_version != SCHEMA_VERSION:
-        problems.append(f"KFP only supports schema version {SCHEMA_VERSION}, but the pipeline spec has version "
-                        f"{spec.schema_version or '(none)'}")
-    if not PIPELINE_NAME.match(spec.pipeline_info.name):
-        problems.append(f"pipeline name {spec.pipeline_info.name!r}: it must contain only lowercase alphanumeric "
-                        f"characters or '-' and must start with alphanumeric characters")
-    if not spec.HasField("root") or not spec.root.dag.tasks:
-        problems.append("root component is empty")
-    for label, executor in executors(spec).items():
-        kind = executor.WhichOneof("spec")
-        if kind != "container":
-            problems.append(f"executor {label}: {kind} executors are not implemented by KFP's Argo compiler; "
-                            f"container executors only")
-        elif executor.container.HasField("lifecycle"):
-            problems.append(f"executor {label}: KFP ignores container lifecycle hooks, so its "
-                            f"{', '.join(f.name for f, _ in executor.container.lifecycle.ListFields())} would not run")
-    return problems
-
-
-ExecutorSpec = pipeline_spec_pb2.PipelineDeploymentConfig.ExecutorSpec
-
-
-def executors(spec: pipeline_spec_pb2.PipelineSpec) -> Dict[str, ExecutorSpec]:
-    deployment = json_format.ParseDict(json_format.MessageToDict(spec.deployment_spec),
-                                       pipeline_spec_pb2.PipelineDeploymentConfig())
-    return dict(deployment.executors)
-
-
-ParameterType = pipeline_spec_pb2.ParameterType
-# What validatePipelineJobInputs accepts for each declared type, and how it names the type in its refusal.
-_VALUE_TYPES = {
-    ParameterType.STRING: ((str,), "string", "string"),
-    ParameterType.NUMBER_INTEGER: ((int, float), "double or integer", "number"),
-    ParameterType.NUMBER_DOUBLE: ((int, float), "double or integer", "number"),
-    ParameterType.BOOLEAN: ((bool,), "bool", "bool"),
-    ParameterType.LIST: ((list, tuple), "list", "list"),
-    ParameterType.STRUCT: ((dict,), "struct", "struct"),
-}
+ParameterType = kfp_rules.ParameterType
 
 
 def package_params(path: str, texts: Mapping[str, str]) -> Dict[str, object]:
@@ -207,34 +210,13 @@ def _parsed(name: str, text: str, kind) -> object:
     value = yaml.safe_load(text)
     if kind == ParameterType.NUMBER_INTEGER and isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not _of_type(value, kind):
-        raise ValueError(f"--param {name}={text}: the pipeline declares {name} as {ParameterType.ParameterTypeEnum.Name(kind)}")
+    if not kfp_rules.of_type(value, kind):
+        raise ValueError(f"--param {name}={text}: the pipeline declares {name} as "
+                         f"{ParameterType.ParameterTypeEnum.Name(kind)}")
     return value
 
 
-def _of_type(value, kind) -> bool:
-    accepted = _VALUE_TYPES.get(kind, ((), "", ""))[0]
-    return isinstance(value, accepted) and not (isinstance(value, bool) and bool not in accepted)
-
-
-def _parameter_problems(spec: pipeline_spec_pb2.PipelineSpec, params: Mapping[str, object]) -> List[str]:
-    declared = spec.root.input_definitions.parameters
-    problems = [f"parameter {name} is not optional, yet has neither default value nor user provided value"
-                for name, parameter in declared.items()
-                if name not in params and not parameter.is_optional and not parameter.HasField("default_value")]
-    for name, value in params.items():
-        if name in declared and not _of_type(value, declared[name].parameter_type):
-            _, required, given = _VALUE_TYPES.get(declared[name].parameter_type, ((), "unknown", "a known"))
-            problems.append(f"input parameter {name} requires type {required}, but the input parameter is not of "
-                            f"{given} value type")
-    unknown = sorted(set(params) - set(declared))
-    if unknown:
-        problems.append(f"parameter(s) provided are not required by pipeline: {', '.join(unknown)} "
-                        f"(it declares: {', '.join(declared) or 'none'})")
-    return problems
-
-
 def check_max_concurrency(max_concurrency: int) -> None:
-    if not 1 <= max_concurrency <= MAX_CONCURRENCY:
-        raise ValueError(f"Max concurrency of a recurring run must be at least 1 and at most {MAX_CONCURRENCY}. "
-                         f"Received {max_concurrency} (as Kubeflow Pipelines' API server refuses it)")
+    problem = kfp_rules.max_concurrency_problem(max_concurrency)
+    if problem:
+        raise ValueError(f"{problem} (as Kubeflow Pipelines' API server refuses it)")

@@ -3,10 +3,11 @@
 Every node of the TFX pipeline becomes one container task of the pipeline image with the node's
 upstream nodes as its dependencies; the task runs that node with TFX's launcher against ML Metadata
 (kubeflow/task.py). Nothing passes through KFP's artifacts and KFP's step cache is off: state and
-caching live in ML Metadata, as on the local runner. The configuration is the pipeline's one
-parameter, with the compiled configuration as its default, so a recurring run needs no parameters
-and nothing is written to the pipeline root at compile time. A last task hands KFP's UI the
-evaluation (Metrics, ClassificationMetrics) and the run report (HTML).
+caching live in ML Metadata, as on the local runner. Each task is given the compiled configuration
+(a constant input) and the pipeline's one parameter, `config`: the settings a run changes, merged onto
+it (default `{}`, none; cluster_checks.run_configuration), so a recurring run needs no parameters and
+nothing is written to the pipeline root at compile time. A last task hands KFP's UI the evaluation
+(Metrics, ClassificationMetrics) and the run report (HTML).
 """
 import functools
 from typing import Dict, List
@@ -14,19 +15,18 @@ from typing import Dict, List
 from kfp import compiler, dsl, kubernetes
 
 from cxr.contract import Nodes
-from cxr.kubeflow.cluster_checks import check_cluster_config, models_mount
-from cxr.kubeflow.task import node_dependencies
-from cxr.pipeline.config import KubeflowConfig, PipelineConfig, TAINT, to_json
+from cxr.kubeflow.cluster_checks import models_mount
+from cxr.kubeflow.settings import BEAM_NODES, CONFIG_PARAMETER, GPU_NODES, KubeflowConfig
+from cxr.pipeline.config import PipelineConfig, to_json
+from cxr.pipeline.node_launcher import node_dependencies
 
-CONFIG_PARAMETER = "config"
 TASK_COMMAND = ["python", "-m", "cxr.kubeflow.task"]
-GPU_NODES = (Nodes.TRAINER, Nodes.TUNER)
-BEAM_NODES = (Nodes.EXAMPLE_GEN, Nodes.STATISTICS_GEN, Nodes.TRANSFORM, Nodes.EVALUATOR)  # Beam's DirectRunner, in memory
+NO_CHANGES = "{}"  # the config parameter's default: the run changes no setting of the compiled configuration
 BUCKET_SCHEMES = ("gs://",)  # a pipeline root KFP's launcher and TensorFlow both write (minio:// TF cannot)
 
 
 def compile_kfp(config: PipelineConfig, path: str) -> None:
-    check_cluster_config(config, "kfp")
+    """The training job's spec; runner.compile_pipeline has checked the configuration."""
     compiler.Compiler().compile(_pipeline_function(config, node_dependencies(config)), path)
 
 
@@ -34,10 +34,11 @@ def _pipeline_function(config: PipelineConfig, dependencies: Dict[str, List[str]
     settings, compiled_config = config.kubeflow, to_json(config)
     mounts = {node_id: task_mounts(config, node_id) for node_id in [*dependencies, None]}
 
-    def cxr_pipeline(config: str = compiled_config):  # the parameter's name is CONFIG_PARAMETER
+    def cxr_pipeline(config: str = NO_CHANGES):  # the parameter's name is CONFIG_PARAMETER
         tasks = {}
         for node_id, upstream in dependencies.items():
-            task = _node_component(node_id, settings.image)(config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+            task = _node_component(node_id, settings.image)(
+                compiled_config=compiled_config, config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
             task.set_display_name(node_id).set_caching_options(False).after(*(tasks[u] for u in upstream))
             mount_volumes(task, mounts[node_id])
             if node_id in GPU_NODES:
@@ -46,12 +47,18 @@ def _pipeline_function(config: PipelineConfig, dependencies: Dict[str, List[str]
                 task.set_cpu_request(f"{settings.beam_cpu_request:g}").set_memory_request(
                     _megabytes(settings.beam_memory_request_gb))
             tasks[node_id] = task
-        outputs = _ui_outputs_component(settings.image)(config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
+        outputs = _ui_outputs_component(settings.image)(
+            compiled_config=compiled_config, config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER)
         outputs.set_display_name("KFP UI outputs").set_caching_options(False).after(*tasks.values())
         mount_volumes(outputs, mounts[None])
 
     return dsl.pipeline(name=config.name, pipeline_root=default_pipeline_root(config), description=(
         "The cxr chest X-ray pipeline: one task per TFX node, state in ML Metadata"))(cxr_pipeline)
+
+
+def config_args(compiled_config, config) -> List:
+    """The task's configuration: the compiled one, a constant of its command line, and the run's changes."""
+    return ["--compiled-config", compiled_config, "--config", config]
 
 
 def default_pipeline_root(config: PipelineConfig):
@@ -62,20 +69,20 @@ def default_pipeline_root(config: PipelineConfig):
 
 @functools.lru_cache(maxsize=None)
 def _node_component(node_id: str, image: str):
-    def node(config: str, run_id: str):
+    def node(compiled_config: str, config: str, run_id: str):
         return dsl.ContainerSpec(image=image, command=TASK_COMMAND, args=[
-            "node", "--node-id", node_id, "--config", config, "--run-id", run_id])
+            "node", "--node-id", node_id, *config_args(compiled_config, config), "--run-id", run_id])
     node.__name__ = node_id  # the component's and the task's name in KFP
     return dsl.container_component(node)
 
 
 @functools.lru_cache(maxsize=None)
 def _ui_outputs_component(image: str):
-    def kfp_ui_outputs(config: str, run_id: str, metrics: dsl.Output[dsl.Metrics],
+    def kfp_ui_outputs(compiled_config: str, config: str, run_id: str, metrics: dsl.Output[dsl.Metrics],
                        confusion_matrix: dsl.Output[dsl.ClassificationMetrics], report: dsl.Output[dsl.HTML]):
         return dsl.ContainerSpec(image=image, command=TASK_COMMAND, args=[
             "outputs", "--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER,
-            "--config", config, "--run-id", run_id])
+            *config_args(compiled_config, config), "--run-id", run_id])
     return dsl.container_component(kfp_ui_outputs)
 
 
@@ -106,16 +113,8 @@ def _place_on_gpu_nodes(task, settings: KubeflowConfig) -> None:
     if settings.gpu_tolerations:
         # kfp-kubernetes 1.0.0 has no helper for tolerations; KFP's driver reads them from 2.1 on
         # (kubernetes_platform/proto/kubernetes_executor_config.proto, message Toleration).
-        task.platform_config.setdefault("kubernetes", {})["tolerations"] = [
-            _toleration(taint) for taint in settings.gpu_tolerations]
+        task.platform_config.setdefault("kubernetes", {})["tolerations"] = list(settings.tolerations())
 
 
 def _megabytes(gigabytes: float) -> str:
     return f"{round(gigabytes * 1000)}M"  # kfp takes whole numbers of memory units: megabytes keep a fraction
-
-
-def _toleration(taint: str) -> dict:
-    parts = TAINT.fullmatch(taint)
-    if parts["value"] is None:
-        return {"key": parts["key"], "operator": "Exists", "effect": parts["effect"]}
-    return {"key": parts["key"], "operator": "Equal", "value": parts["value"], "effect": parts["effect"]}

@@ -20,29 +20,25 @@ from google.protobuf import json_format
 from kfp import compiler, dsl
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from cxr.kubeflow.cluster_checks import check_cluster_config
-from cxr.kubeflow.kfp_pipeline import TASK_COMMAND, default_pipeline_root, mount_volumes
+from cxr.kubeflow.kfp_pipeline import NO_CHANGES, TASK_COMMAND, config_args, default_pipeline_root, mount_volumes
 from cxr.kubeflow.ui_outputs import output_artifact, write_executor_output
-from cxr.pipeline.config import ConfigError, PipelineConfig, to_json
+from cxr.pipeline.config import PipelineConfig, to_json
 
 METRICS, PAGE = "metrics", "page"  # the task's outputs
 MONITORING_DIR = "monitoring"  # under the pipeline root, one folder per run
 
 
 def compile_monitoring(config: PipelineConfig, path: str) -> None:
-    check_cluster_config(config, "kfp")
-    if not config.monitoring.logs_root:
-        raise ConfigError("cannot compile the monitoring job: monitoring.logs_root is empty; set it to the log "
-                          "proxies' --request_log_root (serving/k8s/deployment.yaml), on a volume or gs://")
+    """The monitoring job's spec; runner.compile_pipeline has checked the configuration."""
     compiler.Compiler().compile(_pipeline_function(config), path)
 
 
 def _pipeline_function(config: PipelineConfig):
     settings, compiled_config = config.kubeflow, to_json(config)
 
-    def cxr_monitoring(config: str = compiled_config):  # the parameter's name is kfp_pipeline.CONFIG_PARAMETER
+    def cxr_monitoring(config: str = NO_CHANGES):  # the parameter's name is settings.CONFIG_PARAMETER
         task = _monitor_component(settings.image)(
-            config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, until=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER)
+            compiled_config=compiled_config, config=config, run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, until=dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER)
         task.set_display_name("cxr monitor").set_caching_options(False)
         # Every volume, the served models' too: the monitor reads each served version (kfp-kubernetes cannot
         # mount a claim read-only); it is the one task but the Pusher's that mounts it.
@@ -54,10 +50,11 @@ def _pipeline_function(config: PipelineConfig):
 
 @functools.lru_cache(maxsize=None)
 def _monitor_component(image: str):
-    def cxr_monitor(config: str, run_id: str, until: str, metrics: dsl.Output[dsl.Metrics], page: dsl.Output[dsl.HTML]):
+    def cxr_monitor(compiled_config: str, config: str, run_id: str, until: str, metrics: dsl.Output[dsl.Metrics],
+                    page: dsl.Output[dsl.HTML]):
         return dsl.ContainerSpec(image=image, command=TASK_COMMAND, args=[
-            "monitor", "--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER, "--config", config,
-            "--run-id", run_id, "--until", until])
+            "monitor", "--executor-input", dsl.PIPELINE_TASK_EXECUTOR_INPUT_PLACEHOLDER,
+            *config_args(compiled_config, config), "--run-id", run_id, "--until", until])
     return dsl.container_component(cxr_monitor)
 
 

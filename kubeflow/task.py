@@ -1,10 +1,15 @@
 """What each task of the compiled Kubeflow pipeline runs in the pipeline image.
 
-    python -m cxr.kubeflow.task node --node-id Trainer --config '<json>' --run-id <KFP run id>
-    python -m cxr.kubeflow.task outputs --executor-input '<json>' --config '<json>' --run-id <KFP run id>
-    python -m cxr.kubeflow.task monitor --executor-input '<json>' --config '<json>' --run-id <id> --until <time>
+    python -m cxr.kubeflow.task node --node-id Trainer --compiled-config '<json>' --config '<json>' --run-id <id>
+    python -m cxr.kubeflow.task outputs --executor-input '<json>' --compiled-config ... --config ... --run-id <id>
+    python -m cxr.kubeflow.task monitor --executor-input '<json>' --compiled-config ... --config ... --run-id <id>
+        --until <time>
 
-`node` runs one TFX node. The configuration arrives as the pipeline's parameter; the task rebuilds
+Every task first builds the run's configuration: the compiled one with the run's `config` parameter
+merged onto it, checked as compiling checks it (cluster_checks.run_configuration); a task whose
+configuration the cluster could not run fails before it runs anything.
+
+`node` runs one TFX node. The task rebuilds
 `create_pipeline(config)` with the code in the image, compiles it to TFX's IR and runs that one
 node with TFX's portable launcher against ML Metadata, as LocalDagRunner does for every node (and
 as TFX's former Kubeflow container entrypoint did in each pod). So the node's driver (ExampleGen's
@@ -20,11 +25,13 @@ that ends at --until, the page and the distances for KFP's UI.
 import argparse
 import os
 import sys
-from typing import Dict, List, Mapping, Optional
+from typing import List, Mapping, Optional
 
 from absl import logging
 
-from cxr.pipeline.config import SQLITE_METADATA, PipelineConfig, from_json
+from cxr.kubeflow.cluster_checks import run_configuration
+from cxr.kubeflow.settings import MONITORING, SQLITE_METADATA, TRAINING
+from cxr.pipeline.config import PipelineConfig, from_json
 from cxr.pipeline.kfp_runs import argo_workflow_of_pod
 
 RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"
@@ -33,7 +40,8 @@ RUN_ID_PLACEHOLDER = "{{$.pipeline_job_uuid}}"
 def main(argv: Optional[List[str]] = None) -> int:
     args = _parser().parse_args(argv)
     logging.set_verbosity(logging.INFO)
-    config = from_json(args.config, origin="the pipeline's config parameter")
+    compiled = from_json(args.compiled_config, origin="the compiled configuration (--compiled-config)")
+    config = run_configuration(compiled, args.config, job=MONITORING if args.step == "monitor" else TRAINING)
     run_id = pipeline_run_id(args.run_id, os.environ)
     if args.step == "node":
         run_node(config, args.node_id, run_id)
@@ -58,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     for step in (outputs, monitor):
         step.add_argument("--executor-input", required=True, help="KFP's {{$}}: the task's ExecutorInput as JSON")
     for step in (node, outputs, monitor):
-        step.add_argument("--config", required=True, help="the PipelineConfig as JSON")
+        step.add_argument("--compiled-config", required=True, help="the compiled PipelineConfig as JSON")
+        step.add_argument("--config", required=True, help="the run's config parameter: the settings it changes, "
+                                                          "as a JSON object ({} for none)")
         step.add_argument("--run-id", required=True, help=f"KFP's {RUN_ID_PLACEHOLDER}")
     return parser
 
@@ -83,13 +93,6 @@ def metadata_connection(config: PipelineConfig):
     if config.kubeflow.metadata_grpc == SQLITE_METADATA:
         return sqlite_connection(config.metadata_path)
     return grpc_connection(config.kubeflow.metadata_grpc)
-
-
-def node_dependencies(config: PipelineConfig) -> Dict[str, List[str]]:
-    """{node id: the ids of its upstream nodes}, in the IR's topological order."""
-    from cxr.pipeline.node_launcher import compile_run
-    return {node.pipeline_node.node_info.id: list(node.pipeline_node.upstream_nodes)
-            for node in compile_run(config).nodes}
 
 
 def run_node(config: PipelineConfig, node_id: str, run_id: str) -> None:

@@ -8,7 +8,6 @@ cores in a few minutes). A YAML file may override any field of a preset, and
 import dataclasses
 import json
 import os
-import re
 from typing import Any, Dict, List, Optional, Tuple
 
 import yaml
@@ -17,6 +16,7 @@ from cxr import contract
 from cxr.components.settings import (
     AugmentationSettings, DriftSettings, GateSettings, InputLimits, ModelSettings, SettingsError, TrainerSettings,
     TrainingSettings, TunerSettings, ValidationSettings, read)
+from cxr.kubeflow.settings import KubeflowConfig
 from cxr.monitoring.settings import MonitoringSettings
 
 # A configuration file or override that does not fit the configuration: one error type for every
@@ -30,46 +30,6 @@ class DataConfig:
     span: Optional[int] = None  # None: the latest span
     # Hash buckets of patient_id for train / eval / test: 8 / 1 / 1 = 80 / 10 / 10 %.
     split_buckets: Tuple[int, int, int] = (8, 1, 1)
-
-
-DEFAULT_IMAGE = "cxr-pipeline:latest"
-# ML Metadata's gRPC service, as every Kubeflow Pipelines install runs it.
-KFP_METADATA_GRPC = "metadata-grpc-service.kubeflow:8080"
-SQLITE_METADATA = "sqlite"
-
-
-@dataclasses.dataclass(frozen=True)
-class KubeflowConfig:
-    # The pipeline image (kubeflow/Dockerfile, `make image`), pushed to a registry the cluster can pull from.
-    image: str = DEFAULT_IMAGE
-    # Where every task's TFX launcher records the run: ML Metadata's gRPC service as host:port,
-    # or `sqlite` for the SQLite file at metadata_path (on a volume every task mounts).
-    metadata_grpc: str = KFP_METADATA_GRPC
-    # Persistent volume claims every task mounts, as claim:/mount/path (a ReadWriteMany claim
-    # holding the TFRecords, the pipeline root and the serving folder, for example).
-    volumes: Tuple[str, ...] = ()
-    # What the Trainer (and the Tuner) asks for. The accelerator's name depends on the target:
-    # Kubeflow Pipelines takes the Kubernetes resource name, Vertex AI a machine accelerator type.
-    trainer_gpus: int = 1
-    kfp_accelerator: str = "nvidia.com/gpu"
-    vertex_accelerator: str = "NVIDIA_TESLA_T4"
-    trainer_cpu_limit: float = 8.0
-    trainer_memory_limit_gb: float = 32.0
-    # What each task that runs Beam in memory (ImportExampleGen, StatisticsGen, Transform, Evaluator)
-    # asks the scheduler for: Beam's DirectRunner holds what it processes in the task's memory.
-    beam_cpu_request: float = 2.0
-    beam_memory_request_gb: float = 8.0
-    # The GPU node pool, for the Trainer and the Tuner on Kubeflow Pipelines: node labels as
-    # key=value, and the taints to tolerate as `kubectl taint` writes them, key[=value]:Effect.
-    gpu_node_selector: Tuple[str, ...] = ()
-    gpu_tolerations: Tuple[str, ...] = ()
-
-    def mounts(self) -> Dict[str, str]:
-        """{mount path: claim} of the volumes."""
-        return {path: claim for claim, _, path in (volume.partition(":") for volume in self.volumes)}
-
-    def node_labels(self) -> Dict[str, str]:
-        return dict(label.split("=", 1) for label in self.gpu_node_selector)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +64,6 @@ class PipelineConfig:
                 raise ConfigError(
                     f"{setting} is {path!r}: TensorFlow cannot read minio:// (Kubeflow Pipelines' own artifact "
                     f"store); use gs://, or a path on a volume every task mounts (kubeflow.volumes)")
-        _check_kubeflow(self.kubeflow)
 
     def trainer_settings(self) -> TrainerSettings:
         """What the Trainer (and each of the Tuner's trials) trains and exports with."""
@@ -132,48 +91,6 @@ def with_absolute_paths(config: PipelineConfig) -> PipelineConfig:
                 section = section[name]
             section[field] = os.path.abspath(path)
     return from_dict(values)
-
-
-def _check_kubeflow(settings: KubeflowConfig) -> None:
-    grpc = settings.metadata_grpc
-    host, _, port = grpc.rpartition(":")
-    if grpc != SQLITE_METADATA and not (host and port.isdigit()):
-        raise ConfigError(f"kubeflow.metadata_grpc must be host:port of ML Metadata's gRPC service "
-                          f"(default {KFP_METADATA_GRPC}) or {SQLITE_METADATA}, got {grpc!r}")
-    for volume in settings.volumes:
-        claim, _, path = volume.partition(":")
-        if not claim or not path.startswith("/"):
-            raise ConfigError(f"kubeflow.volumes: {volume!r} must look like claim-name:/mount/path")
-    _check_each_once(settings.volumes)
-    for setting in ("trainer_cpu_limit", "trainer_memory_limit_gb", "beam_cpu_request", "beam_memory_request_gb"):
-        if getattr(settings, setting) <= 0:
-            raise ConfigError(f"kubeflow.{setting} must be positive, got {getattr(settings, setting)}")
-    for label in settings.gpu_node_selector:
-        if not re.fullmatch(r"[^=\s]+=[^=\s]*", label):
-            raise ConfigError(f"kubeflow.gpu_node_selector: {label!r} must look like key=value")
-    for taint in settings.gpu_tolerations:
-        if not TAINT.fullmatch(taint):
-            raise ConfigError(f"kubeflow.gpu_tolerations: {taint!r} must look like key=value:Effect or key:Effect, "
-                              f"Effect one of {', '.join(TAINT_EFFECTS)} (as `kubectl taint` writes it)")
-
-
-def _check_each_once(volumes: Tuple[str, ...]) -> None:
-    """KFP's driver names each pod volume after its claim (backend/src/v2/driver/driver.go, makeVolumeMountPatch),
-    and Kubernetes refuses two volumes of one name, or two mounts at one path."""
-    seen_claims, seen_paths = {}, {}
-    for volume in volumes:
-        claim, _, path = volume.partition(":")
-        if claim in seen_claims:
-            raise ConfigError(f"kubeflow.volumes: claim {claim!r} is mounted twice ({seen_claims[claim]} and {path}); "
-                              f"Kubeflow Pipelines names each pod volume after its claim and Kubernetes refuses two "
-                              f"volumes of one name: mount it once, at a folder above both")
-        if path in seen_paths:
-            raise ConfigError(f"kubeflow.volumes: {seen_paths[path]!r} and {claim!r} are both mounted at {path}")
-        seen_claims[claim], seen_paths[path] = path, claim
-
-
-TAINT_EFFECTS = ("NoSchedule", "PreferNoSchedule", "NoExecute")
-TAINT = re.compile(r"(?P<key>[^=:\s]+)(=(?P<value>[^=:\s]*))?:(?P<effect>%s)" % "|".join(TAINT_EFFECTS))
 
 
 def final_feature_map_size(image_size: int, blocks: int) -> int:
@@ -224,16 +141,42 @@ def to_json(config: PipelineConfig) -> str:
 
 
 def from_json(text: str, origin: str) -> PipelineConfig:
-    """The configuration `to_json` wrote; a setting this code does not know is refused by name."""
+    """The configuration `to_json` wrote, whole: a setting this code does not know, or one missing, is refused
+    by name."""
+    try:
+        return from_dict(_json_object(text, origin))
+    except ConfigError as error:
+        raise ConfigError(f"{origin}: {error}") from error
+
+
+def with_changes(config: PipelineConfig, text: str, origin: str) -> PipelineConfig:
+    """`config` with the settings the JSON object `text` gives merged onto it (`{}`: none), each checked as a
+    --set override is; the sections and fields it does not name keep `config`'s values."""
+    values = to_dict(config)
+    _merge(values, _json_object(text, origin), origin=origin)
+    return from_dict(values)
+
+
+def changed_settings(config: PipelineConfig, changed: PipelineConfig) -> List[str]:
+    """The dotted names of the settings whose values differ between the two configurations."""
+    def leaves(values, prefix=""):
+        for key, value in values.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}", value
+    before = dict(leaves(to_dict(config)))
+    return [name for name, value in leaves(to_dict(changed)) if before[name] != value]
+
+
+def _json_object(text: str, origin: str) -> Dict[str, Any]:
     try:
         document = json.loads(text)
     except ValueError as error:
         raise ConfigError(f"{origin} is not a JSON configuration: {error}") from error
     if not isinstance(document, dict):
         raise ConfigError(f"{origin}: expected a JSON object of configuration sections")
-    values = to_dict(PipelineConfig())
-    _merge(values, document, origin=origin)
-    return from_dict(values)
+    return document
 
 
 def from_dict(values: Dict[str, Any]) -> PipelineConfig:

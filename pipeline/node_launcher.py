@@ -5,7 +5,7 @@ partial runs, which this project does not use. The local runner launches every n
 one process; each Kubeflow task launches its one node this way in its pod (kubeflow/task.py), so
 drivers, resolvers, the Importer, caching and publishing behave alike on both.
 """
-from typing import Optional
+from typing import Dict, List, Optional
 
 from tfx.dsl.compiler import compiler, constants
 from tfx.orchestration import metadata
@@ -37,3 +37,9 @@ def launch_node(ir: pipeline_pb2.Pipeline, node_id: str, connection) -> None:
         pipeline_info=ir.pipeline_info, pipeline_runtime_spec=ir.runtime_spec,
         executor_spec=runner_utils.extract_executor_spec(deployment, node_id),
         custom_driver_spec=runner_utils.extract_custom_driver_spec(deployment, node_id)).launch()
+
+
+def node_dependencies(config: PipelineConfig) -> Dict[str, List[str]]:
+    """{node id: the ids of its upstream nodes}, in the IR's topological order."""
+    return {node.pipeline_node.node_info.id: list(node.pipeline_node.upstream_nodes)
+            for node in compile_run(config).nodes}

@@ -14,12 +14,13 @@ answering. Binds 127.0.0.1 unless told otherwise; its HTTP layer (http_server.py
 bounds what slow or greedy clients can hold: read deadlines, body and connection caps,
 a fixed pool of workers.
 """
+import argparse
 import dataclasses
 import json
 import logging
 import re
 import sys
-from typing import Callable, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import tensorflow as tf
 
@@ -204,3 +205,18 @@ def _clean(message: str) -> str:
 
 def _int(text: Optional[str]) -> Optional[int]:
     return None if text is None else int(text)
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    """`python -m cxr.serving.dev_server --settings '<JSON>'`: the server with these ServerSettings fields (the
+    others their defaults), as a program starts it with no command line to parse (the ServingCheck does);
+    people run `cxr serve` and its flags."""
+    parser = argparse.ArgumentParser(prog="python -m cxr.serving.dev_server", description=main.__doc__)
+    parser.add_argument("--settings", required=True, help="a JSON object of ServerSettings fields")
+    fields = json.loads(parser.parse_args(argv).settings)
+    serve(ServerSettings(**{name: tuple(value) if isinstance(value, list) else value
+                            for name, value in fields.items()}))
+
+
+if __name__ == "__main__":
+    main()

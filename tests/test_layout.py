@@ -17,6 +17,9 @@ FORBIDDEN = {
     "pipeline": ("cxr.kubeflow", "cxr.cli", "cxr.dataprep"),
     # The monitor reads what serving logged and describes images as ingestion does; it runs no component.
     "monitoring": ("cxr.components", "cxr.pipeline", "cxr.kubeflow", "cxr.cli"),
+    # Kubeflow runs the pipeline's nodes and the monitor as tasks; it serves nothing and ingests nothing, and the
+    # command line calls it, never the reverse.
+    "kubeflow": ("cxr.serving", "cxr.dataprep", "cxr.dicom", "cxr.cli"),
     # The one DICOM conversion: ingestion, the client and the serving fronts import it, it imports none of them.
     "dicom": ("cxr.components", "cxr.serving", "cxr.dataprep", "cxr.pipeline", "cxr.kubeflow", "cxr.cli",
               "cxr.monitoring"),
@@ -24,7 +27,10 @@ FORBIDDEN = {
 
 
 # Folder -> the modules of a forbidden package it may import all the same.
-ALLOWED = {"components": ("cxr.serving.client",)}  # the ServingCheck speaks REST as cxr predict does
+ALLOWED = {
+    "components": ("cxr.serving.client",),  # the ServingCheck speaks REST as cxr predict does
+    "pipeline": ("cxr.kubeflow.settings",),  # the configuration holds each section, the kubeflow section's type too
+}
 
 
 def _imports(path):
@@ -41,6 +47,58 @@ def test_each_folder_imports_only_what_its_place_allows(folder):
         if bad:
             offending[os.path.relpath(path, ROOT)] = bad
     assert not offending
+
+
+def _module_of(path):
+    relative = os.path.splitext(os.path.relpath(path, ROOT))[0].replace(os.sep, ".")
+    relative = relative[:-len(".__init__")] if relative.endswith(".__init__") else relative
+    return relative if relative == "cxr" or relative.startswith("cxr.") else "cxr." + relative  # cxr/ is cxr
+
+
+def _import_graph():
+    """{module: the project modules it imports, at its top or inside a function}."""
+    paths = [p for folder in (*FORBIDDEN, "cxr") for p in glob.glob(os.path.join(ROOT, folder, "**", "*.py"),
+                                                                        recursive=True)]
+    modules = {_module_of(path): path for path in paths}
+    return {module: {m for m in _imports(path) if m in modules and m != module} for module, path in modules.items()}
+
+
+def _cycle(graph):
+    """One import cycle as a list of modules, or None."""
+    state, stack = {}, []
+
+    def visit(module):
+        state[module] = "open"
+        stack.append(module)
+        for imported in sorted(graph[module]):
+            if state.get(imported) == "open":
+                return stack[stack.index(imported):] + [imported]
+            if imported not in state:
+                found = visit(imported)
+                if found:
+                    return found
+        stack.pop()
+        state[module] = "done"
+        return None
+
+    for module in sorted(graph):
+        if module not in state:
+            found = visit(module)
+            if found:
+                return found
+    return None
+
+
+def test_no_module_of_the_project_imports_itself_through_others():
+    graph = _import_graph()
+    assert {"cxr.kubeflow.task", "cxr.kubeflow.kfp_pipeline", "cxr.monitoring.monitor", "cxr.cli"} <= set(graph)
+    assert "cxr.kubeflow.runner" in graph["cxr.cli"]
+    assert _cycle(graph) is None
+
+
+def test_the_cycle_finder_finds_a_cycle():
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) is None
 
 
 def test_the_contract_is_a_leaf():

@@ -3,7 +3,9 @@ import csv
 import glob
 import hashlib
 import io
+import json
 import os
+import shutil
 
 import pytest
 import tensorflow as tf
@@ -103,6 +105,30 @@ def test_a_copy_with_the_same_label_is_a_duplicate_and_nothing_new_still_makes_a
     feedback = read_manifest(contract.span_dir(built, 9))["feedback"]
     assert (feedback["written"], feedback["duplicate"]) == (0, 1)
     assert len(_records(contract.span_dir(built, 9))) == len(_records(contract.span_dir(built, 1)))
+
+
+def test_images_are_judged_with_the_settings_the_span_was_built_with(built, tmp_path):
+    """A span built with near-duplicate search off (-1) keeps a re-saved copy as new; the command line's
+    default would have called it a duplicate."""
+    tfrecords = tmp_path / "tfrecords"
+    shutil.copytree(contract.span_dir(built, 1), contract.span_dir(str(tfrecords), 1))
+    manifest_path = os.path.join(contract.span_dir(str(tfrecords), 1), contract.MANIFEST)
+    with open(manifest_path) as f:
+        manifest = json.load(f)
+    assert manifest["near_duplicate_max_distance"] == 4
+    manifest["near_duplicate_max_distance"] = -1
+    with open(manifest_path, "w") as f:
+        json.dump(manifest, f)
+    copy, its_label = _spanned_image(contract.span_dir(built, 1))
+    resaved = encode(_decoded(copy), "PNG", compress_level=1)
+    _queue(tmp_path / "queue", [resaved])
+    labels = _labels(tmp_path / "labels.csv", [(_sha(resaved), its_label, "")])
+    assert main(["feedback", "--labels", labels, "--images", str(tmp_path / "queue"),
+                 "--tfrecords-dir", str(tfrecords)]) == 0
+    assert read_manifest(contract.span_dir(str(tfrecords), 2))["feedback"]["written"] == 1
+    assert main(["feedback", "--labels", labels, "--images", str(tmp_path / "queue"), "--tfrecords-dir",
+                 str(tfrecords), "--from-span", "1", "--span", "3", "--near-duplicate-distance", "4"]) == 0
+    assert read_manifest(contract.span_dir(str(tfrecords), 3))["feedback"]["duplicate"] == 1
 
 
 def _decoded(data):

@@ -25,11 +25,10 @@ experiments and listing recurring runs without a namespace (or experiment) is re
 multi-user deployments. Every request is recorded: method, path, query, JSON body, multipart fields
 and files, headers.
 
-Like the real server it refuses a package its template parser refuses (a schema version other than
-2.1.0, a name outside ^[a-z0-9][a-z0-9-]{0,127}$, no root; v2_template.go, common/utils.go) and a
-run or recurring run that lacks a required parameter, passes an undeclared one or a value of another
-type than the parameter's (validatePipelineJobInputs), and a recurring run whose max concurrency is
-not 1 to 10 (server/api_converter.go, toModelJob).
+Like the real server it refuses a package its template parser refuses, a run or recurring run whose
+parameters validatePipelineJobInputs refuses, and a recurring run whose max concurrency is not 1 to
+10, with the rules (and the KFP source each follows) of cxr/kubeflow/kfp_rules.py, the module the
+pre-upload checks use: one statement of each rule.
 
 It has not been checked against a live cluster: nothing here has been run against one.
 """
@@ -46,6 +45,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Dict, List, Optional
 
 import yaml
+from google.protobuf import json_format
+
+from cxr.kubeflow import kfp_rules
 
 API = "/apis/v2beta1"
 _HTTP_STATUS = {3: 400, 5: 404, 6: 409, 16: 401}
@@ -218,10 +220,9 @@ class FakeKfpServer:
             raise KfpError(3, "Invalid input error: a trigger (cron_schedule or periodic_schedule) is required")
         if cron and len(cron.split()) not in (5, 6):  # robfig/cron: seconds first, day of week optional
             raise KfpError(3, f"Invalid input error: invalid cron expression {cron!r}")
-        max_concurrency = int(body.get("max_concurrency") or 0)
-        if max_concurrency > 10 or max_concurrency < 1:
-            raise KfpError(3, "Invalid input error: Max concurrency of a recurring run must be at least 1 and at "
-                              f"most 10. Received {max_concurrency}")
+        problem = kfp_rules.max_concurrency_problem(int(body.get("max_concurrency") or 0))
+        if problem:
+            raise KfpError(3, f"Invalid input error: {problem}")
         experiment = self.experiments[body["experiment_id"]]
         recurring = dict(body, recurring_run_id=self._new_id("recurring"), created_at=_now(), updated_at=_now(),
                          max_concurrency=str(body.get("max_concurrency") or 1),
@@ -296,60 +297,25 @@ def _pipeline_spec(package: bytes) -> dict:
     return documents[0]
 
 
+def _spec(package: bytes):
+    try:
+        return kfp_rules.parse_spec(_pipeline_spec(package))
+    except json_format.ParseError as error:
+        raise KfpError(3, f"Failed to create a pipeline: invalid v2 pipeline spec: {error}")
+
+
 def _check_template(package: bytes) -> None:
-    """What the API server refuses on upload.
-
-    kubeflow/pipelines backend/src/apiserver/template/v2_template.go (NewV2SpecTemplate) and
-    backend/src/apiserver/common/utils.go (ValidatePipelineName, called by resource_manager.go).
-    """
-    spec = _pipeline_spec(package)
-    if spec.get("schemaVersion") != "2.1.0":
-        raise KfpError(3, "Failed to create a pipeline: KFP only supports schema version 2.1.0, but the pipeline "
-                          f"spec has version {spec.get('schemaVersion', '')}")
-    name = (spec.get("pipelineInfo") or {}).get("name")
-    if not name:
-        raise KfpError(3, "Failed to create a pipeline: invalid v2 pipeline spec: name is empty")
-    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,127}", name):
-        raise KfpError(3, "Failed to create a pipeline: pipeline's name must contain only lowercase alphanumeric "
-                          "characters or '-' and must start with alphanumeric characters")
-    if not spec.get("root"):
-        raise KfpError(3, "Failed to create a pipeline: invalid v2 pipeline spec: root component is empty")
-
-
-# Which JSON values each ParameterType takes, as protojson reads runtime_config.parameters into a
-# structpb.Value (a bool is not a number there), and the type's name in the server's message.
-def _is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-_PARAMETER_VALUES = {
-    "STRING": (lambda value: isinstance(value, str), "string"),
-    "NUMBER_INTEGER": (_is_number, "double or integer"),
-    "NUMBER_DOUBLE": (_is_number, "double or integer"),
-    "BOOLEAN": (lambda value: isinstance(value, bool), "bool"),
-    "LIST": (lambda value: isinstance(value, list), "list"),
-    "STRUCT": (lambda value: isinstance(value, dict), "struct"),
-}
+    """What the API server refuses on upload (kfp_rules.template_problems)."""
+    problems = kfp_rules.template_problems(_spec(package))
+    if problems:
+        raise KfpError(3, f"Failed to create a pipeline: {problems[0]}")
 
 
 def _check_job_inputs(spec: dict, parameters: dict) -> None:
-    """What the API server refuses when a run or recurring run is created.
-
-    v2_template.go, validatePipelineJobInputs."""
-    declared = ((spec.get("root") or {}).get("inputDefinitions") or {}).get("parameters") or {}
-    for name, parameter in declared.items():
-        if name not in parameters and not parameter.get("isOptional") and "defaultValue" not in parameter:
-            raise KfpError(3, "Failed to generate the ExecutionSpec: invalid pipeline job inputs: parameter "
-                              f"{name} is not optional, yet has neither default value nor user provided value")
-    for name, value in parameters.items():
-        accepts, type_name = _PARAMETER_VALUES[declared[name]["parameterType"]] if name in declared else (None, "")
-        if accepts and not accepts(value):
-            raise KfpError(3, f"Failed to generate the ExecutionSpec: invalid pipeline job inputs: input parameter "
-                              f"{name} requires type {type_name}")
-    extra = sorted(set(parameters) - set(declared))
-    if extra:
-        raise KfpError(3, "Failed to generate the ExecutionSpec: invalid pipeline job inputs: parameter(s) "
-                          f"provided are not required by pipeline: {extra}")
+    """What the API server refuses when a run or recurring run is created (kfp_rules.job_input_problems)."""
+    problems = kfp_rules.job_input_problems(kfp_rules.parse_spec(spec), parameters)
+    if problems:
+        raise KfpError(3, f"Failed to generate the ExecutionSpec: invalid pipeline job inputs: {problems[0]}")
 
 
 def _filtered(request, items):

@@ -9,10 +9,11 @@ import yaml
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
-from cxr.kubeflow.cluster_checks import check_package, executors, package_params
-from cxr.kubeflow.kfp_pipeline import CONFIG_PARAMETER
+from cxr.kubeflow.cluster_checks import (
+    check_package, check_run_changes, executors, package_config, package_params, run_configuration)
+from cxr.kubeflow.settings import CONFIG_PARAMETER
 from cxr.kubeflow.runner import compile_pipeline
-from cxr.kubeflow.task import node_dependencies
+from cxr.pipeline.node_launcher import node_dependencies
 from cxr.pipeline.config import ConfigError, from_json, load_config
 from cxr.pipeline.pipeline import create_pipeline
 
@@ -76,11 +77,44 @@ def test_every_tfx_node_is_one_container_task_with_the_nodes_upstream_as_depende
     assert set(spec.root.dag.tasks["kfp-ui-outputs"].dependent_tasks) == set(tasks.values())
 
 
-def test_the_configuration_travels_as_the_one_parameter_whose_default_rebuilds_it(compiled):
-    config, _, spec, _ = compiled
+def test_every_task_holds_the_compiled_configuration_and_the_one_parameter_changes_nothing_by_default(compiled):
+    config, path, spec, _ = compiled
     [(name, parameter)] = spec.root.input_definitions.parameters.items()
-    assert name == CONFIG_PARAMETER and parameter.is_optional
-    assert from_json(parameter.default_value.string_value, "the default") == config
+    assert name == CONFIG_PARAMETER and parameter.is_optional and parameter.default_value.string_value == "{}"
+    assert package_config(path) == (config, "training")
+    for task in spec.root.dag.tasks.values():
+        constant = task.inputs.parameters["compiled_config"].runtime_value.constant.string_value
+        assert from_json(constant, "the task's input") == config
+
+
+def test_a_partial_run_parameter_keeps_every_compiled_setting_it_does_not_name(compiled):
+    config, path, _, _ = compiled
+    run = check_run_changes(path, {CONFIG_PARAMETER: '{"training": {"epochs": 3}}'})
+    assert run.training.epochs == 3
+    assert (run.name, run.pipeline_root, run.data.tfrecords_dir, run.serving_dir, run.kubeflow) == (
+        NAME, "/mnt/cxr/root", "/mnt/cxr/tfrecords", "/models", config.kubeflow)
+    assert run.model == config.model and run.training.batch_size == config.training.batch_size
+
+
+@pytest.mark.parametrize("changes, message", [
+    ('{"kubeflow": {"image": "other:1"}}', "changes kubeflow.image, which the compiled pipeline holds"),
+    ('{"name": "cxr-other"}', "changes name, which the compiled pipeline holds"),
+    ('{"training": {"epoch": 3}}', "unknown setting training.epoch"),
+    ('{"serving_dir": "/elsewhere"}', "serving_dir is '/elsewhere', which no task mounts"),
+    ('[1]', "expected a JSON object"),
+])
+def test_a_run_parameter_the_compiled_pipeline_cannot_follow_is_refused_by_name(compiled, changes, message):
+    config, path, _, _ = compiled
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_run_changes(path, {CONFIG_PARAMETER: changes})
+    with pytest.raises(ConfigError, match=re.escape(message)):  # as each task refuses it
+        run_configuration(config, changes)
+
+
+def test_ml_metadatas_address_is_the_kubeflow_setting_a_run_may_change(compiled):
+    config, _, _, _ = compiled
+    run = run_configuration(config, '{"kubeflow": {"metadata_grpc": "mlmd.team:8080"}}')
+    assert run.kubeflow.metadata_grpc == "mlmd.team:8080"
 
 
 def test_a_bucket_root_is_the_default_pipeline_root_and_a_volume_root_leaves_kfp_its_own(compiled, tmp_path):
@@ -246,9 +280,8 @@ def test_the_monitoring_job_is_one_task_with_kfp_s_ui_outputs_the_schedule_time_
     assert executor.container.image == IMAGE and "monitor" in executor.container.args
     [mounts] = [e["pvcMount"] for e in platform.values()]
     assert {m["mountPath"] for m in mounts} == {"/mnt/cxr", "/models"}
-    compiled = from_json(spec.root.input_definitions.parameters[CONFIG_PARAMETER].default_value.string_value,
-                         "the spec")
-    assert compiled.monitoring == config.monitoring and compiled.serving_dir == "/models"
+    compiled, job = package_config(path)
+    assert job == "monitoring" and compiled == config
 
 
 def test_the_monitoring_job_needs_the_request_log_and_compiles_for_kfp_only(tmp_path):

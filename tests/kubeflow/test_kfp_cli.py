@@ -54,11 +54,19 @@ def test_compile_then_submit_then_schedule_the_pipeline(kfp_server, package, cap
 
 
 def test_the_configuration_parameter_is_sent_as_the_json_text_given(kfp_server, package, capsys):
-    # The README's way to change a setting for one run; a struct for a STRING parameter is refused by KFP.
+    # The way to change a setting for one run (merged onto the compiled configuration by each task);
+    # a struct for a STRING parameter is refused by KFP.
     text = '{"training": {"epochs": 3}}'
     assert main(["kfp", "submit", "--host", kfp_server.url, "--package", package, "--param", f"config={text}"]) == 0
     [run] = kfp_server.requests_to("POST", "/runs")
     assert run.body["runtime_config"]["parameters"] == {"config": text}
+
+
+def test_a_run_parameter_changing_what_the_spec_holds_is_refused_before_connecting(kfp_server, package, capsys):
+    text = '{"kubeflow": {"volumes": ["other:/mnt/other"]}}'
+    assert main(["kfp", "submit", "--host", kfp_server.url, "--package", package, "--param", f"config={text}"]) == 2
+    assert "changes kubeflow.volumes, which the compiled pipeline holds" in capsys.readouterr().err
+    assert not kfp_server.requests
 
 
 def test_more_than_ten_concurrent_runs_are_refused_before_connecting(kfp_server, package, capsys):

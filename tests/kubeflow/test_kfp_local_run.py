@@ -13,7 +13,8 @@ from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
 from cxr.kubeflow.cluster_checks import check_package
 from cxr.kubeflow.runner import compile_pipeline
-from cxr.pipeline.metadata_reader import read_run, sqlite_connection
+from cxr.components.settings import TRAINER_KEY
+from cxr.pipeline.metadata_reader import execution_properties, read_run, sqlite_connection
 from cxr.pipeline.pipeline import create_pipeline
 from helpers import (IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, serve_and_log, tiny_pipeline_config,
                      write_tiny_data)
@@ -71,10 +72,16 @@ def test_two_runs_of_one_compiled_spec_train_on_the_newest_span_and_push(cluster
     _write_span(volume, span=2, seed=5)
     # As a KFP 2.0-2.4 backend runs it: the run id placeholder stays unresolved, every task records under the
     # run's workflow name, and the report still takes the run id `cxr kfp submit` printed.
+    # Its config parameter changes one setting: every other is the compiled one (the name, the root, the folders).
     metadata = sqlite_connection(config.metadata_path)
-    second = run_package(package, str(tmp_path / "kfp-root"), zygote, kfp_version=(2, 4), metadata=metadata)
+    epochs = config.training.epochs + 1
+    second = run_package(package, str(tmp_path / "kfp-root"), zygote, kfp_version=(2, 4), metadata=metadata,
+                         params={"config": json.dumps({"training": {"epochs": epochs}})})
     assert second.succeeded, second.failures()
     summary_2, outputs_2 = read_run(metadata, second.run_id)
+    trained_with = json.loads(execution_properties(metadata, summary_2.run_id)["Trainer"]["custom_config"])
+    assert trained_with[TRAINER_KEY]["training"]["epochs"] == epochs
+    assert trained_with[TRAINER_KEY]["model"] == json.loads(json.dumps(dataclasses.asdict(config.model)))
     assert summary_2.run_id != second.run_id and second.run_id not in summary_2.run_id
     assert _span_read(outputs_2) == 2 and summary_2.pushed_to and summary_2.pushed_to != summary.pushed_to
     # The Resolver found the first run's blessed model, and the Evaluator judged the new one against it.

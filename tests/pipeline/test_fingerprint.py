@@ -79,3 +79,49 @@ def test_an_import_inside_a_function_is_followed(tmp_path, monkeypatch):
     monkeypatch.setattr(fingerprint, "ROOT_PACKAGE", "cxr_probe")
     assert set(fingerprint.imported_modules(["cxr_probe.a"])) == {"cxr_probe", "cxr_probe.a", "cxr_probe.b",
                                                                    "cxr_probe.c"}
+
+
+def test_the_serving_check_covers_the_server_it_starts_as_a_process():
+    covered = _covered("cxr.components.serving_check")
+    assert {"cxr.serving.dev_server", "cxr.serving.http_server", "cxr.serving.model_store", "cxr.serving.rest_json",
+            "cxr.serving.request_log"} <= covered
+    assert "cxr.serving.dev_server" not in _covered("cxr.components.trainer")
+
+
+def _fingerprints(config):
+    components = {component.id: component for component in pipeline_module.create_pipeline(config).components}
+    return {node: components[node].exec_properties[pipeline_module.CODE_FINGERPRINT] for node in CUSTOM_COMPONENTS}
+
+
+def test_an_edit_of_a_serving_module_reruns_the_serving_check_and_no_other_component(tmp_path, monkeypatch):
+    """TFX keys its cache on the exec properties (tfx/orchestration/portable/cache_utils.py, get_cache_context):
+    a changed code_fingerprint is a cache miss for the component that carries it."""
+    from cxr.pipeline.config import load_config
+    config = load_config("demo")
+    before = _fingerprints(config)
+    edited = tmp_path / "http_server.py"
+    original = fingerprint._source_file("cxr.serving.http_server")
+    edited.write_text(open(original, encoding="utf-8").read() + "\n# a fix in the server\n")
+    source_file = fingerprint._source_file
+    monkeypatch.setattr(fingerprint, "_source_file",
+                        lambda module: str(edited) if module == "cxr.serving.http_server" else source_file(module))
+    after = _fingerprints(config)
+    assert after["ServingCheck"] != before["ServingCheck"]
+    assert {node: after[node] for node in CUSTOM_COMPONENTS if node != "ServingCheck"} == {
+        node: before[node] for node in CUSTOM_COMPONENTS if node != "ServingCheck"}
+
+
+def test_subprocess_modules_must_name_modules(tmp_path, monkeypatch):
+    package = tmp_path / "cxr_subprocess_probe"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("SERVER = 'cxr_subprocess_probe.b'\nSUBPROCESS_MODULES = (SERVER, 'cxr_subprocess_probe.c')\n")
+    (package / "b.py").write_text("")
+    (package / "c.py").write_text("")
+    (package / "bad.py").write_text("SUBPROCESS_MODULES = (compute(),)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(fingerprint, "ROOT_PACKAGE", "cxr_subprocess_probe")
+    assert set(fingerprint.imported_modules(["cxr_subprocess_probe.a"])) == {"cxr_subprocess_probe", "cxr_subprocess_probe.a", "cxr_subprocess_probe.b",
+                                                                   "cxr_subprocess_probe.c"}
+    with pytest.raises(ValueError, match="bad.py: SUBPROCESS_MODULES holds compute()"):
+        fingerprint.imported_modules(["cxr_subprocess_probe.bad"])

@@ -47,36 +47,45 @@ def _evaluator_baseline_and_trained_models(config):
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
-    return tmp_path_factory.mktemp("retraining")
-
-
-def test_a_shifted_span_is_stopped_and_a_healthy_one_is_retrained_against_the_blessed_model(base):
+    """Span 1 trained and pushed: where each test starts, whichever runs first or alone."""
+    base = tmp_path_factory.mktemp("retraining")
     _write_span(base, "span1", span=1, seed=3)
     first = run_local(tiny_pipeline_config(base, *DRIFT))
     assert first.error is None and first.blessed and first.pushed_to
     assert first.drift_baseline_span is None
-    _, [span_1_model] = _evaluator_baseline_and_trained_models(tiny_pipeline_config(base))
+    return base
 
-    _write_span(base, "span2-shifted", span=2, seed=4, drop_covid=True)
+
+def test_a_shifted_span_is_stopped_and_a_healthy_one_is_retrained_against_the_blessed_model(base):
+    _, [span_1_model] = _evaluator_baseline_and_trained_models(tiny_pipeline_config(base))
+    pushed = len(os.listdir(base / "serving" / "cxr"))
+
+    span = _latest_span(base) + 1
+    _write_span(base, "span-shifted", span=span, seed=4, drop_covid=True)
     shifted = run_local(tiny_pipeline_config(base, *DRIFT))
     assert shifted.statuses["DriftCheck"] == "FAILED" and "Transform" not in shifted.statuses
-    assert "span 2 drifted from span 1" in shifted.error
+    assert f"span {span} drifted from span {span - 1}" in shifted.error
     assert "label:" in shifted.error.split("beyond the thresholds")[1], shifted.error
     assert shifted.pushed_to is None
 
-    _write_span(base, "span2-healthy", span=2, seed=5)
+    _write_span(base, "span-healthy", span=span, seed=5)
     healthy = run_local(tiny_pipeline_config(base, *DRIFT))
     assert healthy.error is None, healthy.error
-    assert healthy.drift_baseline_span == 1 and healthy.drift == []
+    assert healthy.drift_baseline_span == span - 1 and healthy.drift == []
     assert healthy.statuses["Trainer"] == "COMPLETE"
     baseline, [span_2_model] = _evaluator_baseline_and_trained_models(tiny_pipeline_config(base))
     assert baseline == [span_1_model] and span_2_model != span_1_model
-    assert healthy.blessed and len(os.listdir(base / "serving" / "cxr")) == 2
+    assert healthy.blessed and len(os.listdir(base / "serving" / "cxr")) == pushed + 1
+
+
+def _latest_span(base) -> int:
+    from cxr.dataprep.feedback import latest_span
+    return latest_span(str(base / "tfrecords"))
 
 
 def test_labelled_served_images_become_the_span_the_next_run_trains_on(base):
-    # After the healthy span 2 above: images the served model received, labelled by a person, as cxr monitor
-    # queues them (<sha256>.png), come back through cxr feedback as span 3, and the next run reads it.
+    # Images the served model received, labelled by a person, as cxr monitor queues them (<sha256>.png),
+    # come back through cxr feedback as the next span, and the next run reads it.
     images = [encode(phantom_picture(4000 + i, size=64, finding=finding), "PNG")
               for i, finding in enumerate(["normal", "pneumothorax"] * 3)]
     rows = []
@@ -98,7 +107,7 @@ def test_labelled_served_images_become_the_span_the_next_run_trains_on(base):
 
 
 def test_cxr_monitor_finds_the_served_version_s_training_split_and_test_answers_in_ml_metadata(base):
-    # After the runs above: the newest pushed version serves and logs; cxr monitor, given only ML Metadata,
+    # The newest pushed version serves and logs; cxr monitor, given only ML Metadata,
     # compares its requests with the training split and the ServingCheck's answers of the run that pushed it.
     from cxr.pipeline.metadata_reader import read_run, sqlite_connection
     summary, outputs = read_run(sqlite_connection(str(base / "metadata.sqlite")))
