@@ -26,6 +26,7 @@ from tfx import v1 as tfx
 from tfx.types import artifact_utils
 
 from cxr import contract
+from cxr.comparators import DRIFT, is_comparator_finding, set_comparator
 from cxr.components import artifacts
 from cxr.components.settings import DriftSettings, from_json
 
@@ -45,10 +46,9 @@ def drift_schema(schema, categorical_threshold: float, numeric_threshold: float)
     with_comparators = type(schema)()
     with_comparators.CopyFrom(schema)
     for name in CATEGORICAL_FEATURES:
-        tfdv.get_feature(with_comparators, name).drift_comparator.infinity_norm.threshold = categorical_threshold
+        set_comparator(tfdv.get_feature(with_comparators, name), DRIFT, True, categorical_threshold)
     for name in NUMERIC_FEATURES:
-        tfdv.get_feature(with_comparators, name).drift_comparator.jensen_shannon_divergence.threshold = \
-            numeric_threshold
+        set_comparator(tfdv.get_feature(with_comparators, name), DRIFT, False, numeric_threshold)
     return with_comparators
 
 
@@ -60,7 +60,8 @@ def drift_anomalies(current, previous, schema) -> anomalies_pb2.Anomalies:
     drift.ClearField("anomaly_info")
     drift.ClearField("dataset_anomaly_info")
     for feature, info in anomalies.anomaly_info.items():
-        reasons = [reason for reason in info.reason if "COMPARATOR" in anomalies_pb2.AnomalyInfo.Type.Name(reason.type)]
+        reasons = [reason for reason in info.reason
+                   if is_comparator_finding(anomalies_pb2.AnomalyInfo.Type.Name(reason.type))]
         if reasons:
             kept = drift.anomaly_info[feature]
             kept.CopyFrom(info)

@@ -331,9 +331,9 @@ def _run_predict(args) -> int:
 def _add_serve(commands) -> None:
     command = commands.add_parser(
         "serve", help="a development server with TF Serving's REST API (production runs TF Serving)",
-        description="A development server with TF Serving's REST API. Unlike the other commands' flags, its "
-                    "flags keep TF Serving's names (--model_base_path, --rest_api_port, ...), a promise that "
-                    "the same lines work with either.")
+        description="A development server with TF Serving's REST API. Its flags, as cxr log-proxy's and unlike the "
+                    "other commands', keep TF Serving's names (--model_base_path, --rest_api_port, ...), a promise "
+                    "that the same lines work with either.")
     from cxr.serving.server_settings import ServerSettings
     defaults = ServerSettings()
     demo_model = os.path.join(PRESETS[DEFAULT_PRESET].serving_dir, PRESETS[DEFAULT_PRESET].model_name)
@@ -345,34 +345,39 @@ def _add_serve(commands) -> None:
                                                      "version policy and labels (overrides the two above)")
     command.add_argument("--rest_api_port", type=int, default=defaults.rest_api_port,
                          help="(default %(default)s; 0 picks a free port)")
-    command.add_argument("--host", default=defaults.host,
-                         help="address to bind (default %(default)s, this machine only)")
     command.add_argument("--file_system_poll_wait_seconds", type=float, default=defaults.file_system_poll_wait_seconds,
                          help="how often to look for newly pushed versions (default %(default)s)")
+    command.add_argument("--rest_api_num_threads", dest="workers", metavar="N", type=int, default=defaults.workers,
+                         help="requests computed at once (default %(default)s)")
+    command.add_argument("--enable_model_warmup", type=_boolean, default=defaults.enable_model_warmup,
+                         help="replay assets.extra/tf_serving_warmup_requests on load (default %(default)s)")
+    _add_front_flags(command, defaults, "computed")
+    _add_request_log_flags(command, defaults)
+    _add_tls_flags(command, defaults)
+    _add_dicom_flags(command, tf_serving_style=True)
+    command.set_defaults(run=_run_serve)
+
+
+def _add_front_flags(command, defaults, handled: str) -> None:
+    """The flags of serving/server_settings.py's FrontFlags, which `cxr serve` and `cxr log-proxy` share."""
+    command.add_argument("--host", default=defaults.host,
+                         help="address to bind (default %(default)s, this machine only; 0.0.0.0 in a pod, with TLS)")
     command.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
                          help=f"refuse larger request bodies with HTTP 413 (default {defaults.max_body_bytes >> 20} "
                               f"MiB: 16 X-rays in base64)")
     command.add_argument("--max_images_per_request", type=int, default=defaults.max_images_per_request,
-                         help="refuse requests with more images with HTTP 400, before any is decoded "
-                              "(default %(default)s)")
-    command.add_argument("--drain_seconds", type=float, default=defaults.drain_seconds,
-                         help="on SIGTERM, let the requests under way finish for at most this long "
-                              "(default %(default)s)")
-    command.add_argument("--rest_api_num_threads", dest="workers", metavar="N", type=int, default=defaults.workers,
-                         help="requests computed at once (default %(default)s)")
+                         help=f"refuse requests with more images with HTTP 400, before any is decoded or "
+                              f"{handled} (default %(default)s)")
     command.add_argument("--read_timeout_seconds", type=float, default=defaults.read_timeout_seconds,
                          help="a request's headers must arrive within this; idle connections close after it "
                               "(default %(default)s)")
     command.add_argument("--body_timeout_seconds", type=float, default=defaults.body_timeout_seconds,
                          help="a request's body must arrive within this (default %(default)s)")
-    command.add_argument("--enable_model_warmup", type=_boolean, default=defaults.enable_model_warmup,
-                         help="replay assets.extra/tf_serving_warmup_requests on load (default %(default)s)")
-    command.add_argument("--address_file", help="once answering, write the server's URL to this file (with "
-                                                "--rest_api_port 0, how a caller learns the port)")
-    _add_request_log_flags(command, defaults)
-    _add_tls_flags(command, defaults)
-    _add_dicom_flags(command, tf_serving_style=True)
-    command.set_defaults(run=_run_serve)
+    command.add_argument("--drain_seconds", type=float, default=defaults.drain_seconds,
+                         help="on SIGTERM, let the requests under way finish for at most this long "
+                              "(default %(default)s)")
+    command.add_argument("--address_file", help="once answering, write the URL to this file (with port 0, how a "
+                                                "caller learns the port)")
 
 
 def _add_tls_flags(command, defaults) -> None:
@@ -427,23 +432,11 @@ def _add_log_proxy(commands) -> None:
                     "PredictionLog records for `cxr monitor`. Logging never slows or fails a request.")
     command.add_argument("--upstream", default=defaults.upstream, help="TF Serving's REST address (default %(default)s)")
     command.add_argument("--port", type=int, default=defaults.port, help="(default %(default)s; 0 picks a free port)")
-    command.add_argument("--host", default=defaults.host, help="address to bind (default %(default)s; 0.0.0.0 in a pod)")
     command.add_argument("--upstream_timeout_seconds", type=float, default=defaults.upstream_timeout_seconds,
                          help="TF Serving's answer must come within this (default %(default)s)")
-    command.add_argument("--max_body_bytes", type=int, default=defaults.max_body_bytes,
-                         help="refuse larger request bodies with HTTP 413 (default %(default)s)")
-    command.add_argument("--read_timeout_seconds", type=float, default=defaults.read_timeout_seconds,
-                         help="a request's headers must arrive within this (default %(default)s)")
-    command.add_argument("--body_timeout_seconds", type=float, default=defaults.body_timeout_seconds,
-                         help="a request's body must arrive within this (default %(default)s)")
     command.add_argument("--workers", type=int, default=defaults.workers,
                          help="requests forwarded at once (default %(default)s)")
-    command.add_argument("--max_images_per_request", type=int, default=defaults.max_images_per_request,
-                         help="refuse requests with more images with HTTP 400, nothing forwarded (default %(default)s)")
-    command.add_argument("--drain_seconds", type=float, default=defaults.drain_seconds,
-                         help="on SIGTERM, let the requests under way finish for at most this long "
-                              "(default %(default)s)")
-    command.add_argument("--address_file", help="once answering, write the proxy's URL to this file")
+    _add_front_flags(command, defaults, "forwarded")
     _add_request_log_flags(command, defaults)
     _add_tls_flags(command, defaults)
     _add_dicom_flags(command, tf_serving_style=True)

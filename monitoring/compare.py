@@ -11,7 +11,8 @@ import pandas as pd
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2, schema_pb2, statistics_pb2
 
-from cxr import contract
+from cxr import comparators, contract
+from cxr.comparators import is_comparator_finding, set_comparator
 from cxr.monitoring import features
 from cxr.monitoring.settings import MonitoringSettings
 
@@ -47,11 +48,11 @@ def reference_schema(reference: statistics_pb2.DatasetFeatureStatisticsList,
         if feature.name in TRAINING_ONLY:
             feature.not_in_environment.append(SERVING)
         if feature.name in features.CATEGORICAL:
-            feature.skew_comparator.infinity_norm.threshold = settings.skew_categorical_threshold
-            feature.drift_comparator.infinity_norm.threshold = settings.drift_categorical_threshold
+            set_comparator(feature, comparators.SKEW, True, settings.skew_categorical_threshold)
+            set_comparator(feature, comparators.DRIFT, True, settings.drift_categorical_threshold)
         elif feature.name in features.NUMERIC:
-            feature.skew_comparator.jensen_shannon_divergence.threshold = settings.skew_numeric_threshold
-            feature.drift_comparator.jensen_shannon_divergence.threshold = settings.drift_numeric_threshold
+            set_comparator(feature, comparators.SKEW, False, settings.skew_numeric_threshold)
+            set_comparator(feature, comparators.DRIFT, False, settings.drift_numeric_threshold)
     return schema
 
 
@@ -69,10 +70,9 @@ def against_test_answers(test_answers, window, schema: schema_pb2.Schema,
     del answers_only.feature[:]
     answers_only.feature.extend(feature for feature in schema.feature if feature.name in features.ANSWER)
     for feature in answers_only.feature:
-        if feature.name in features.CATEGORICAL:
-            feature.skew_comparator.infinity_norm.threshold = settings.answers_categorical_threshold
-        else:
-            feature.skew_comparator.jensen_shannon_divergence.threshold = settings.answers_numeric_threshold
+        categorical = feature.name in features.CATEGORICAL
+        set_comparator(feature, comparators.SKEW, categorical, settings.answers_categorical_threshold if categorical
+                       else settings.answers_numeric_threshold)
     anomalies = tfdv.validate_statistics(test_answers, answers_only, environment=TRAINING, serving_statistics=window)
     return [dataclasses.replace(finding, check=ANSWERS) for finding in _measured(anomalies, SKEW)]
 
@@ -90,7 +90,7 @@ def _schema_reasons(anomalies: anomalies_pb2.Anomalies) -> Dict[str, List[str]]:
     found: Dict[str, List[str]] = {}
     for name, info in anomalies.anomaly_info.items():
         reasons = [f"{reason.short_description}: {reason.description}" for reason in info.reason
-                   if not anomalies_pb2.AnomalyInfo.Type.Name(reason.type).startswith("COMPARATOR_")]
+                   if not is_comparator_finding(anomalies_pb2.AnomalyInfo.Type.Name(reason.type))]
         if reasons:
             found[name] = reasons
     return found

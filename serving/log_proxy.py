@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 import urllib.parse
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import requests
@@ -42,13 +42,14 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 
 class LogProxy:
-    def __init__(self, settings: ProxySettings):
+    def __init__(self, settings: ProxySettings, clock: Callable[[], float] = time.time):
+        """clock: the time the request log stamps each record with (and names its files by)."""
         self.settings = settings
         self.upstream = settings.upstream.rstrip("/")
         if "://" not in self.upstream:
             self.upstream = f"http://{self.upstream}"
         log_settings = settings.request_log()
-        self.request_log = RequestLogger(log_settings) if log_settings else None
+        self.request_log = RequestLogger(log_settings, clock=clock) if log_settings else None
         self.dicom_rules = settings.dicom_rules()
         self._sessions = threading.local()
         self._versions: Dict[str, Tuple[float, int]] = {}

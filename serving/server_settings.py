@@ -66,7 +66,17 @@ class RequestLogFlags:
 @dataclasses.dataclass(frozen=True)
 class FrontFlags:
     """What the fronts (`cxr serve`, `cxr log-proxy`) take before anything is decoded or forwarded: how many
-    images a request may carry, and what a DICOM sent in one must be (serving/dicom_front.py)."""
+    images a request may carry, and what a DICOM sent in one must be (serving/dicom_front.py); where they
+    listen, and the HTTP limits of serving/http_server.py."""
+    host: str = "127.0.0.1"
+    # A request's JSON carries its images in base64 (4/3 of the files): 16 NIH PNGs are ~15 MB.
+    max_body_bytes: int = 32 * 1024 * 1024
+    read_timeout_seconds: float = 10.0  # a request's headers; an idle connection is closed after it
+    body_timeout_seconds: float = 60.0
+    workers: int = 4  # requests handled at once
+    # Once answering, the front writes its URL (http://host:port) to this file, so that whoever started it on
+    # port 0 learns the port it got (not TF Serving's).
+    address_file: Optional[str] = None
     max_images_per_request: int = contract.MAX_IMAGES_PER_REQUEST
     # TLS (serving/tls.py): the server's certificate and key, and the CA of the client certificates let in
     # (mutual TLS). Without them the front speaks plain HTTP, which it does only on the loopback address,
@@ -90,9 +100,8 @@ class FrontFlags:
             raise ValueError("--tls_cert_file and --tls_key_file go together")
         if self.tls_client_ca_file and not self.tls_cert_file:
             raise ValueError("--tls_client_ca_file (mutual TLS) needs --tls_cert_file and --tls_key_file")
-        host = getattr(self, "host", "127.0.0.1")
-        if not self.tls_cert_file and not self.plaintext_behind_mesh and host not in _LOOPBACK:
-            raise ValueError(f"--host {host} without TLS would take plain HTTP from the network: give "
+        if not self.tls_cert_file and not self.plaintext_behind_mesh and self.host not in _LOOPBACK:
+            raise ValueError(f"--host {self.host} without TLS would take plain HTTP from the network: give "
                              f"--tls_cert_file and --tls_key_file (and --tls_client_ca_file for mutual TLS), or "
                              f"--plaintext_behind_mesh where a service mesh terminates mutual TLS for the pod")
 
@@ -105,6 +114,10 @@ class FrontFlags:
         return DicomRules(modalities=self.dicom_modalities, view_positions=self.dicom_view_positions,
                           allow_missing_view_position=self.dicom_allow_missing_view_position)
 
+    def http_limits(self) -> HttpLimits:
+        return HttpLimits(max_body_bytes=self.max_body_bytes, header_timeout_s=self.read_timeout_seconds,
+                          body_timeout_s=self.body_timeout_seconds, workers=self.workers)
+
 
 @dataclasses.dataclass(frozen=True)
 class ServerSettings(RequestLogFlags, FrontFlags):
@@ -112,21 +125,9 @@ class ServerSettings(RequestLogFlags, FrontFlags):
     model_name: str = contract.MODEL_NAME
     model_config_file: Optional[str] = None
     rest_api_port: int = contract.DEFAULT_REST_PORT  # 0 picks a free port
-    host: str = "127.0.0.1"
     file_system_poll_wait_seconds: float = 1.0
-    # A request's JSON carries its images in base64 (4/3 of the files): 16 NIH PNGs are ~15 MB.
-    max_body_bytes: int = 32 * 1024 * 1024
     enable_model_warmup: bool = True
-    read_timeout_seconds: float = 10.0  # a request's headers; an idle connection is closed after it
-    body_timeout_seconds: float = 60.0
-    workers: int = 4  # requests computed at once (TF Serving: --rest_api_num_threads)
-    # Not TF Serving's: once answering, the server writes its URL (http://host:port) to this file, so
-    # that whoever started it on port 0 learns the port it got.
-    address_file: Optional[str] = None
-
-    def http_limits(self) -> HttpLimits:
-        return HttpLimits(max_body_bytes=self.max_body_bytes, header_timeout_s=self.read_timeout_seconds,
-                          body_timeout_s=self.body_timeout_seconds, workers=self.workers)
+    # workers: requests computed at once (TF Serving: --rest_api_num_threads)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,14 +135,6 @@ class ProxySettings(RequestLogFlags, FrontFlags):
     """`cxr log-proxy`: TF Serving's REST API passed through to `upstream`, a sample of it logged."""
     upstream: str = f"http://localhost:{contract.DEFAULT_REST_PORT}"
     port: int = 8511  # 0 picks a free port
-    host: str = "127.0.0.1"
     upstream_timeout_seconds: float = 120.0
-    max_body_bytes: int = 32 * 1024 * 1024
-    read_timeout_seconds: float = 10.0
-    body_timeout_seconds: float = 60.0
-    workers: int = 8  # requests forwarded at once
-    address_file: Optional[str] = None
-
-    def http_limits(self) -> HttpLimits:
-        return HttpLimits(max_body_bytes=self.max_body_bytes, header_timeout_s=self.read_timeout_seconds,
-                          body_timeout_s=self.body_timeout_seconds, workers=self.workers)
+    # Requests forwarded at once: a forwarded request waits on TF Serving, not on this process's cores.
+    workers: int = 8

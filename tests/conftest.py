@@ -108,3 +108,39 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "image" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def tiny_span(tmp_path_factory):
+    """copy(tfrecords_dir, span=1, seed=3): the 16-per-class phantom span, ingested once per test session for
+    each seed (cxr build-tfrecords, in-process Beam) and copied in as span `span`, its manifest saying so."""
+    import json
+    import shutil
+
+    from cxr import contract
+    from cxr.dataprep.build import build_tfrecords
+    from cxr.dataprep.config import IngestConfig
+    from helpers import IN_PROCESS_BEAM, write_tiny_data
+
+    built = {}
+
+    def copy(tfrecords_dir, span: int = 1, seed: int = 3) -> str:
+        if seed not in built:
+            base = tmp_path_factory.mktemp(f"tiny-span-seed-{seed}")
+            roots = write_tiny_data(base / "raw", per_class=16, seed=seed)
+            build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(base / "tfrecords"), span=0,
+                                         beam_args=IN_PROCESS_BEAM))
+            built[seed] = contract.span_dir(str(base / "tfrecords"), 0)
+        target = contract.span_dir(str(tfrecords_dir), span)
+        if os.path.exists(target):
+            shutil.rmtree(target)
+        shutil.copytree(built[seed], target)
+        manifest_path = os.path.join(target, contract.MANIFEST)
+        with open(manifest_path) as f:
+            manifest = json.load(f)
+        manifest["span"] = span
+        with open(manifest_path, "w") as f:
+            json.dump(manifest, f, indent=1)
+        return target
+
+    return copy

@@ -89,6 +89,12 @@ def test_the_strict_reader_refuses_an_unknown_or_missing_setting():
         _tuning(algorithm="grid")
 
 
+def test_every_algorithm_the_settings_take_has_its_oracle():
+    from cxr.components import tuner
+    from cxr.components.settings import TUNER_ALGORITHMS
+    assert set(tuner.ORACLES) == set(TUNER_ALGORITHMS)
+
+
 @pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])
 def test_each_algorithm_trains_every_trial_and_reports_the_best_values(pixels, tmp_path, algorithm):
     tuning = _tuning(algorithm=algorithm, max_trials=2, epochs_per_trial=1, learning_rate=(1e-3, 3e-3))

@@ -9,23 +9,16 @@ import os
 
 import pytest
 
-from cxr.dataprep.build import build_tfrecords
-from cxr.dataprep.config import IngestConfig
 from cxr.kubeflow.cluster_checks import check_package
 from cxr.kubeflow.runner import compile_pipeline
 from cxr.components.settings import TRAINER_KEY
 from cxr.pipeline.metadata_reader import execution_properties, read_run, sqlite_connection
 from cxr.pipeline.pipeline import create_pipeline
-from helpers import (IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, serve_and_log, tiny_pipeline_config,
-                     write_tiny_data)
+from helpers import ORCHESTRATION_ONLY, latest_artifact_uris, serve_and_log, tiny_pipeline_config
 from kfp_local import Zygote, file_of, metadata_of, run_package
 
 pytestmark = pytest.mark.slow
 
-def _write_span(volume, span: int, seed: int) -> None:
-    roots = write_tiny_data(volume / f"downloads-{span}", per_class=16, seed=seed)
-    build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(volume / "tfrecords"), span=span,
-                                 beam_args=IN_PROCESS_BEAM))
 
 
 def _span_read(summary_outputs) -> int:
@@ -48,12 +41,20 @@ def cluster(tmp_path_factory, image):
         yield volume, config, package, zygote
 
 
-def test_two_runs_of_one_compiled_spec_train_on_the_newest_span_and_push(cluster, tmp_path):
-    volume, config, package, zygote = cluster
-    _write_span(volume, span=1, seed=3)
+@pytest.fixture(scope="module")
+def first_run(cluster, tmp_path_factory, tiny_span):
+    """Span 1 run as a cluster runs it, and pushed: where each test starts, whichever runs first or alone."""
+    volume, _, package, zygote = cluster
+    tiny_span(volume / "tfrecords", span=1, seed=3)
     # One task starts as a new process, exactly as its container's command line says; the rest fork.
-    first = run_package(package, str(tmp_path / "kfp-root"), zygote, fresh_processes={"curated-schema"})
+    first = run_package(package, str(tmp_path_factory.mktemp("kfp-root")), zygote, fresh_processes={"curated-schema"})
     assert first.succeeded, first.failures()
+    return first
+
+
+def test_two_runs_of_one_compiled_spec_train_on_the_newest_span_and_push(cluster, first_run, tmp_path, tiny_span):
+    volume, config, package, zygote = cluster
+    first = first_run
     nodes = {component.id for component in create_pipeline(config).components}
     assert set(first.tasks) == {_task_name(node) for node in nodes} | {"kfp-ui-outputs"}
 
@@ -69,7 +70,7 @@ def test_two_runs_of_one_compiled_spec_train_on_the_newest_span_and_push(cluster
     report = file_of(first.tasks["kfp-ui-outputs"], "report")
     assert f"cxr run {first.run_id} (span 1)" in report and "<img src='data:image/png;base64," in report
 
-    _write_span(volume, span=2, seed=5)
+    tiny_span(volume / "tfrecords", span=2, seed=5)
     # As a KFP 2.0-2.4 backend runs it: the run id placeholder stays unresolved, every task records under the
     # run's workflow name, and the report still takes the run id `cxr kfp submit` printed.
     # Its config parameter changes one setting: every other is the compiled one (the name, the root, the folders).
@@ -97,8 +98,9 @@ def _task_name(node_id: str) -> str:
     return node_id.lower().replace("_", "-")
 
 
-def test_the_monitoring_job_judges_the_served_version_s_requests_against_the_run_that_pushed_it(cluster, tmp_path):
-    # After the two runs above: the newest pushed version serves and logs to the volume; the monitoring job,
+def test_the_monitoring_job_judges_the_served_version_s_requests_against_the_run_that_pushed_it(cluster, first_run,
+                                                                                              tmp_path):
+    # The newest pushed version serves and logs to the volume; the monitoring job,
     # compiled once and run as a scheduled run, finds that version's training split and test answers in ML
     # Metadata and hands KFP's UI its page and distances.
     volume, config, _, zygote = cluster

@@ -7,12 +7,10 @@ from ml_metadata.proto import metadata_store_pb2
 from tfx.orchestration import metadata
 
 from cxr.components import validation_gate
-from cxr.dataprep.build import build_tfrecords
-from cxr.dataprep.config import IngestConfig
 from cxr.output import run_summary
 from cxr.pipeline.local_runner import run_local
 from cxr.pipeline.metadata_reader import executions_of_run, sqlite_connection
-from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, tiny_pipeline_config, write_tiny_data
+from helpers import ORCHESTRATION_ONLY, tiny_pipeline_config
 
 
 def _an_earlier_blessed_looking_run(config) -> None:
@@ -35,9 +33,9 @@ def test_a_run_that_fails_at_once_reports_itself_not_an_earlier_run(tmp_path, ca
 
 
 @pytest.mark.slow
-def test_ctrl_c_names_the_interrupted_component_cancels_it_and_the_next_run_is_whole(tmp_path, monkeypatch):
-    roots = write_tiny_data(tmp_path / "raw", per_class=16)
-    build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(tmp_path / "tfrecords"), beam_args=IN_PROCESS_BEAM))
+def test_ctrl_c_names_the_interrupted_component_cancels_it_and_the_next_run_is_whole(tmp_path, monkeypatch,
+                                                                                     tiny_span):
+    tiny_span(tmp_path / "tfrecords")
     config = tiny_pipeline_config(tmp_path, *ORCHESTRATION_ONLY)
 
     def ctrl_c(statistics):

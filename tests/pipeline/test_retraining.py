@@ -28,7 +28,7 @@ DRIFT = ("drift.action=stop", "drift.categorical_threshold=0.15", "drift.numeric
          *ORCHESTRATION_ONLY)
 
 
-def _write_span(base, name, span, seed, drop_covid=False):
+def _write_shifted_span(base, name, span, seed, drop_covid=True):
     roots = write_tiny_data(base / name, per_class=16, seed=seed)
     if drop_covid:  # a site stopped sending COVID-19 cases
         for folder in (os.path.join(roots["covid_radiography"], "COVID-19_Radiography_Dataset", "COVID", "images"),
@@ -46,29 +46,29 @@ def _evaluator_baseline_and_trained_models(config):
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory):
+def base(tmp_path_factory, tiny_span):
     """Span 1 trained and pushed: where each test starts, whichever runs first or alone."""
     base = tmp_path_factory.mktemp("retraining")
-    _write_span(base, "span1", span=1, seed=3)
+    tiny_span(base / "tfrecords", span=1, seed=3)
     first = run_local(tiny_pipeline_config(base, *DRIFT))
     assert first.error is None and first.blessed and first.pushed_to
     assert first.drift_baseline_span is None
     return base
 
 
-def test_a_shifted_span_is_stopped_and_a_healthy_one_is_retrained_against_the_blessed_model(base):
+def test_a_shifted_span_is_stopped_and_a_healthy_one_is_retrained_against_the_blessed_model(base, tiny_span):
     _, [span_1_model] = _evaluator_baseline_and_trained_models(tiny_pipeline_config(base))
     pushed = len(os.listdir(base / "serving" / "cxr"))
 
     span = _latest_span(base) + 1
-    _write_span(base, "span-shifted", span=span, seed=4, drop_covid=True)
+    _write_shifted_span(base, "span-shifted", span=span, seed=4)
     shifted = run_local(tiny_pipeline_config(base, *DRIFT))
     assert shifted.statuses["DriftCheck"] == "FAILED" and "Transform" not in shifted.statuses
     assert f"span {span} drifted from span {span - 1}" in shifted.error
     assert "label:" in shifted.error.split("beyond the thresholds")[1], shifted.error
     assert shifted.pushed_to is None
 
-    _write_span(base, "span-healthy", span=span, seed=5)
+    tiny_span(base / "tfrecords", span=span, seed=5)
     healthy = run_local(tiny_pipeline_config(base, *DRIFT))
     assert healthy.error is None, healthy.error
     assert healthy.drift_baseline_span == span - 1 and healthy.drift == []

@@ -10,11 +10,9 @@ import re
 import pytest
 
 from cxr import contract
-from cxr.dataprep.build import build_tfrecords
-from cxr.dataprep.config import IngestConfig
 from cxr.output import run_summary
 from cxr.pipeline.local_runner import run_local
-from helpers import IN_PROCESS_BEAM, ORCHESTRATION_ONLY, latest_artifact_uris, tiny_pipeline_config, write_tiny_data
+from helpers import ORCHESTRATION_ONLY, latest_artifact_uris, tiny_pipeline_config
 
 pytestmark = pytest.mark.slow
 
@@ -24,11 +22,10 @@ TUNING = ("tuner.enabled=true", "tuner.max_trials=3", "tuner.epochs_per_trial=1"
 
 
 @pytest.fixture(scope="module")
-def tuned(tmp_path_factory):
+def tuned(tmp_path_factory, tiny_span):
     """A run with a three-trial search, and its configuration."""
     base = tmp_path_factory.mktemp("tuning")
-    roots = write_tiny_data(base / "raw", per_class=16)
-    build_tfrecords(IngestConfig(source_roots=roots, out_dir=str(base / "tfrecords"), beam_args=IN_PROCESS_BEAM))
+    tiny_span(base / "tfrecords")
     config = tiny_pipeline_config(base, *ORCHESTRATION_ONLY, *TUNING)
     summary = run_local(config)
     # This run's folders, read now: a later test's run adds executions to the same ML Metadata.
