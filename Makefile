@@ -27,14 +27,18 @@ demo: setup
 compile-all: setup
 	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') > /dev/null || true
 
+# Two workers (pytest-xdist), each test module whole on one of them: its module fixtures are built once.
+# Every test also passes alone: .venv/bin/python -m pytest tests/path.py::test_name
+XDIST := -n 2 --dist loadfile
+
 test: compile-all
-	$(PY) -m pytest tests
+	$(PY) -m pytest $(XDIST) tests
 
 test-fast: compile-all
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest $(XDIST) tests -m "not slow"
 
 test-slow: compile-all
-	$(PY) -m pytest tests -m slow
+	$(PY) -m pytest $(XDIST) tests -m slow
 
 bench: setup
 	$(PY) bench/ingest.py --write bench/RESULTS.md

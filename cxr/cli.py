@@ -9,7 +9,6 @@ import glob
 import logging
 import os
 import sys
-import time
 import warnings
 from typing import Dict, List, Optional, Tuple
 
@@ -667,18 +666,18 @@ def _add_monitor(commands) -> None:
 
 
 def _run_monitor(args) -> int:
-    from cxr.monitoring.moments import parse_moment
+    from cxr.monitoring.moments import monitored_span
     config = load_config(args.preset, args.config, args.set)
-    logs = args.logs or config.monitoring.logs_root
-    if not logs:
+    window_s = args.window or config.monitoring.window_s
+    settings = dataclasses.replace(config.monitoring, logs_root=args.logs or config.monitoring.logs_root,
+                                   window_s=window_s, lookback_s=max(config.monitoring.lookback_s, window_s))
+    if not settings.logs_root:
         raise ValueError("no request log: give --logs or set monitoring.logs_root")
-    until = parse_moment(args.until, "--until") if args.until else time.time()
-    since = parse_moment(args.since, "--since") if args.since else until - config.monitoring.lookback_s
+    since, until = monitored_span(args.since, args.until, settings.lookback_s)
     model_base_path = args.model_base_path or os.path.join(config.serving_dir, config.model_name)
     sources = _version_sources(args, config)
     from cxr.monitoring.monitor import monitor
-    result = monitor(logs, model_base_path, sources, since, until, args.window or config.monitoring.window_s,
-                     config.monitoring, args.out)
+    result = monitor(model_base_path, sources, since, until, settings, args.out)
     print(output.monitoring_summary(result, args.out))
     return output.EXIT_ALARM if result["alarm"] else 0
 

@@ -13,7 +13,6 @@ An alarm does not fail the run: it is the `alarm` metric and the page's verdict.
 import functools
 import math
 import os
-import time
 from typing import Dict
 
 from google.protobuf import json_format
@@ -60,20 +59,19 @@ def _monitor_component(image: str):
 
 def run_monitoring(config: PipelineConfig, metadata_connection, run_id: str, until_text: str,
                    executor_input_json: str) -> dict:
-    from cxr.monitoring.moments import parse_moment
+    from cxr.monitoring.moments import monitored_span
     from cxr.monitoring.monitor import PAGE as PAGE_FILE, monitor, prune_old_files
     from cxr.monitoring.page import render as render_page
     from cxr.pipeline.served_versions import sources_from_metadata
 
     executor_input = json_format.Parse(executor_input_json, pipeline_spec_pb2.ExecutorInput())
-    until = time.time() if "{{" in until_text or not until_text else parse_moment(until_text, "--until")
     settings = config.monitoring
+    since, until = monitored_span(None, until_text, settings.lookback_s)
     out_dir = os.path.join(config.pipeline_root, MONITORING_DIR, run_id)
     # Earlier runs' queues and pages hold patient images too: each run enforces their retention.
     removed = prune_old_files(os.path.join(config.pipeline_root, MONITORING_DIR), settings.retention_days)
-    result = monitor(settings.logs_root, os.path.join(config.serving_dir, config.model_name),
-                     sources_from_metadata(metadata_connection), until - settings.lookback_s, until,
-                     settings.window_s, settings, out_dir)
+    result = monitor(os.path.join(config.serving_dir, config.model_name), sources_from_metadata(metadata_connection),
+                     since, until, settings, out_dir)
     result["earlier_runs_files_removed_by_retention"] = removed
     metrics = output_artifact(dsl.Metrics, executor_input, METRICS)
     for name, value in monitoring_metrics(result).items():

@@ -157,9 +157,11 @@ def _embedded(received: Sequence[Received], embed):
     return np.concatenate(embeddings), probabilities
 
 
-def saved_model_embedder(model_dir: str):
-    """The embed signature of one exported model version, as describe() calls it."""
-    signature = tf.saved_model.load(model_dir).signatures[contract.EMBED_SIGNATURE]
+def saved_model_embedder(model):
+    """The embed signature of one exported model version (a loaded SavedModel, or its folder), as describe()
+    calls it."""
+    model = tf.saved_model.load(model) if isinstance(model, str) else model
+    signature = model.signatures[contract.EMBED_SIGNATURE]
 
     def embed(images: List[bytes]) -> Dict[str, np.ndarray]:
         outputs = signature(**{contract.IMAGES_INPUT: tf.constant(images, tf.string)})

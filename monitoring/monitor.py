@@ -49,9 +49,14 @@ class Reference:
     test_answers: Optional[object] = None  # TFDV statistics of the ServingCheck's answers
 
 
-def monitor(logs_root: str, serving_dir: str, sources: Callable[[int], VersionSources], since: float, until: float,
-            window_s: float, settings: MonitoringSettings, out_dir: str, seed: int = 0) -> dict:
-    """sources(version): where that version's training split and test answers are."""
+def monitor(model_base_path: str, sources: Callable[[int], VersionSources], since: float, until: float,
+            settings: MonitoringSettings, out_dir: str, seed: int = 0) -> dict:
+    """The log under settings.logs_root from `since` to `until`, in windows of settings.window_s, judged against
+    each version under model_base_path that answered; sources(version): where that version's training split
+    and test answers are."""
+    logs_root, window_s = settings.logs_root, settings.window_s
+    if not logs_root:
+        raise ValueError("no request log: give --logs or set monitoring.logs_root")
     if until <= since or window_s <= 0:
         raise ValueError(f"--until must be after --since and the window positive (got {since}..{until}, {window_s} s)")
     unreadable: List[str] = []
@@ -64,11 +69,12 @@ def monitor(logs_root: str, serving_dir: str, sources: Callable[[int], VersionSo
     queued: List[dict] = []
     shown: page.Shown = {}
     for version in sorted({item.version for item in received}):
-        model_dir = os.path.join(serving_dir, str(version))
+        model_dir = os.path.join(model_base_path, str(version))
         if not tf.io.gfile.exists(os.path.join(model_dir, "saved_model.pb")):
             raise ValueError(f"version {version} answered logged requests, but {model_dir} holds no SavedModel: "
                              f"give the folder the served versions are pushed to with --model_base_path")
-        embed = features.saved_model_embedder(model_dir)
+        model = tf.saved_model.load(model_dir)  # once: its embed and explain signatures both serve below
+        embed = features.saved_model_embedder(model)
         found = sources(version)
         reference = describe_reference(version, found, embed, settings)
         result["versions"][str(version)] = {
@@ -79,7 +85,7 @@ def monitor(logs_root: str, serving_dir: str, sources: Callable[[int], VersionSo
         windows, queue = judge_windows(mine, reference, embed, since, until, window_s, settings, rng, logged)
         result["windows"] += windows
         queued += queue
-        shown.update(_explained(windows, mine, model_dir))
+        shown.update(_explained(windows, mine, model))
     result["alarm"] = any(window["alarm"] for window in result["windows"])
     write_outputs(result, queued, shown, out_dir, settings.retention_days)
     return result
@@ -119,13 +125,13 @@ def sample_windows(items: Iterable[Received], since: float, until: float, window
     return sorted((item for sample in kept.values() for item in sample), key=lambda item: item.time), logged
 
 
-def _explained(windows: List[dict], received: Sequence[Received], model_dir: str) -> page.Shown:
+def _explained(windows: List[dict], received: Sequence[Received], model) -> page.Shown:
     """The outlying images shown on the page, with the Grad-CAM of the version that answered them."""
     wanted = {outlier["sha256"] for window in windows for outlier in window["outliers"]}
     images = {_sha256(item.image): item.image for item in received if _sha256(item.image) in wanted}
     if not images:
         return {}
-    explain = tf.saved_model.load(model_dir).signatures[contract.EXPLAIN_SIGNATURE]
+    explain = model.signatures[contract.EXPLAIN_SIGNATURE]
     heatmaps = explain(**{contract.IMAGES_INPUT: tf.constant(list(images.values()), tf.string)})[contract.HEATMAP]
     return {sha: (image, heatmap) for (sha, image), heatmap in zip(images.items(), heatmaps.numpy())}
 

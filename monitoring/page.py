@@ -9,14 +9,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 from PIL import Image
 
+from cxr import html_page
 from cxr.monitoring import compare
 from cxr.serving.overlay import overlay
-
-STYLE = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
-table{border-collapse:collapse;margin:.5em 0} td,th{border:1px solid #ccc;padding:3px 7px;text-align:right}
-th{background:#f3f3f3} figure{display:inline-block;margin:4px;font-size:12px} figure img{width:160px}
-.bad{color:#b00;font-weight:bold} .good{color:#070} .muted{color:#888}"""
-
 
 TREND_TITLES = {compare.SKEW: "Against training (skew)",
                 compare.ANSWERS: "The model's answers against its answers on the test split (ServingCheck)",
@@ -32,8 +27,7 @@ def render(result: dict, shown: Shown) -> str:
     sections = [f"<h1>Monitoring {html.escape(result['logs'])}</h1>", verdict, _windows_table(windows),
                 *(_trend_table(windows, check) for check in TREND_TITLES),
                 _outliers(windows, shown)]
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>cxr monitor</title><style>{STYLE}</style>"
-            f"</head><body>{''.join(sections)}</body></html>")
+    return html_page.page("cxr monitor", "".join(sections))
 
 
 def _when(seconds: float) -> str:

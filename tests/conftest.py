@@ -83,11 +83,30 @@ def quirky_trees(tmp_path_factory):
             "expected": expected}
 
 
+def _once_per_test_run(tmp_path_factory, worker_id, name, build):
+    """build(folder) once per test run, its (picklable) result shared: under pytest-xdist (make test) the first
+    worker to ask builds it in the run's shared folder while the others wait on a file lock, then load it."""
+    import fcntl
+    import pickle
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    built = shared / f"{name}.pickle"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.exists():
+            built.write_bytes(pickle.dumps(build(str(shared / name))))
+        return pickle.loads(built.read_bytes())
+
+
 @pytest.fixture(scope="session")
-def model_base_path(tmp_path_factory) -> str:
-    """<serving_dir>/cxr with version 1 of a small model trained on phantoms and exported as the Trainer does."""
+def model_base_path(tmp_path_factory, worker_id) -> str:
+    """<serving_dir>/cxr with version 1 of a small model trained on phantoms and exported as the Trainer does.
+    Tests only read it."""
     from trained_model import export_small_model
-    return export_small_model(str(tmp_path_factory.mktemp("exported")))
+
+    def build(folder):
+        os.makedirs(folder)
+        return export_small_model(folder)
+    return _once_per_test_run(tmp_path_factory, worker_id, "exported", build)
 
 
 @pytest.fixture(scope="session")
@@ -97,9 +116,9 @@ def loaded_model(model_base_path):
 
 
 @pytest.fixture(scope="session")
-def image(tmp_path_factory) -> image_env.ImageEnvironment:
+def image(tmp_path_factory, worker_id) -> image_env.ImageEnvironment:
     """kubeflow/Dockerfile's last stage, rebuilt without Docker (image_env.py): what the cluster's tasks run."""
-    return image_env.build(str(tmp_path_factory.mktemp("image")))
+    return _once_per_test_run(tmp_path_factory, worker_id, "image", image_env.build)
 
 
 def pytest_collection_modifyitems(items):

@@ -80,7 +80,16 @@ def collect(metadata_connection, run: str = "latest", gallery_all_sources: bool 
         settings=_read_json(os.path.join(model_run, contract.TRAINER_SETTINGS_FILE)),
         curves=learning_curves(model_run),
         tuner_trials=_tuner_trials(outputs.get(Nodes.TUNER, {})), tuner_search=summary.tuner_search,
-        predictions=predict_test_split(model_dir, examples.uri, gallery_all_sources), gate=_recorded_gate(given))
+        predictions=predict_test_split(model_dir, examples.uri, gallery_all_sources, _serving_check_answers(outputs)),
+        gate=_recorded_gate(given))
+
+
+def _serving_check_answers(outputs) -> Optional[str]:
+    """The file of the ServingCheck's answers on the test split, where the run's ServingCheck wrote one: the
+    served model's own answers, so that the report predicts nothing again (None: the check did not answer)."""
+    blessing = _uri(outputs, Nodes.SERVING_CHECK, "blessing")
+    path = blessing and os.path.join(blessing, contract.SERVING_CHECK_ANSWERS_FILE)
+    return path if path and tf.io.gfile.exists(path) else None
 
 
 def _recorded_gate(given: Dict[str, dict]) -> Dict[str, float]:
@@ -111,14 +120,23 @@ def _split_counts(examples_uri: str):
     return counts, dict(patients)
 
 
-def predict_test_split(model_dir: str, examples_uri: str, gallery_all_sources: bool = False) -> TestPredictions:
-    """The model's probabilities on the test split, and the gallery's images explained by the same model."""
+def predict_test_split(model_dir: str, examples_uri: str, gallery_all_sources: bool = False,
+                       answers_file: Optional[str] = None) -> TestPredictions:
+    """The model's probabilities on the test split, and the gallery's images explained by the same model. With
+    answers_file (the ServingCheck's answers, in the split's order), the probabilities are read from it."""
     signatures = tf.saved_model.load(model_dir).signatures
+    recorded = _recorded_probabilities(answers_file) if answers_file else None
     files, labels, sources, acquisitions, probabilities, kept_images = [], [], [], [], [], {}
     kept = Counter()
     for batch in artifacts.read_split(examples_uri, contract.TEST, _METADATA + _ACQUISITION + (contract.IMAGE,)):
-        batch_probabilities = signatures[contract.PREDICT_SIGNATURE](images=tf.constant(batch[contract.IMAGE]))[
-            contract.PROBABILITIES].numpy()
+        if recorded is not None:
+            batch_probabilities = recorded[len(files):len(files) + len(batch[contract.IMAGE])]
+            if len(batch_probabilities) < len(batch[contract.IMAGE]):
+                raise ValueError(f"{answers_file} holds {len(recorded)} answers, fewer than the test split at "
+                                 f"{examples_uri}: not the answers of this run's test split")
+        else:
+            batch_probabilities = signatures[contract.PREDICT_SIGNATURE](images=tf.constant(batch[contract.IMAGE]))[
+                contract.PROBABILITIES].numpy()
         batch_labels = [LABELS.index(label.decode()) for label in batch[contract.LABEL]]
         batch_files = [name.decode() for name in batch[contract.FILE]]
         batch_sources = [source.decode() for source in batch[contract.SOURCE]]
@@ -136,9 +154,17 @@ def predict_test_split(model_dir: str, examples_uri: str, gallery_all_sources: b
         acquisitions += [f"{view.decode()}, {modality.decode()}"
                          for view, modality in zip(batch[contract.VIEW_POSITION], batch[contract.MODALITY])]
         probabilities.append(batch_probabilities)
+    if recorded is not None and len(recorded) != len(files):
+        raise ValueError(f"{answers_file} holds {len(recorded)} answers, but the test split at {examples_uri} holds "
+                         f"{len(files)} images: not the answers of this run's test split")
     return TestPredictions(files, np.array(labels, dtype=int), sources, acquisitions,
                            np.concatenate(probabilities) if probabilities else np.zeros((0, len(LABELS))),
                            _explain(signatures[contract.EXPLAIN_SIGNATURE], kept_images))
+
+
+def _recorded_probabilities(path: str) -> np.ndarray:
+    with tf.io.gfile.GFile(path) as f:
+        return np.array(json.load(f)[contract.PROBABILITIES], dtype=float)
 
 
 def _explain(explain, images: Dict[str, bytes]) -> Dict[str, GalleryImage]:

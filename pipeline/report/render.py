@@ -13,7 +13,7 @@ from typing import Dict, List, Sequence
 import numpy as np
 import tensorflow_data_validation as tfdv
 
-from cxr import contract
+from cxr import contract, html_page
 from cxr.contract import LABELS
 from cxr.pipeline.report import metrics
 from cxr.pipeline.report.collect import RunReportData
@@ -116,16 +116,15 @@ def _page(data: RunReportData, numbers: dict, gallery: List[dict], has_statistic
     sections = [_data_section(data, numbers, has_statistics), _training_section(data, numbers),
                 _evaluation_section(numbers), _gallery_section(gallery),
                 f"<h2>Model card</h2>{MODEL_CARD}"]
-    title = f"cxr run {html.escape(str(numbers['run_id']))}"
+    title = f"cxr run {numbers['run_id']}"
     # The script marks each image as loaded or broken, so a headless browser can check the page.
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{title}</title><style>
-body{{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}} table{{border-collapse:collapse;margin:.5em 0}}
-td,th{{border:1px solid #ccc;padding:3px 7px;text-align:right}} th{{background:#f3f3f3}} .gallery img{{width:180px}}
-figure{{display:inline-block;margin:4px;font-size:12px}} .bad{{color:#b00}} .good{{color:#070}}</style></head><body>
-<h1>{title} (span {numbers['span']})</h1>{''.join(sections)}
-<script>window.addEventListener("load",function(){{document.querySelectorAll("img").forEach(function(i){{
-i.setAttribute("data-loaded",i.complete&&i.naturalWidth>0?"yes":"no");}});document.body.setAttribute("data-ready","yes");}});</script>
-</body></html>"""
+    return html_page.page(title, f"<h1>{html.escape(title)} (span {numbers['span']})</h1>{''.join(sections)}",
+                          script=LOADED_SCRIPT)
+
+
+LOADED_SCRIPT = ('window.addEventListener("load",function(){document.querySelectorAll("img").forEach(function(i){'
+                 'i.setAttribute("data-loaded",i.complete&&i.naturalWidth>0?"yes":"no");});'
+                 'document.body.setAttribute("data-ready","yes");});')
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -41,6 +41,7 @@ def _examples_dir(tmp_path, images_and_labels):
     return str(tmp_path / "examples")
 
 
+@pytest.mark.slow  # trains a model, or starts the real command in a process of its own
 def test_served_answers_that_disagree_with_the_evaluator_fail_the_check(model_base_path, tmp_path):
     """The real check: `cxr serve` in a fresh process on an exported model, the test split over REST."""
     import os
@@ -62,6 +63,7 @@ def test_served_answers_that_disagree_with_the_evaluator_fail_the_check(model_ba
         sum(LABELS[i] == label for i, label in zip(found["probabilities"].argmax(axis=1), labels)) / 8)
 
 
+@pytest.mark.slow  # trains a model, or starts the real command in a process of its own
 def test_the_check_s_server_keeps_answering_past_a_pipe_s_worth_of_log(model_base_path):
     """Its access log, a line a request, outgrows a 64 KiB pipe on the full downloads (NIH alone has
     112,120 images: a test split of thousands, 16 a request, plus the latency requests)."""

@@ -74,6 +74,7 @@ def _class_files(demo):
             [glob.glob(os.path.join(demo["nih"], "images_*", "images", name))[0] for name in pneumothorax]]
 
 
+@pytest.mark.slow  # trains a model, or starts the real command in a process of its own
 def test_a_small_cnn_learns_the_four_findings_from_held_out_phantoms(tmp_path):
     """Learnable: a tiny CNN far above chance (25 %); the pipeline's demo rests on it."""
     import tensorflow as tf

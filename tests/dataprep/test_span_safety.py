@@ -98,6 +98,7 @@ def test_two_concurrent_runs_on_one_span_publish_one_whole_span(tmp_path):
     assert sorted(os.listdir(tmp_path / "out")) == ["span-1"]
 
 
+@pytest.mark.slow  # trains a model, or starts the real command in a process of its own
 def test_a_run_killed_mid_way_with_overwrite_leaves_the_old_span_whole(tmp_path):
     small = _curated(tmp_path / "small", count=2)
     build_tfrecords(_config({"curated": small}, tmp_path / "out"))

@@ -72,3 +72,37 @@ def test_kfp_s_metrics_name_each_class_once_and_leave_out_what_tfma_could_not_co
         metric_sub_key(2, top_k=1): {"precision/NORMAL": 0.7}, metric_sub_key(3, top_k=1): {"precision/PNEUMOTHORAX": None}})
     assert run_metrics(summary) == {ACCURACY: 0.9, "gate_recall NORMAL": 0.8, "precision/NORMAL topK:1": 0.7,
                                     "blessed": 0.0, "pushed": 0.0}
+
+
+def _compiled(*overrides):
+    from cxr.pipeline.config import to_json
+    return to_json(load_config("study", overrides=[
+        "name=cxr-radiology", "kubeflow.image=registry.example.com/cxr-pipeline:7", "pipeline_root=gs://b/root",
+        "data.tfrecords_dir=gs://b/tfrecords", "serving_dir=gs://b/serving", *overrides]))
+
+
+@pytest.mark.parametrize("changes, compiled, message", [
+    ('{"kubeflow": {"volumes": ["other:/mnt"]}}', (), "changes kubeflow.volumes, which the compiled pipeline holds"),
+    ('{"serving_dir": "/models"}', (), "serving_dir is '/models', which no task mounts"),
+    ("{}", ("name=cxr",), "name is the default 'cxr'"),
+])
+def test_a_task_refuses_a_configuration_the_cluster_could_not_run_before_it_runs_anything(changes, compiled,
+                                                                                          message, monkeypatch):
+    from cxr.kubeflow import task
+    ran = []
+    monkeypatch.setattr(task, "run_node", lambda *args: ran.append(args))
+    with pytest.raises(ValueError, match=message):
+        task.main(["node", "--node-id", "Trainer", "--compiled-config", _compiled(*compiled), "--config", changes,
+                   "--run-id", "run-1"])
+    assert not ran
+
+
+def test_a_task_runs_its_node_with_the_compiled_configuration_and_the_run_s_changes(monkeypatch):
+    from cxr.kubeflow import task
+    ran = []
+    monkeypatch.setattr(task, "run_node", lambda config, node_id, run_id: ran.append((config, node_id, run_id)))
+    assert task.main(["node", "--node-id", "Trainer", "--compiled-config", _compiled(), "--config",
+                      '{"training": {"epochs": 3}}', "--run-id", "run-1"]) == 0
+    [(config, node_id, run_id)] = ran
+    assert (config.training.epochs, config.name, config.serving_dir, node_id, run_id) == (
+        3, "cxr-radiology", "gs://b/serving", "Trainer", "run-1")

@@ -4,6 +4,7 @@ import collections
 import csv
 import hashlib
 import json
+import math
 import os
 import time
 
@@ -66,9 +67,16 @@ def logged(model_base_path, tmp_path_factory):
                                    request_log_sample_rate=1.0), clock=lambda: now[0]).start()
     try:
         client = ServingClient(proxy.url)
+        requests = 0
         for index, images in enumerate(batches):
             now[0] = since + index * window + 1
             _send(client, images)
+            # The proxy stamps a request once it has answered it: the clock moves on once all are stamped.
+            requests += math.ceil(len(images) / 8)
+            deadline = time.monotonic() + 30
+            while proxy.request_log.counts().get("sampled", 0) < requests:
+                assert time.monotonic() < deadline, proxy.request_log.counts()
+                time.sleep(0.01)
     finally:
         proxy.stop()  # and the logger writes what it holds
         running.stop()
@@ -302,3 +310,14 @@ def test_the_queue_and_page_are_owner_only_and_old_queued_images_go_with_retenti
     os.utime(old / "a.png", (month_ago, month_ago))
     assert prune_old_files(str(tmp_path / "old-run"), retention_days=30) == 1
     assert [p.name for p in old.iterdir()] == ["b.png"]
+
+
+def test_the_monitored_span_is_built_one_way_for_the_command_line_and_the_kubeflow_job():
+    from cxr.monitoring.moments import monitored_span
+    now = lambda: 1_800_000_000.0  # noqa: E731
+    assert monitored_span(None, None, 3600, now) == (1_799_996_400.0, 1_800_000_000.0)
+    assert monitored_span("1000", "2026-01-09T13:00:00Z", 60, now) == (1000.0, 1767963600.0)
+    # KFP up to 2.15 passes its schedule-time placeholder through unresolved: then the span ends now.
+    assert monitored_span(None, "{{$.pipeline_job_schedule_time_utc}}", 60, now) == (1_799_999_940.0, 1_800_000_000.0)
+    with pytest.raises(ValueError, match="--until 'yesterday': expected ISO 8601"):
+        monitored_span(None, "yesterday", 60, now)

@@ -219,6 +219,26 @@ def test_the_report_s_gallery_shows_no_site_image_unless_asked(first_run, worksp
     assert len(shown) >= len(predictions.gallery)
 
 
+def test_the_report_reads_the_serving_check_s_answers_instead_of_predicting_again(first_run, workspace, tmp_path):
+    from tfx.utils import path_utils
+
+    from cxr.pipeline.metadata_reader import read_run
+    from cxr.pipeline.report.collect import collect, predict_test_split
+    connection = sqlite_connection(_config(workspace).metadata_path)
+    _, outputs = read_run(connection, first_run.run_id)
+    with open(os.path.join(outputs["ServingCheck"]["blessing"].uri, contract.SERVING_CHECK_ANSWERS_FILE)) as f:
+        answers = np.array(json.load(f)[contract.PROBABILITIES])
+    reported = collect(connection, first_run.run_id).predictions.probabilities
+    np.testing.assert_array_equal(reported, answers)
+    model_dir = path_utils.serving_model_path(outputs["Trainer"]["model"].uri)
+    examples = outputs["ImportExampleGen"]["examples"].uri
+    np.testing.assert_allclose(predict_test_split(model_dir, examples).probabilities, answers, atol=2e-6)
+    truncated = tmp_path / "answers.json"
+    truncated.write_text(json.dumps({contract.PROBABILITIES: answers[:-1].tolist()}))
+    with pytest.raises(ValueError, match="not the answers of this run's test split"):
+        predict_test_split(model_dir, examples, answers_file=str(truncated))
+
+
 def test_the_report_agrees_with_tfma_and_with_a_count_of_its_predictions(first_run, workspace, tmp_path):
     from cxr.pipeline.report.collect import collect
     from cxr.pipeline.report.render import write_report
