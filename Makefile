@@ -27,9 +27,11 @@ demo: setup
 compile-all: setup
 	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') > /dev/null || true
 
-# Two workers (pytest-xdist), each test module whole on one of them: its module fixtures are built once.
-# Every test also passes alone: .venv/bin/python -m pytest tests/path.py::test_name
-XDIST := -n 2 --dist loadfile
+# One process by default: on CI's two cores two pytest-xdist workers took longer (29.5 min against the
+# serial run's, bench/RESULTS.md "Test suite"), TensorFlow and Beam already keeping both cores busy. With
+# more cores: make test XDIST="-n 4 --dist loadfile" (each module whole on one worker, its fixtures built
+# once; the image's environment and the small model once per run). Every test also passes alone.
+XDIST ?=
 
 test: compile-all
 	$(PY) -m pytest $(XDIST) tests
