@@ -27,11 +27,10 @@ demo: setup
 compile-all: setup
 	$(PY) -m compileall -q -j 0 $$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])') > /dev/null || true
 
-# One process by default: on CI's two cores two pytest-xdist workers took longer (29.5 min against the
-# serial run's, bench/RESULTS.md "Test suite"), TensorFlow and Beam already keeping both cores busy. With
-# more cores: make test XDIST="-n 4 --dist loadfile" (each module whole on one worker, its fixtures built
-# once; the image's environment and the small model once per run). Every test also passes alone.
-XDIST ?=
+# Two pytest-xdist workers, each test module whole on one of them (its fixtures built once; the image's
+# environment and the small model once per run): 29.5 min against 46 min in one process on CI's two
+# cores (bench/RESULTS.md, "Test suite"). XDIST= runs serially. Every test also passes alone.
+XDIST ?= -n 2 --dist loadfile
 
 test: compile-all
 	$(PY) -m pytest $(XDIST) tests
