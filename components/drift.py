@@ -10,20 +10,26 @@ scanner changes image sizes). The comparators:
 Per configuration the run warns (the result is recorded on the output artifact
 and in the run summary) or stops before training.
 
-The baseline is kept in `baseline_dir` (under the pipeline root by default):
-the training split's statistics of the last span that passed this check. A
-Resolver over past ExampleStatistics would be the MLMD way, but TFX 1.16's
-LatestArtifactStrategy fails the resolver node when there is nothing yet (the
-first run) and Kubeflow's compiler accepts no other strategy.
+The baseline is an artifact in ML Metadata, resolved as the Evaluator's baseline model is:
+each accepted span's check outputs its training split's statistics as a `DriftBaseline`, and the
+next run's Resolver (LatestArtifactStrategy) hands the newest one to the check. A span that
+drift stops outputs none, so the baseline stays the last accepted span; a cached check reuses its
+artifact, and concurrent runs each resolve their own. TFX 1.16's LatestArtifactStrategy fails its
+node when there is no artifact at all (strategies/latest_artifact_strategy.py, resolve_artifacts
+returns None, which input_graph_resolver.py raises), and Vertex's compiler takes no other strategy
+(kubeflow/v2/step_builder.py): so an Importer registers once, before the Resolver runs, a
+`DriftBaseline` with no statistics (`NO_BASELINE`), the oldest of its type, which the check reads as
+"the first span: nothing to compare with".
 """
 import os
-from typing import List
+from typing import List, Optional, Tuple
 
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
 from tensorflow_metadata.proto.v0 import anomalies_pb2
 from tfx import v1 as tfx
 from tfx.types import artifact_utils
+from tfx.types.artifact import Artifact
 
 from cxr import contract
 from cxr.comparators import DRIFT, is_comparator_finding, set_comparator
@@ -34,7 +40,19 @@ CATEGORICAL_FEATURES = (contract.LABEL, contract.SOURCE, contract.FORMAT, contra
                         contract.MANUFACTURER, contract.MANUFACTURER_MODEL)
 NUMERIC_FEATURES = (contract.HEIGHT, contract.WIDTH, contract.CHANNELS, contract.BIT_DEPTH, contract.BITS_STORED)
 COMPARED_SPLIT = contract.TRAIN
-BASELINE_SPAN_FILE = "span"  # beside the statistics
+SPAN = "span"  # the custom property of a DriftBaseline (and of the drift anomalies) naming its span
+NO_BASELINE = "no_baseline"  # the custom property of the Importer's DriftBaseline that holds no statistics
+
+
+class DriftBaseline(Artifact):
+    """The training split's statistics (artifacts.STATISTICS_FILE) of a span the drift check accepted."""
+    # <namespace>.<Name>: what Vertex takes as a custom type's schema title (kubeflow/v2/compiler_utils.py)
+    TYPE_NAME = "cxr.DriftBaseline"
+
+
+def no_baseline_uri(pipeline_root: str) -> str:
+    """Where the Importer's empty DriftBaseline points: nothing is written there."""
+    return f"{pipeline_root.rstrip('/')}/drift-no-baseline"
 
 
 class DataDriftError(RuntimeError):
@@ -75,45 +93,50 @@ def describe_drift(drift: anomalies_pb2.Anomalies) -> List[str]:
             for reason in info.reason]
 
 
-def _read_baseline(baseline_dir: str):
-    """(statistics, span) of the last accepted span, or (None, None) before the first."""
-    path = os.path.join(baseline_dir, artifacts.STATISTICS_FILE)
-    if not tf.io.gfile.exists(path):
+def read_baseline(baseline: Artifact) -> Tuple[Optional[object], Optional[int]]:
+    """(statistics, span) of the last accepted span, or (None, None) for the Importer's empty one."""
+    if baseline.has_custom_property(NO_BASELINE):
         return None, None
-    with tf.io.gfile.GFile(os.path.join(baseline_dir, BASELINE_SPAN_FILE)) as f:
-        span = int(f.read().strip())
-    return artifacts.read_statistics(path), span
+    if not baseline.has_custom_property(SPAN):
+        raise ValueError(f"the drift baseline {baseline.uri} has no {SPAN!r} property: not one DriftCheck wrote")
+    path = os.path.join(baseline.uri, artifacts.STATISTICS_FILE)
+    if not tf.io.gfile.exists(path):
+        raise FileNotFoundError(f"the drift baseline of span {baseline.get_int_custom_property(SPAN)} has no "
+                                f"{path}: its files were removed, but ML Metadata still lists it")
+    return artifacts.read_statistics(path), baseline.get_int_custom_property(SPAN)
 
 
-def _write_baseline(baseline_dir: str, statistics, span: int) -> None:
-    tf.io.gfile.makedirs(baseline_dir)
-    with tf.io.gfile.GFile(os.path.join(baseline_dir, artifacts.STATISTICS_FILE), "wb") as f:
+def _write_baseline(baseline: Artifact, statistics, span: int) -> None:
+    tf.io.gfile.makedirs(baseline.uri)
+    with tf.io.gfile.GFile(os.path.join(baseline.uri, artifacts.STATISTICS_FILE), "wb") as f:
         f.write(statistics.SerializeToString())
-    with tf.io.gfile.GFile(os.path.join(baseline_dir, BASELINE_SPAN_FILE), "w") as f:
-        f.write(str(span))
+    baseline.set_int_custom_property(SPAN, span)
 
 
 @tfx.dsl.components.component
 def DriftCheck(examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
                statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
                schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
+               baseline: tfx.dsl.components.InputArtifact[DriftBaseline],
                drift: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
+               accepted: tfx.dsl.components.OutputArtifact[DriftBaseline],
                settings: tfx.dsl.components.Parameter[str],
                code_fingerprint: tfx.dsl.components.Parameter[str],
                ) -> tfx.dsl.components.OutputDict(drifted_features=int):
-    """settings: `to_json(DriftSettings)` with its baseline_dir filled in; code_fingerprint only keys the cache."""
+    """baseline: the Resolver's newest DriftBaseline; accepted: this span's, written unless drift stops the run.
+    settings: `to_json(DriftSettings)`; code_fingerprint only keys the cache."""
     config = from_json(DriftSettings, settings, "drift")
     drift.split_names = artifact_utils.encode_split_names([COMPARED_SPLIT])
     current = artifacts.load_statistics(statistics.uri, COMPARED_SPLIT)
-    span = examples.get_int_custom_property("span")  # where ExampleGen records it
-    baseline, baseline_span = _read_baseline(config.baseline_dir)
+    span = examples.get_int_custom_property(SPAN)  # where ExampleGen records it
+    previous, baseline_span = read_baseline(baseline)
     found = anomalies_pb2.Anomalies()
-    if baseline is not None and config.action != "off":
+    if previous is not None and config.action != "off":
         schema_proto = artifacts.load_schema(schema.uri)
-        found = drift_anomalies(current, baseline,
+        found = drift_anomalies(current, previous,
                                 drift_schema(schema_proto, config.categorical_threshold, config.numeric_threshold))
         drift.set_int_custom_property("baseline_span", baseline_span)
-    drift.set_int_custom_property("span", span)
+    drift.set_int_custom_property(SPAN, span)
     lines = describe_drift(found)
     drift.set_string_custom_property("drift", "\n".join(lines))
     artifacts.write_anomalies(drift.uri, COMPARED_SPLIT, found)
@@ -122,5 +145,5 @@ def DriftCheck(examples: tfx.dsl.components.InputArtifact[tfx.types.standard_art
         raise DataDriftError(
             f"span {span} drifted from span {baseline_span} beyond the thresholds, so the "
             "run stops before training (drift.action: warn only records it):\n  " + "\n  ".join(lines))
-    _write_baseline(config.baseline_dir, current, span)
+    _write_baseline(accepted, current, span)
     return {"drifted_features": len(lines)}

@@ -32,7 +32,7 @@ import tensorflow as tf
 from tfx import v1 as tfx
 from tfx.utils import path_utils
 
-from cxr import contract
+from cxr import classification, contract
 from cxr.components import artifacts
 from cxr.components.settings import GateSettings, from_json
 from cxr.contract import LABELS
@@ -80,13 +80,11 @@ def check_candidate(model_dir: str, examples_uri: str, evaluated_accuracy: float
 
 def weak_slices(predicted, labels: List[int], sources: List[str], gate: GateSettings) -> List[str]:
     """'COVID from curated: 3 of 12 found (0.25)' for each large enough slice under the recall limit."""
-    weak = []
-    for label, source in sorted(set(zip(labels, sources))):
-        members = [i for i, (l, s) in enumerate(zip(labels, sources)) if (l, s) == (label, source)]
-        found = sum(int(predicted[i]) == label for i in members)
-        if len(members) >= gate.min_slice_examples and found / len(members) < gate.min_slice_recall:
-            weak.append(f"{LABELS[label]} from {source}: {found} of {len(members)} found ({found / len(members):.2f})")
-    return weak
+    keys = [f"{LABELS[label]} from {source}" for label, source in zip(labels, sources)]
+    # A slice of one class holds that class's recall as its accuracy.
+    table = classification.sliced_accuracy(np.array(labels), np.asarray(predicted), keys)
+    return [f"{key}: {row['hits']} of {row['count']} found ({row['accuracy']:.2f})" for key, row in table.items()
+            if row["count"] >= gate.min_slice_examples and row["accuracy"] < gate.min_slice_recall]
 
 
 def test_images(examples_uri: str) -> Tuple[List[bytes], List[int], List[str]]:

@@ -214,8 +214,6 @@ class DriftSettings:
     action: str = "warn"
     categorical_threshold: float = 0.1  # L-infinity distance, for label, source and format
     numeric_threshold: float = 0.1  # Jensen-Shannon divergence, for height, width, channels, bit depth
-    # Where the last accepted span's statistics are kept; empty: <pipeline_root>/drift-baseline.
-    baseline_dir: str = ""
 
     def __post_init__(self):
         _check_choice("drift.action", self.action, DRIFT_ACTIONS)

@@ -61,6 +61,8 @@ class Nodes:
     CURATED_SCHEMA = "curated_schema"
     EXAMPLE_VALIDATOR = "ExampleValidator"
     VALIDATION_GATE = "ValidationGate"
+    NO_DRIFT_BASELINE = "no_drift_baseline"
+    LATEST_DRIFT_BASELINE = "latest_drift_baseline"
     DRIFT_CHECK = "DriftCheck"
     TRANSFORM = "Transform"
     TUNER = "Tuner"

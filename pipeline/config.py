@@ -73,8 +73,6 @@ class PipelineConfig:
         """{setting: path} of every folder or file the pipeline's steps read or write."""
         paths = {"pipeline_root": self.pipeline_root, "data.tfrecords_dir": self.data.tfrecords_dir,
                  "serving_dir": self.serving_dir, "metadata_path": self.metadata_path}
-        if self.drift.baseline_dir:
-            paths["drift.baseline_dir"] = self.drift.baseline_dir
         if self.monitoring.logs_root:
             paths["monitoring.logs_root"] = self.monitoring.logs_root
         return paths

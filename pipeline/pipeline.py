@@ -11,9 +11,10 @@ from tfx import v1 as tfx
 from cxr import contract
 from cxr.contract import Nodes
 from cxr.components import evaluation
+from cxr.components import drift
 from cxr.components.drift import DriftCheck
 from cxr.components.serving_check import ServingCheck
-from cxr.components.settings import TRAINER_KEY, TUNER_KEY, DriftSettings, to_json
+from cxr.components.settings import TRAINER_KEY, TUNER_KEY, to_json
 from cxr.components.tuner import Tuner
 from cxr.components.validation_gate import ValidationGate
 from cxr.pipeline import fingerprint
@@ -41,9 +42,19 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         ValidationGate, config.validation, anomalies=example_validator.outputs["anomalies"],
         statistics=statistics_gen.outputs["statistics"], examples=example_gen.outputs["examples"],
         tfrecords_dir=config.data.tfrecords_dir).with_id(Nodes.VALIDATION_GATE)
+    # The last accepted span's statistics, resolved as the baseline model is; the Importer's empty one before the
+    # first (components/drift.py says why).
+    no_drift_baseline = tfx.dsl.Importer(
+        source_uri=drift.no_baseline_uri(config.pipeline_root), artifact_type=drift.DriftBaseline, reimport=False,
+        custom_properties={drift.NO_BASELINE: 1}).with_id(Nodes.NO_DRIFT_BASELINE)
+    drift_baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestArtifactStrategy,
+        baseline=tfx.dsl.Channel(type=drift.DriftBaseline)).with_id(Nodes.LATEST_DRIFT_BASELINE)
+    drift_baseline.add_upstream_node(no_drift_baseline)
     drift_check = _custom(
-        DriftCheck, _drift_settings(config), examples=example_gen.outputs["examples"],
-        statistics=statistics_gen.outputs["statistics"], schema=schema).with_id(Nodes.DRIFT_CHECK)
+        DriftCheck, config.drift, examples=example_gen.outputs["examples"],
+        statistics=statistics_gen.outputs["statistics"], schema=schema,
+        baseline=drift_baseline.outputs["baseline"]).with_id(Nodes.DRIFT_CHECK)
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema, preprocessing_fn=PREPROCESSING_FN,
         custom_config={"image_size": config.model.image_size, **_code_of(PREPROCESSING_FN)}).with_id(Nodes.TRANSFORM)
@@ -81,7 +92,7 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     return tfx.dsl.Pipeline(
         pipeline_name=config.name, pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, curated_schema, example_validator,
-                    validation_gate, drift_check, transform, *([tuner] if tuner else []), trainer, baseline,
+                    validation_gate, no_drift_baseline, drift_baseline, drift_check, transform, *([tuner] if tuner else []), trainer, baseline,
                     evaluator, serving_check, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,
@@ -113,11 +124,6 @@ def _custom(component, settings, **arguments):
     """A custom component of components/ with its settings section whole (one JSON parameter, which it reads
     back with settings.from_json) and the fingerprint of its code."""
     return component(**arguments, settings=to_json(settings), **_code_of(component))
-
-
-def _drift_settings(config: PipelineConfig) -> DriftSettings:
-    baseline_dir = config.drift.baseline_dir or f"{config.pipeline_root.rstrip('/')}/drift-baseline"
-    return dataclasses.replace(config.drift, baseline_dir=baseline_dir)
 
 
 def _code_of(component_code) -> dict:

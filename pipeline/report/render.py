@@ -15,7 +15,7 @@ import tensorflow_data_validation as tfdv
 
 from cxr import contract, html_page
 from cxr.contract import LABELS
-from cxr.pipeline.report import metrics
+from cxr import classification as metrics
 from cxr.pipeline.report.collect import RunReportData
 from cxr.serving.overlay import overlay
 

@@ -60,7 +60,7 @@ def test_local_folders_become_absolute_for_a_local_run_and_bucket_paths_stay(tmp
     assert config.pipeline_root == str(tmp_path / "demo" / "pipeline")
     assert config.metadata_path == str(tmp_path / "demo" / "metadata.sqlite")
     assert config.data.tfrecords_dir == str(tmp_path / "demo" / "tfrecords")
-    assert config.serving_dir == "gs://bucket/serving" and config.drift.baseline_dir == ""
+    assert config.serving_dir == "gs://bucket/serving"
 
 
 @pytest.mark.parametrize("override, message", [

@@ -13,6 +13,7 @@ import tensorflow as tf
 from cxr import contract, output
 from cxr.cli import main
 from cxr.components import artifacts
+from cxr.components.drift import no_baseline_uri
 from cxr.dataprep.build import build_tfrecords
 from cxr.dataprep.config import IngestConfig
 from cxr.pipeline.local_runner import run_local
@@ -50,14 +51,19 @@ def base(tmp_path_factory, tiny_span):
     """Span 1 trained and pushed: where each test starts, whichever runs first or alone."""
     base = tmp_path_factory.mktemp("retraining")
     tiny_span(base / "tfrecords", span=1, seed=3)
-    first = run_local(tiny_pipeline_config(base, *DRIFT))
+    config = tiny_pipeline_config(base, *DRIFT)
+    first = run_local(config)
     assert first.error is None and first.blessed and first.pushed_to
     assert first.drift_baseline_span is None
+    # The first span is compared with nothing: the Importer's empty baseline, resolved as the newest.
+    assert latest_artifact_uris(config, "DriftCheck", "baseline", output=False) == [no_baseline_uri(config.pipeline_root)]
     return base
 
 
 def test_a_shifted_span_is_stopped_and_a_healthy_one_is_retrained_against_the_blessed_model(base, tiny_span):
-    _, [span_1_model] = _evaluator_baseline_and_trained_models(tiny_pipeline_config(base))
+    config = tiny_pipeline_config(base)
+    _, [span_1_model] = _evaluator_baseline_and_trained_models(config)
+    [span_1_statistics] = latest_artifact_uris(config, "DriftCheck", "accepted")
     pushed = len(os.listdir(base / "serving" / "cxr"))
 
     span = _latest_span(base) + 1
@@ -67,11 +73,18 @@ def test_a_shifted_span_is_stopped_and_a_healthy_one_is_retrained_against_the_bl
     assert f"span {span} drifted from span {span - 1}" in shifted.error
     assert "label:" in shifted.error.split("beyond the thresholds")[1], shifted.error
     assert shifted.pushed_to is None
+    # It was compared with span 1's statistics, an artifact in ML Metadata, and left no baseline of its own.
+    assert latest_artifact_uris(config, "DriftCheck", "baseline", output=False) == [span_1_statistics]
+    assert latest_artifact_uris(config, "DriftCheck", "accepted") == []
 
     tiny_span(base / "tfrecords", span=span, seed=5)
     healthy = run_local(tiny_pipeline_config(base, *DRIFT))
     assert healthy.error is None, healthy.error
     assert healthy.drift_baseline_span == span - 1 and healthy.drift == []
+    assert latest_artifact_uris(config, "DriftCheck", "baseline", output=False) == [span_1_statistics]
+    [span_2_statistics] = latest_artifact_uris(config, "DriftCheck", "accepted")
+    assert span_2_statistics != span_1_statistics
+    assert not os.path.exists(no_baseline_uri(config.pipeline_root))
     assert healthy.statuses["Trainer"] == "COMPLETE"
     baseline, [span_2_model] = _evaluator_baseline_and_trained_models(tiny_pipeline_config(base))
     assert baseline == [span_1_model] and span_2_model != span_1_model

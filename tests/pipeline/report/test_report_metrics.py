@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from cxr.pipeline.report import metrics
+from cxr import classification as metrics
 
 
 def test_wilson_interval_matches_the_textbook_value():

@@ -1,4 +1,6 @@
-"""The numbers of the report, computed from the test split's predictions (numpy only).
+"""Classification numbers from a split's labels and predicted probabilities (numpy only): the report's, and
+the ServingCheck's class x source recall. TFMA computes the gate's (components/evaluation.py); the report's
+per-class recall is tested to equal TFMA's on the same run (tests/pipeline/test_pipeline_e2e.py).
 
 Intervals: Wilson score intervals for proportions (precision, recall,
 specificity, accuracy), a percentile bootstrap for AUC and F1.
@@ -108,6 +110,6 @@ def sliced_accuracy(labels: np.ndarray, predicted: np.ndarray, keys: Sequence[st
     for key in sorted(set(keys)):
         inside = np.array(keys) == key
         hits = int((labels[inside] == predicted[inside]).sum())
-        table[key] = {"count": int(inside.sum()), "accuracy": hits / int(inside.sum()),
+        table[key] = {"count": int(inside.sum()), "hits": hits, "accuracy": hits / int(inside.sum()),
                       "accuracy_ci": wilson(hits, int(inside.sum()))}
     return table
