@@ -10,11 +10,16 @@ scanner changes image sizes). The comparators:
 Per configuration the run warns (the result is recorded on the output artifact
 and in the run summary) or stops before training.
 
-The baseline is an artifact in ML Metadata, resolved as the Evaluator's baseline model is:
-each accepted span's check outputs its training split's statistics as a `DriftBaseline`, and the
-next run's Resolver (LatestArtifactStrategy) hands the newest one to the check. A span that
-drift stops outputs none, so the baseline stays the last accepted span; a cached check reuses its
-artifact, and concurrent runs each resolve their own. TFX 1.16's LatestArtifactStrategy fails its
+The baseline is an artifact in ML Metadata, resolved as the Evaluator's baseline model is: once
+the check lets a span through, the `DriftBaselineGen` node after it writes that span's training
+split statistics as a `DriftBaseline`, and the next run's Resolver (LatestArtifactStrategy) hands
+the newest one to the check. A span that drift stops gets none, so the baseline stays the last
+accepted span; concurrent runs each resolve their own. The baseline is written by its own node,
+whose inputs are the span's statistics alone, not by the check: a check that wrote it would make
+each run's baseline new, and so its own next run a cache miss for ever (TFX keys the cache on the
+input artifacts, tfx/orchestration/portable/cache_utils.py); this way a span run again is
+compared once with its own baseline, as the Evaluator compares a model once with its own
+blessing, and is cached from then on. TFX 1.16's LatestArtifactStrategy fails its
 node when there is no artifact at all (strategies/latest_artifact_strategy.py, resolve_artifacts
 returns None, which input_graph_resolver.py raises), and Vertex's compiler takes no other strategy
 (kubeflow/v2/step_builder.py): so an Importer registers once, before the Resolver runs, a
@@ -106,11 +111,18 @@ def read_baseline(baseline: Artifact) -> Tuple[Optional[object], Optional[int]]:
     return artifacts.read_statistics(path), baseline.get_int_custom_property(SPAN)
 
 
-def _write_baseline(baseline: Artifact, statistics, span: int) -> None:
+@tfx.dsl.components.component
+def DriftBaselineGen(examples: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Examples],
+                     statistics: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.ExampleStatistics],
+                     baseline: tfx.dsl.components.OutputArtifact[DriftBaseline],
+                     code_fingerprint: tfx.dsl.components.Parameter[str]):
+    """This span's training split statistics as the next run's drift baseline; it runs after DriftCheck
+    (an upstream node, not an input: see the module's docstring), so only for a span the check let through.
+    code_fingerprint only keys the cache."""
     tf.io.gfile.makedirs(baseline.uri)
     with tf.io.gfile.GFile(os.path.join(baseline.uri, artifacts.STATISTICS_FILE), "wb") as f:
-        f.write(statistics.SerializeToString())
-    baseline.set_int_custom_property(SPAN, span)
+        f.write(artifacts.load_statistics(statistics.uri, COMPARED_SPLIT).SerializeToString())
+    baseline.set_int_custom_property(SPAN, examples.get_int_custom_property(SPAN))
 
 
 @tfx.dsl.components.component
@@ -119,11 +131,10 @@ def DriftCheck(examples: tfx.dsl.components.InputArtifact[tfx.types.standard_art
                schema: tfx.dsl.components.InputArtifact[tfx.types.standard_artifacts.Schema],
                baseline: tfx.dsl.components.InputArtifact[DriftBaseline],
                drift: tfx.dsl.components.OutputArtifact[tfx.types.standard_artifacts.ExampleAnomalies],
-               accepted: tfx.dsl.components.OutputArtifact[DriftBaseline],
                settings: tfx.dsl.components.Parameter[str],
                code_fingerprint: tfx.dsl.components.Parameter[str],
                ) -> tfx.dsl.components.OutputDict(drifted_features=int):
-    """baseline: the Resolver's newest DriftBaseline; accepted: this span's, written unless drift stops the run.
+    """baseline: the Resolver's newest DriftBaseline (DriftBaselineGen's, or the Importer's empty one).
     settings: `to_json(DriftSettings)`; code_fingerprint only keys the cache."""
     config = from_json(DriftSettings, settings, "drift")
     drift.split_names = artifact_utils.encode_split_names([COMPARED_SPLIT])
@@ -145,5 +156,4 @@ def DriftCheck(examples: tfx.dsl.components.InputArtifact[tfx.types.standard_art
         raise DataDriftError(
             f"span {span} drifted from span {baseline_span} beyond the thresholds, so the "
             "run stops before training (drift.action: warn only records it):\n  " + "\n  ".join(lines))
-    _write_baseline(accepted, current, span)
     return {"drifted_features": len(lines)}

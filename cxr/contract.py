@@ -64,6 +64,7 @@ class Nodes:
     NO_DRIFT_BASELINE = "no_drift_baseline"
     LATEST_DRIFT_BASELINE = "latest_drift_baseline"
     DRIFT_CHECK = "DriftCheck"
+    DRIFT_BASELINE_GEN = "DriftBaselineGen"
     TRANSFORM = "Transform"
     TUNER = "Tuner"
     TRAINER = "Trainer"

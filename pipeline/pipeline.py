@@ -55,6 +55,10 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
         DriftCheck, config.drift, examples=example_gen.outputs["examples"],
         statistics=statistics_gen.outputs["statistics"], schema=schema,
         baseline=drift_baseline.outputs["baseline"]).with_id(Nodes.DRIFT_CHECK)
+    drift_baseline_gen = drift.DriftBaselineGen(
+        examples=example_gen.outputs["examples"], statistics=statistics_gen.outputs["statistics"],
+        **_code_of(drift.DriftBaselineGen)).with_id(Nodes.DRIFT_BASELINE_GEN)
+    drift_baseline_gen.add_upstream_node(drift_check)
     transform = tfx.components.Transform(
         examples=example_gen.outputs["examples"], schema=schema, preprocessing_fn=PREPROCESSING_FN,
         custom_config={"image_size": config.model.image_size, **_code_of(PREPROCESSING_FN)}).with_id(Nodes.TRANSFORM)
@@ -92,7 +96,8 @@ def create_pipeline(config: PipelineConfig, metadata_connection_config=None) -> 
     return tfx.dsl.Pipeline(
         pipeline_name=config.name, pipeline_root=config.pipeline_root,
         components=[example_gen, statistics_gen, schema_gen, curated_schema, example_validator,
-                    validation_gate, no_drift_baseline, drift_baseline, drift_check, transform, *([tuner] if tuner else []), trainer, baseline,
+                    validation_gate, no_drift_baseline, drift_baseline, drift_check, drift_baseline_gen, transform,
+                    *([tuner] if tuner else []), trainer, baseline,
                     evaluator, serving_check, pusher],
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata_connection_config,

@@ -10,6 +10,7 @@ from cxr.pipeline import pipeline as pipeline_module
 COMPONENT_MODULES = {
     "Transform": "cxr.components.transform", "Trainer": "cxr.components.trainer", "Tuner": "cxr.components.tuner",
     "ValidationGate": "cxr.components.validation_gate", "DriftCheck": "cxr.components.drift",
+    "DriftBaselineGen": "cxr.components.drift",
     "ServingCheck": "cxr.components.serving_check"}
 CUSTOM_COMPONENTS = ("ValidationGate", "DriftCheck", "ServingCheck")
 

@@ -27,7 +27,7 @@ from cxr.pipeline.local_runner import run_local
 from cxr.pipeline.metadata_reader import sqlite_connection
 from cxr.pipeline.pipeline import create_pipeline
 import dicom_files
-from helpers import IN_PROCESS_BEAM, tiny_pipeline_config, write_tiny_data
+from helpers import IN_PROCESS_BEAM, latest_artifact_uris, tiny_pipeline_config, write_tiny_data
 
 PSEUDONYM_KEY = "c3" * 32
 
@@ -181,11 +181,18 @@ def test_an_edited_component_reruns_and_the_components_it_does_not_run_stay_cach
     edited.write_text(open(real_source("cxr.components.validation_gate")).read() + "\n# an edit\n")
     monkeypatch.setattr(fingerprint, "_source_file", lambda module: str(edited) if module.endswith(
         ".validation_gate") else real_source(module))
-    summary = run_local(_config(workspace))
+    config = _config(workspace)
+    # DriftCheck's inputs hold the newest accepted span's statistics: it runs again only when those are newer
+    # than what it last compared with (here: when this test runs alone, right after the first span was accepted).
+    newest_baseline = latest_artifact_uris(config, "DriftBaselineGen", "baseline")
+    last_compared = latest_artifact_uris(config, "DriftCheck", "baseline", output=False)
+    summary = run_local(config)
     assert summary.statuses["ValidationGate"] == "COMPLETE"
     assert all(summary.statuses[node] == "CACHED" for node in (
-        "ImportExampleGen", "StatisticsGen", "ExampleValidator", "DriftCheck", "Transform", "Trainer")), \
+        "ImportExampleGen", "StatisticsGen", "ExampleValidator", "DriftBaselineGen", "Transform", "Trainer")), \
         summary.statuses
+    assert summary.statuses["DriftCheck"] == ("CACHED" if last_compared == newest_baseline else "COMPLETE")
+    assert latest_artifact_uris(config, "DriftCheck", "baseline", output=False) == newest_baseline
 
 
 def test_records_with_an_unknown_label_or_source_stop_the_run_at_the_validation_gate(first_run, workspace, tmp_path):

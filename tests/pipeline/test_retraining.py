@@ -63,7 +63,7 @@ def base(tmp_path_factory, tiny_span):
 def test_a_shifted_span_is_stopped_and_a_healthy_one_is_retrained_against_the_blessed_model(base, tiny_span):
     config = tiny_pipeline_config(base)
     _, [span_1_model] = _evaluator_baseline_and_trained_models(config)
-    [span_1_statistics] = latest_artifact_uris(config, "DriftCheck", "accepted")
+    [span_1_statistics] = latest_artifact_uris(config, "DriftBaselineGen", "baseline")
     pushed = len(os.listdir(base / "serving" / "cxr"))
 
     span = _latest_span(base) + 1
@@ -75,15 +75,16 @@ def test_a_shifted_span_is_stopped_and_a_healthy_one_is_retrained_against_the_bl
     assert shifted.pushed_to is None
     # It was compared with span 1's statistics, an artifact in ML Metadata, and left no baseline of its own.
     assert latest_artifact_uris(config, "DriftCheck", "baseline", output=False) == [span_1_statistics]
-    assert latest_artifact_uris(config, "DriftCheck", "accepted") == []
+    assert "DriftBaselineGen" not in shifted.statuses
+    assert latest_artifact_uris(config, "DriftBaselineGen", "baseline") == [span_1_statistics]
 
     tiny_span(base / "tfrecords", span=span, seed=5)
     healthy = run_local(tiny_pipeline_config(base, *DRIFT))
     assert healthy.error is None, healthy.error
     assert healthy.drift_baseline_span == span - 1 and healthy.drift == []
     assert latest_artifact_uris(config, "DriftCheck", "baseline", output=False) == [span_1_statistics]
-    [span_2_statistics] = latest_artifact_uris(config, "DriftCheck", "accepted")
-    assert span_2_statistics != span_1_statistics
+    [span_2_statistics] = latest_artifact_uris(config, "DriftBaselineGen", "baseline")
+    assert span_2_statistics != span_1_statistics and healthy.statuses["DriftBaselineGen"] == "COMPLETE"
     assert not os.path.exists(no_baseline_uri(config.pipeline_root))
     assert healthy.statuses["Trainer"] == "COMPLETE"
     baseline, [span_2_model] = _evaluator_baseline_and_trained_models(tiny_pipeline_config(base))
