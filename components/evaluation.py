@@ -1,5 +1,6 @@
 """The TFMA configuration: what is measured on the test split, how it is sliced, and the gate."""
 import tensorflow_model_analysis as tfma
+from google.protobuf import wrappers_pb2
 
 from cxr import contract
 from cxr.components.settings import GateSettings
@@ -31,6 +32,10 @@ def eval_config(gate: GateSettings) -> tfma.EvalConfig:
                                     preprocessing_function_names=[contract.TRANSFORM_SIGNATURE],
                                     label_key=CLASS_ID, prediction_key=contract.PROBABILITIES)],
         slicing_specs=[tfma.SlicingSpec(feature_keys=keys) for keys in SLICES],
+        # Only the metrics above: a Keras model's compiled loss and accuracy, which TFMA adds by default,
+        # load the SavedModel again in each of its combiners (evaluators/keras_util.py, setup): twelve loads
+        # for a candidate and a baseline, half the Evaluator's time (bench/RESULTS.md, "Test suite").
+        options=tfma.Options(include_default_metrics=wrappers_pb2.BoolValue(value=False)),
         metrics_specs=[
             tfma.MetricsSpec(metrics=metrics),
             tfma.MetricsSpec(binarize=tfma.BinarizationOptions(class_ids={"values": list(range(contract.NUM_CLASSES))}),
