@@ -38,7 +38,7 @@ __all__ = ["Acquisition", "Converted", "DicomRefused", "DicomRules", "FileResult
 
 PHOTOMETRIC_INTERPRETATIONS = ("MONOCHROME1", "MONOCHROME2")
 VOI_LUT_FUNCTIONS = ("LINEAR", "LINEAR_EXACT", "SIGMOID")
-PNG_COMPRESS_LEVEL = 0  # stored, not deflated: 2-3x faster to write and to decode, ~25 % larger (bench/RESULTS.md);
+PNG_COMPRESS_LEVEL = 0  # stored, not deflated: 4x faster to write, 3.6x to decode, 27 % larger on RG1 (bench/RESULTS.md);
 # the records are gzipped anyway, and the fronts pass the PNG to TF Serving inside the pod.
 _TEXT_FACT_CHARS = 64
 
