@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_predict(commands)
     _add_serve(commands)
     _add_log_proxy(commands)
+    _add_dicom_node(commands)
     _add_kfp(commands)
     _add_report(commands)
     _add_monitor(commands)
@@ -457,6 +458,70 @@ def _boolean(text: str) -> bool:
     if text.lower() not in ("true", "false", "1", "0"):
         raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
     return text.lower() in ("true", "1")
+
+
+def _add_dicom_node(commands) -> None:
+    command = commands.add_parser(
+        "dicom-node", help="a DICOM node: the PACS sends X-rays (C-STORE), it answers with structured reports",
+        description="A DICOM C-STORE SCP that answers each CR/DX chest X-ray with a DICOM Structured Report of the "
+                    "served model's result, sent back by C-STORE (--store-to) or STOW-RS (--stow-url). Images wait "
+                    "in a disk queue until answered (docs/dicom.md, 'The DICOM node').")
+    from cxr.serving.dicom_node.settings import DEFAULT_PORT, ModelServer, NodeSettings
+    defaults, server = _defaults(NodeSettings), _defaults(ModelServer)
+    command.add_argument("--queue-dir", required=True,
+                         help="the disk queue: received images until answered (patient data: owner-only)")
+    command.add_argument("--ae-title", default=defaults["ae_title"], help="the node's AE title (default %(default)s)")
+    command.add_argument("--host", default=defaults["host"], help="address to listen on (default %(default)s)")
+    command.add_argument("--port", type=int, default=DEFAULT_PORT, help="DICOM port (default %(default)s)")
+    where = command.add_mutually_exclusive_group(required=True)
+    where.add_argument("--store-to", metavar="AE@HOST:PORT", help="send the reports by C-STORE to this peer")
+    where.add_argument("--stow-url", metavar="URL", help="send the reports by STOW-RS to this DICOMweb root")
+    command.add_argument("--stow-token-file", help="a bearer token for --stow-url, read at each send")
+    command.add_argument("--stow-ca-file", help="an https:// --stow-url: the CA its certificate must chain to")
+    command.add_argument("--url", default=server["url"], help="the model server (default %(default)s)")
+    command.add_argument("--model", default=server["model"], help="model name (default %(default)s)")
+    command.add_argument("--ca-file", help="an https:// model server: the CA its certificate must chain to")
+    command.add_argument("--cert-file", help="this node's client certificate, where the front asks for one")
+    command.add_argument("--key-file", help="its private key")
+    command.add_argument("--max-queue-items", type=int, default=defaults["max_queue_items"],
+                         help="images waiting at most; past it C-STORE answers out of resources (default %(default)s)")
+    command.add_argument("--max-queue-mib", type=int, default=defaults["max_queue_bytes"] >> 20,
+                         help="MiB of images waiting at most (default %(default)s)")
+    command.add_argument("--retry-max-s", type=float, default=defaults["retry_max_s"],
+                         help="the longest wait between tries while a peer is down (default %(default)s)")
+    command.add_argument("--audit-log", help="the audit's JSON lines (default <queue-dir>/audit.jsonl)")
+    _add_dicom_flags(command)
+    command.set_defaults(run=_run_dicom_node)
+
+
+def _run_dicom_node(args) -> int:
+    import signal
+    import threading
+
+    from cxr.serving.dicom_node.node import DicomNode
+    from cxr.serving.dicom_node.settings import CStoreDestination, ModelServer, NodeSettings, StowDestination
+    if args.store_to:
+        if args.stow_token_file or args.stow_ca_file:
+            raise ValueError("--stow-token-file and --stow-ca-file go with --stow-url, not --store-to")
+        destination = CStoreDestination.parse(args.store_to)
+    else:
+        destination = StowDestination(args.stow_url, token_file=args.stow_token_file, ca_file=args.stow_ca_file)
+    settings = NodeSettings(
+        queue_dir=args.queue_dir, destination=destination, ae_title=args.ae_title, host=args.host, port=args.port,
+        model_server=ModelServer(url=args.url, model=args.model, ca_file=args.ca_file, cert_file=args.cert_file,
+                                 key_file=args.key_file),
+        dicom_rules=_dicom_rules(args), max_queue_items=args.max_queue_items,
+        max_queue_bytes=args.max_queue_mib << 20, retry_max_s=args.retry_max_s, audit_log=args.audit_log)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("cxr.dicom_node").setLevel(logging.INFO)
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    node = DicomNode(settings).start()
+    print(f"cxr dicom-node: {settings.ae_title} on port {node.port}", flush=True)
+    stopped.wait()
+    node.stop()
+    return 0
 
 
 def _add_kfp(commands) -> None:
