@@ -34,6 +34,7 @@ class Item:
     path: str  # the received file
     size: int
     sender: Dict[str, str]  # calling_ae, address
+    received_ns: int = 0  # when it was written to the queue (time.time_ns())
 
     def read(self) -> bytes:
         with open(self.path, "rb") as f:
@@ -80,7 +81,8 @@ class DiskQueue:
             self._reserved.add(key)
             self._reserved_bytes += len(data)
         try:
-            stem = f"{time.time_ns():020d}-{key}"
+            received_ns = time.time_ns()
+            stem = f"{received_ns:020d}-{key}"
             _write_private(os.path.join(self._pending_dir, stem + ".json"), json.dumps(sender).encode())
             incoming = os.path.join(self._incoming_dir, stem + ".dcm")
             _write_private(incoming, data)
@@ -92,7 +94,7 @@ class DiskQueue:
                 self._reserved.discard(key)
                 self._reserved_bytes -= len(data)
         with self._lock:
-            self._pending[key] = Item(key, path, len(data), dict(sender))
+            self._pending[key] = Item(key, path, len(data), dict(sender), received_ns)
             self._bytes += len(data)
             self._lock.notify_all()
         return QUEUED
@@ -154,13 +156,13 @@ class DiskQueue:
 
     def _load(self, name: str) -> Item:
         path = os.path.join(self._pending_dir, name)
-        key = name[:-4].split("-", 1)[1]
+        stamp, key = name[:-4].split("-", 1)
         try:
             with open(path[:-4] + ".json") as f:
                 sender = json.load(f)
         except (OSError, ValueError):
             sender = {"calling_ae": "", "address": ""}
-        return Item(key, path, os.path.getsize(path), sender)
+        return Item(key, path, os.path.getsize(path), sender, int(stamp))
 
     def _load_answered(self) -> Dict[str, float]:
         """The answered keys within the retention; the file rewritten without the older ones."""

@@ -12,14 +12,15 @@ Receiving (one thread per association, pynetdicom's):
   context is accepted with the transfer syntaxes the conversion decodes, so that each is answered with
   a DIMSE status the PACS shows, not a rejected context.
 
-Answering (one worker thread, receipt order): the image converted to the PNG the model receives (the
+Answering (`workers` threads, 2 by default, in receipt order): the image converted to the PNG the model receives (the
 same conversion as ingestion and the serving fronts), sent to the model server's REST API pinned to the
 version its status names AVAILABLE (the newest), the SR built (report.py) and sent (destinations.py);
 then the image is remembered as answered and its file deleted. A model server or destination that is
 down leaves the image first in line and is tried again after a doubling wait (retry_min_s to retry_max_s).
 
 Every receipt, refusal and answer is an audit line (audit.jsonl: time, calling AE title and address, the
-image's key (the SHA-256 of its SOP Instance UID), model version, outcome). Neither the audit nor the
+image's key (the SHA-256 of its SOP Instance UID), model version, outcome; for an answer, the seconds it
+took and the seconds since it was received). Neither the audit nor the
 logs hold a patient identifier or a UID; pynetdicom's own logger, which prints UIDs at its debug and
 info levels, is set to warnings.
 """
@@ -73,8 +74,9 @@ class DicomNode:
         self.queue = DiskQueue(settings.queue_dir, settings.max_queue_items, settings.max_queue_bytes,
                                settings.answered_retention_days * 86400.0, clock=clock)
         self.counts: Dict[str, int] = collections.Counter()
+        self._counts_lock = threading.Lock()
         self._audit = _AuditLog(settings.audit_path, clock)
-        self._sender = destinations.sender(settings.destination, settings.ae_title)
+        self._describe = destinations.sender(settings.destination, settings.ae_title).describe()
         self._device_uid = report.device_uid(settings.ae_title)
         server = settings.model_server
         self._client = ServingClient(url=server.url, model=server.model, timeout_s=server.timeout_s, retries=0,
@@ -82,7 +84,7 @@ class DicomNode:
                                      cert_file=server.cert_file, key_file=server.key_file)
         self._stop = threading.Event()
         self._server = None
-        self._worker: Optional[threading.Thread] = None
+        self._workers: list = []
         self.port: Optional[int] = None
 
     # -- life ----------------------------------------------------------------------------------------
@@ -97,11 +99,14 @@ class DicomNode:
         self._server = ae.start_server((self.settings.host, self.settings.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         self.port = self._server.server_address[1]
-        self._worker = threading.Thread(target=self._work, name="dicom-node-worker", daemon=True)
-        self._worker.start()
+        self._stop.clear()
+        self._workers = [threading.Thread(target=self._work, name=f"dicom-node-worker-{index}", daemon=True)
+                         for index in range(self.settings.workers)]
+        for worker in self._workers:
+            worker.start()
         log.warning("DICOM node %s listening on %s:%d; %d image(s) waiting in the queue; reports by %s",
                     self.settings.ae_title, self.settings.host, self.port, len(self.queue.pending()),
-                    self._sender.describe())
+                    self._describe)
         return self
 
     def stop(self) -> None:
@@ -109,9 +114,9 @@ class DicomNode:
             self._server.shutdown()
             self._server = None
         self._stop.set()
-        if self._worker is not None:
-            self._worker.join()
-            self._worker = None
+        for worker in self._workers:
+            worker.join()
+        self._workers = []
 
     def wait_until_idle(self, timeout_s: float) -> bool:
         """Whether the queue emptied within timeout_s (for tests and a clean shutdown)."""
@@ -163,6 +168,13 @@ class DicomNode:
 
     # -- answering -----------------------------------------------------------------------------------
     def _work(self) -> None:
+        sender = destinations.sender(self.settings.destination, self.settings.ae_title)  # one association each
+        try:
+            self._work_with(sender)
+        finally:
+            sender.close()
+
+    def _work_with(self, sender) -> None:
         delays = self.settings.retry_delays()
         failures = 0
         while not self._stop.is_set():
@@ -170,13 +182,14 @@ class DicomNode:
             if item is None:
                 continue
             try:
-                self._answer(item)
+                self._answer(item, sender)
                 failures = 0
             except (ModelDown, destinations.PeerDown) as down:
                 self.queue.release(item)
                 delay = delays[min(failures, len(delays) - 1)]
                 failures += 1
-                self.counts["retries"] += 1
+                with self._counts_lock:
+                    self.counts["retries"] += 1
                 log.warning("image %s waits: %s; trying again in %g s", item.key, down, delay)
                 self._stop.wait(delay)
             except Exception as error:  # a bug must not stop the queue, nor print what the image holds
@@ -184,7 +197,8 @@ class DicomNode:
                 self._record("failed", item.sender, item.key, detail=f"node error {type(error).__name__}")
                 self.queue.dropped(item)
 
-    def _answer(self, item: Item) -> None:
+    def _answer(self, item: Item, sender) -> None:
+        started = time.monotonic()
         data = item.read()
         try:
             with warnings.catch_warnings():
@@ -209,14 +223,15 @@ class DicomNode:
                                    version)
         sr = report.structured_report(source, probabilities, identity)
         try:
-            self._sender.send(sr)
+            sender.send(sr)
         except destinations.PeerRefused as refused:
             self._record("failed", item.sender, item.key, version, detail=str(refused))
             self.queue.dropped(item)
             return
         self.queue.answered(item)
-        self._record("answered", item.sender, item.key, version,
-                     detail=max(probabilities, key=probabilities.get))
+        self._record("answered", item.sender, item.key, version, detail=max(probabilities, key=probabilities.get),
+                     answer_s=round(time.monotonic() - started, 4),
+                     since_received_s=round((time.time_ns() - item.received_ns) / 1e9, 4))
 
     def _served_version(self) -> int:
         try:
@@ -234,11 +249,12 @@ class DicomNode:
         return dataclasses.replace(self._client, version=version)
 
     def _record(self, outcome: str, sender: Dict[str, str], key: Optional[str], version: Optional[int] = None,
-                detail: str = "") -> None:
-        self.counts[outcome] += 1
+                detail: str = "", **timings: float) -> None:
+        with self._counts_lock:
+            self.counts[outcome] += 1
         self._audit.write({"outcome": outcome, "calling_ae": sender.get("calling_ae", ""),
                            "address": sender.get("address", ""), "image": key, "model_version": version,
-                           "detail": detail})
+                           "detail": detail, **timings})
         level = logging.INFO if outcome in ("received", "answered", "duplicate") else logging.WARNING
         log.log(level, "%s: image %s from %s%s%s", outcome, key, sender.get("calling_ae", ""),
                 f", model version {version}" if version is not None else "", f": {detail}" if detail else "")

@@ -74,7 +74,7 @@ def structured_report(source: pydicom.Dataset, probabilities: Dict[str, float], 
             finding_type=FINDINGS[label],
             algorithm_id=algorithm,
             measurements=[hd.sr.Measurement(name=codes.DCM.Probability, value=float(probabilities[label]),
-                                            unit=_UNIT, algorithm_id=algorithm)],
+                                            unit=_UNIT)],  # the group's algorithm covers it
             qualitative_evaluations=([hd.sr.QualitativeEvaluation(name=codes.DCM.Conclusion, value=FINDINGS[label])]
                                      if label == predicted else None),
             source_images=[source_image]))

@@ -77,6 +77,7 @@ class NodeSettings:
     max_queue_items: int = 1000
     max_queue_bytes: int = 4 << 30  # 4 GiB of received files waiting for an answer
     max_associations: int = 4  # each holds at most one received image in memory
+    workers: int = 2  # images answered at once (each its own association to the destination)
     answered_retention_days: float = 30.0  # how long a SOP Instance UID answered is remembered (duplicates)
     retry_min_s: float = 1.0
     retry_max_s: float = 60.0
@@ -88,7 +89,7 @@ class NodeSettings:
             raise ValueError("the node needs a destination for its reports: --store-to AE@HOST:PORT or --stow-url URL")
         if not isinstance(self.port, int) or not 0 <= self.port < 65536:
             raise ValueError(f"port must be 0-65535, got {self.port!r}")
-        for key in ("max_queue_items", "max_queue_bytes", "max_associations"):
+        for key in ("max_queue_items", "max_queue_bytes", "max_associations", "workers"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ValueError(f"{key} must be a positive number, got {getattr(self, key)!r}")
         for key in ("answered_retention_days", "retry_min_s", "retry_max_s"):
