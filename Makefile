@@ -48,6 +48,7 @@ bench: setup
 	$(PY) bench/proxy.py --write bench/RESULTS.md
 	$(PY) bench/proxy_memory.py --write bench/RESULTS.md
 	$(PY) bench/dicom.py --write bench/RESULTS.md
+	$(PY) bench/dicom_node.py --write bench/RESULTS.md
 
 # The pipeline image for Kubeflow (needs Docker): make image IMAGE=registry.example.com/cxr-pipeline:1
 IMAGE ?= cxr-pipeline:latest

@@ -81,7 +81,9 @@ def test_the_repository_s_manifests_are_found():
     found = manifest_files()
     for expected in ("serving/k8s/deployment.yaml", "serving/k8s/service.yaml", "serving/k8s/network-policy.yaml",
                      "serving/k8s/models-pvc.yaml", "serving/k8s/request-logs-pvc.yaml",
-                     "serving/gpu/deployment-gpu-patch.yaml", "kubeflow/data-pvc.yaml"):
+                     "serving/gpu/deployment-gpu-patch.yaml", "kubeflow/data-pvc.yaml",
+                     "serving/k8s/dicom-node/deployment.yaml", "serving/k8s/dicom-node/service.yaml",
+                     "serving/k8s/dicom-node/network-policy.yaml", "serving/k8s/dicom-node/queue-pvc.yaml"):
         assert expected in found, found
 
 
@@ -127,3 +129,34 @@ def test_what_kustomize_builds_is_valid_too(entry):
     for obj in (d for d in yaml.safe_load_all(built.stdout) if d):
         for version in VERSIONS:
             kubernetes_validate.validate(obj, version, strict=True)
+
+
+def test_the_dicom_node_pod_runs_flags_cxr_dicom_node_takes_and_no_serving_selector_picks_it():
+    from cxr.cli import _parser
+    [deployment] = [d for d in objects("serving/k8s/dicom-node/deployment.yaml") if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    args = _parser().parse_args(container["command"][1:] + container["args"])
+    assert (args.queue_dir, args.port) == ("/queue", 11112)
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {"/queue", "/tls"} <= mounts and args.cert_file.startswith("/tls/")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    for relative in ("serving/k8s/service.yaml", "serving/k8s/network-policy.yaml"):
+        [obj] = objects(relative)
+        selector = obj["spec"].get("selector") or obj["spec"]["podSelector"]["matchLabels"]
+        assert not all(pod_labels.get(k) == v for k, v in selector.items()), relative
+    [policy] = objects("serving/k8s/dicom-node/network-policy.yaml")
+    [rule] = policy["spec"]["ingress"]
+    assert [p["port"] for p in rule["ports"]] == [11112] and all("ipBlock" in f for f in rule["from"])
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl (with its built-in kustomize) is not installed")
+def test_kustomize_keeps_the_serving_and_the_dicom_node_pods_apart():
+    built = subprocess.run(["kubectl", "kustomize", os.path.join(ROOT, "serving")], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(built.stdout) if d}
+    node_pod = docs[("Deployment", "cxr-dicom-node")]["spec"]["template"]["metadata"]["labels"]
+    serving_pod = docs[("Deployment", "cxr-serving")]["spec"]["template"]["metadata"]["labels"]
+    for name, pod, other in (("cxr-serving", serving_pod, node_pod), ("cxr-dicom-node", node_pod, serving_pod)):
+        selector = docs[("Service", name)]["spec"]["selector"]
+        assert all(pod.get(k) == v for k, v in selector.items())
+        assert not all(other.get(k) == v for k, v in selector.items()), name
