@@ -2,6 +2,7 @@
 studies uploaded to it (NEMA's real chest CR, phantoms as DICOM) to the node by C-STORE; the node answers
 each with a structured report, which the tests read back from Orthanc's DICOMweb API and compare with the
 REST answer for the same file."""
+import logging
 import os
 import signal
 import stat
@@ -88,7 +89,9 @@ def uids(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(pydicom.filebase.DicomBytesIO(data), stop_before_pixels=True)
 
 
-def test_each_image_is_answered_with_a_report_in_its_study_equal_to_the_rest_answer(node, pacs, upstream, tmp_path):
+def test_each_image_is_answered_with_a_report_in_its_study_equal_to_the_rest_answer(node, pacs, upstream, tmp_path,
+                                                                                   caplog):
+    caplog.set_level(logging.DEBUG)
     files = [REAL] + study(1, images=2)
     answer, _ = send(pacs, files)
     assert answer.status_code == 200, answer.text
@@ -113,6 +116,10 @@ def test_each_image_is_answered_with_a_report_in_its_study_equal_to_the_rest_ans
     assert all(line["model_version"] == 1 and line["calling_ae"] == O.AE_TITLE for line in answered)
     assert node.queue.pending() == [] and os.listdir(os.path.join(node.settings.queue_dir, "pending")) == []
     _no_identifier_written(files, node.settings.queue_dir)
+    # The node's and pynetdicom's lines (the tests' own DICOMweb URLs name UIDs: not the node's).
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.split(".")[0] in ("cxr", "pynetdicom"))
+    assert "answered: image" in logged
+    assert not [needle for needle in _needles(files) if needle in logged]
 
 
 def test_a_ct_and_a_lateral_get_no_report_and_a_logged_refusal_with_a_dimse_failure(node, pacs):
@@ -225,13 +232,53 @@ def test_the_queue_survives_a_killed_node(tmp_path, pacs, upstream):
 
 def _no_identifier_written(files, folder) -> None:
     """Neither the audit nor anything left in the queue folder holds a planted identifier or a UID."""
-    needles = set(F.PLANTED.values())
-    for data in files:
-        ds = uids(data)
-        needles |= {str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.PatientID)}
+    needles = _needles(files)
     for directory, _, names in os.walk(folder):
         for name in names:
             with open(os.path.join(directory, name), "rb") as f:
                 content = f.read()
             found = [needle for needle in needles if needle.encode() in content]
             assert not found, f"{name} holds {found}"
+
+
+def test_an_echo_is_answered_and_an_association_calling_another_ae_title_is_rejected(tmp_path, pacs):
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+    closed = f"http://127.0.0.1:{O.free_port()}"
+    running = DicomNode(node_settings(tmp_path, pacs, closed)).start()
+    try:
+        scu = AE(ae_title="SCU")
+        scu.add_requested_context(Verification)
+        association = scu.associate("127.0.0.1", running.port, ae_title="CXRNODE")
+        assert association.is_established
+        assert association.send_c_echo().Status == 0x0000
+        association.release()
+        wrong = scu.associate("127.0.0.1", running.port, ae_title="NOTTHENODE")
+        assert wrong.is_rejected
+    finally:
+        running.stop()
+
+
+def test_a_report_the_destination_refuses_for_good_is_audited_and_the_image_dropped(tmp_path, pacs, upstream):
+    settings = node_settings(tmp_path, pacs, upstream.url,
+                             destination=StowDestination(pacs.url + "/no-such-dicomweb-root"))
+    running = DicomNode(settings).start()
+    pacs.add_modality(NODE, running.settings.ae_title, running.port)
+    try:
+        files = study(7)
+        answer, _ = send(pacs, files)
+        assert answer.status_code == 200  # received: the refusal comes later, from the destination
+        assert running.wait_until_idle(30)
+    finally:
+        running.stop()
+    [failed] = [line for line in read_audit(settings.audit_path) if line["outcome"] == "failed"]
+    assert "refused the report: HTTP 404" in failed["detail"] and failed["model_version"] == 1
+    assert running.counts["answered"] == 0 and os.listdir(os.path.join(settings.queue_dir, "pending")) == []
+
+
+def _needles(files) -> set:
+    needles = set(F.PLANTED.values())
+    for data in files:
+        ds = uids(data)
+        needles |= {str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.PatientID)}
+    return needles
