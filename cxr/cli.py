@@ -490,6 +490,8 @@ def _add_dicom_node(commands) -> None:
     command.add_argument("--retry-max-s", type=float, default=defaults["retry_max_s"],
                          help="the longest wait between tries while a peer is down (default %(default)s)")
     command.add_argument("--audit-log", help="the audit's JSON lines (default <queue-dir>/audit.jsonl)")
+    command.add_argument("--grad-cam", action="store_true",
+                         help="also send the Grad-CAM overlay as a Secondary Capture in the same study (default off)")
     _add_dicom_flags(command)
     command.set_defaults(run=_run_dicom_node)
 
@@ -511,7 +513,8 @@ def _run_dicom_node(args) -> int:
         model_server=ModelServer(url=args.url, model=args.model, ca_file=args.ca_file, cert_file=args.cert_file,
                                  key_file=args.key_file),
         dicom_rules=_dicom_rules(args), max_queue_items=args.max_queue_items,
-        max_queue_bytes=args.max_queue_mib << 20, retry_max_s=args.retry_max_s, audit_log=args.audit_log)
+        max_queue_bytes=args.max_queue_mib << 20, retry_max_s=args.retry_max_s, audit_log=args.audit_log,
+        grad_cam=args.grad_cam)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("cxr.dicom_node").setLevel(logging.INFO)
     stopped = threading.Event()

@@ -16,7 +16,10 @@ def overlay(image_bytes: bytes, heatmap, opacity: float = 0.45) -> Image.Image:
     pixels it came from. Cold areas stay mostly transparent.
     """
     xray = Image.open(io.BytesIO(image_bytes))
-    gray = np.asarray(xray.convert("L"), dtype=float)
+    if xray.mode.startswith("I"):  # a 16-bit PNG (a DICOM's conversion): its levels scaled, not clipped, to 8 bits
+        gray = np.asarray(xray, dtype=float) / 257.0
+    else:
+        gray = np.asarray(xray.convert("L"), dtype=float)
     heat = np.clip(np.asarray(heatmap, dtype=np.float32), 0.0, 1.0)
     heat = np.asarray(Image.fromarray(heat, mode="F").resize(xray.size, Image.BILINEAR))
     alpha = opacity * np.sqrt(heat)[..., None]

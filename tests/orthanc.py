@@ -40,9 +40,9 @@ def free_port() -> int:
 
 
 class Orthanc:
-    def __init__(self, folder: str):
+    def __init__(self, folder: str, dicom_port: Optional[int] = None):
         self.folder = folder
-        self.http_port, self.dicom_port = free_port(), free_port()
+        self.http_port, self.dicom_port = free_port(), dicom_port or free_port()
         self.url = f"http://127.0.0.1:{self.http_port}"
         self.dicomweb = self.url + "/dicom-web"
         self._process: Optional[subprocess.Popen] = None

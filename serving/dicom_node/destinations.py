@@ -13,7 +13,7 @@ import pydicom
 import requests
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE
-from pynetdicom.sop_class import ComprehensiveSRStorage
+from pynetdicom.sop_class import ComprehensiveSRStorage, SecondaryCaptureImageStorage
 
 from cxr.serving.dicom_node.settings import CStoreDestination, StowDestination
 
@@ -45,6 +45,7 @@ class CStoreSender:
         self.destination = destination
         self._ae = AE(ae_title=calling_ae_title)
         self._ae.add_requested_context(ComprehensiveSRStorage, ExplicitVRLittleEndian)
+        self._ae.add_requested_context(SecondaryCaptureImageStorage, ExplicitVRLittleEndian)  # the Grad-CAM
         self._ae.acse_timeout = self._ae.dimse_timeout = self._ae.network_timeout = timeout_s
         self._association = None
 
@@ -53,6 +54,7 @@ class CStoreSender:
         return f"C-STORE to {d.ae_title}@{d.host}:{d.port}"
 
     def send(self, report: pydicom.Dataset) -> None:
+        """Stores one instance: the SR, or the Grad-CAM's Secondary Capture."""
         d = self.destination
         reused = self._association is not None and self._association.is_established
         status = self._associated().send_c_store(report)

@@ -14,7 +14,8 @@ Receiving (one thread per association, pynetdicom's):
 
 Answering (`workers` threads, 2 by default, in receipt order): the image converted to the PNG the model receives (the
 same conversion as ingestion and the serving fronts), sent to the model server's REST API pinned to the
-version its status names AVAILABLE (the newest), the SR built (report.py) and sent (destinations.py);
+version its status names AVAILABLE (the newest), the SR built (report.py) and sent (destinations.py),
+with the Grad-CAM overlay as a Secondary Capture where `grad_cam` is set;
 then the image is remembered as answered and its file deleted. A model server or destination that is
 down leaves the image first in line and is tried again after a doubling wait (retry_min_s to retry_max_s).
 
@@ -35,6 +36,7 @@ import time
 import warnings
 from typing import Dict, Optional
 
+import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pynetdicom import AE, AllStoragePresentationContexts, evt
@@ -48,6 +50,7 @@ from cxr.serving.client import ServingClient, ServingRequestError
 from cxr.serving.dicom_node import destinations, report
 from cxr.serving.dicom_node.disk_queue import DUPLICATE, FULL, QUEUED, DiskQueue, Item, uid_key
 from cxr.serving.dicom_node.settings import NodeSettings
+from cxr.serving.overlay import overlay
 
 log = logging.getLogger("cxr.dicom_node")
 
@@ -209,8 +212,10 @@ class DicomNode:
             self.queue.dropped(item)
             return
         version = self._served_version()
+        # `explain` answers with the probabilities too (one request either way).
+        signature = contract.EXPLAIN_SIGNATURE if self.settings.grad_cam else contract.PREDICT_SIGNATURE
         try:
-            outputs = self._client_for(version).predict([converted.png])[0]
+            outputs = self._client_for(version).predict([converted.png], signature)[0]
         except ServingRequestError as error:
             if error.status is None or error.status >= 500 or error.status == 404:
                 raise ModelDown(error.message) from None
@@ -221,9 +226,13 @@ class DicomNode:
         source = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True)
         identity = report.Identity(self._device_uid, self.settings.ae_title, self.settings.model_server.model,
                                    version)
-        sr = report.structured_report(source, probabilities, identity)
+        answers = [report.structured_report(source, probabilities, identity)]
+        if self.settings.grad_cam:
+            picture = overlay(converted.png, outputs[contract.HEATMAP])
+            answers.append(report.grad_cam_capture(source, np.asarray(picture), identity))
         try:
-            sender.send(sr)
+            for answer in answers:
+                sender.send(answer)
         except destinations.PeerRefused as refused:
             self._record("failed", item.sender, item.key, version, detail=str(refused))
             self.queue.dropped(item)

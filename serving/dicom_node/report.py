@@ -17,6 +17,7 @@ replaces the first in the PACS instead of doubling it.
 from typing import Dict, NamedTuple
 
 import highdicom as hd
+import numpy as np
 import pydicom
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -27,6 +28,11 @@ NOT_FOR_DIAGNOSIS = ("Not for diagnostic use: a research model's output, not ver
                      "(cxr-pipeline).")
 SERIES_DESCRIPTION = "cxr AI result - not for diagnostic use"
 SERIES_NUMBER = 9901
+GRAD_CAM_SERIES_DESCRIPTION = "cxr Grad-CAM - not for diagnostic use"
+GRAD_CAM_SERIES_NUMBER = 9902
+# Where the image states none: a frontal chest film as it is displayed (the patient's left to the right of
+# the image, the feet down), PS3.3 C.7.6.1.1.1.
+DISPLAYED_FRONTAL_ORIENTATION = ("L", "F")
 MANUFACTURER = "cxr-pipeline"
 # The model's classes (cxr/contract.py LABELS) as SNOMED CT findings.
 FINDINGS = {
@@ -124,6 +130,29 @@ def _with_type2_attributes(source: pydicom.Dataset) -> pydicom.Dataset:
     for keyword in absent:
         setattr(header, keyword, "")
     return header
+
+
+def grad_cam_capture(source: pydicom.Dataset, overlay_rgb: np.ndarray, identity: Identity) -> pydicom.Dataset:
+    """A Secondary Capture (highdicom) of the Grad-CAM overlay, in the source image's study, its own series."""
+    source = _with_type2_attributes(source)
+    orientation = tuple(str(v) for v in source.get("PatientOrientation", []) or ())
+    capture = hd.sc.SCImage.from_ref_dataset(
+        ref_dataset=source, pixel_array=np.ascontiguousarray(overlay_rgb, dtype=np.uint8),
+        photometric_interpretation="RGB", bits_allocated=8, coordinate_system="PATIENT",
+        series_instance_uid=generate_uid(prefix=None, entropy_srcs=[source.StudyInstanceUID, identity.device_uid,
+                                                                    "grad-cam"]),
+        series_number=GRAD_CAM_SERIES_NUMBER,
+        sop_instance_uid=generate_uid(prefix=None, entropy_srcs=[source.SOPInstanceUID, identity.device_uid,
+                                                                 identity.model_name, str(identity.model_version),
+                                                                 "grad-cam"]),
+        instance_number=1, manufacturer=MANUFACTURER,
+        patient_orientation=orientation if len(orientation) == 2 else DISPLAYED_FRONTAL_ORIENTATION)
+    capture.SeriesDescription = GRAD_CAM_SERIES_DESCRIPTION
+    capture.BurnedInAnnotation = "NO"
+    capture.ImageComments = NOT_FOR_DIAGNOSIS
+    capture.DerivationDescription = (f"Grad-CAM of {identity.model_name} version {identity.model_version} "
+                                     f"over the image")
+    return capture
 
 
 class ReportContents(NamedTuple):

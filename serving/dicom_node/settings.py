@@ -78,6 +78,7 @@ class NodeSettings:
     max_queue_bytes: int = 4 << 30  # 4 GiB of received files waiting for an answer
     max_associations: int = 4  # each holds at most one received image in memory
     workers: int = 2  # images answered at once (each its own association to the destination)
+    grad_cam: bool = False  # also send the Grad-CAM overlay as a Secondary Capture in the same study
     answered_retention_days: float = 30.0  # how long a SOP Instance UID answered is remembered (duplicates)
     retry_min_s: float = 1.0
     retry_max_s: float = 60.0

@@ -107,6 +107,11 @@ def resource_docs(entry):
     return docs
 
 
+# The serving workload's objects; the DICOM node's (serving/k8s/dicom-node, cxr-dicom-node) sit beside them
+# in the same kustomization and are checked in tests/test_manifests.py.
+SERVING_APP = "cxr-serving"
+
+
 def the_one(docs, kind, name=None):
     matches = [d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name)]
     assert len(matches) == 1, f"expected one {kind} {name or ''}, found {len(matches)}"
@@ -128,11 +133,11 @@ def parse_pbtxt(path, message_class):
 
 
 def deployment(entry=CPU_ENTRY):
-    return the_one(resource_docs(entry), "Deployment")
+    return the_one(resource_docs(entry), "Deployment", SERVING_APP)
 
 
 def service():
-    return the_one(resource_docs(CPU_ENTRY), "Service")
+    return the_one(resource_docs(CPU_ENTRY), "Service", SERVING_APP)
 
 
 def pod_spec(deploy):
@@ -264,7 +269,7 @@ def test_the_service_reaches_the_model_through_the_front_only():
 
 
 def test_the_network_policy_lets_in_the_front_s_port_only():
-    (policy,) = [doc for doc in resource_docs(CPU_ENTRY) if doc["kind"] == "NetworkPolicy"]
+    policy = the_one(resource_docs(CPU_ENTRY), "NetworkPolicy", SERVING_APP)
     assert policy["spec"]["podSelector"]["matchLabels"] == pod_spec_labels()
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     (rule,) = policy["spec"]["ingress"]
@@ -388,8 +393,13 @@ def test_every_file_the_kustomizations_list_exists():
             for name in listed:
                 path = os.path.join(directory, name)
                 assert os.path.isfile(path) or os.path.isfile(os.path.join(path, "kustomization.yaml")), path
-    # two claims, the Deployment, the Service, the NetworkPolicy
-    assert len(resource_docs(GPU_ENTRY)) == len(resource_docs(CPU_ENTRY)) == 5
+    # serving's and the DICOM node's: a claim or two, the Deployment, the Service, the NetworkPolicy, each
+    kinds = sorted((d["kind"], d["metadata"]["name"]) for d in resource_docs(CPU_ENTRY))
+    assert kinds == sorted((d["kind"], d["metadata"]["name"]) for d in resource_docs(GPU_ENTRY))
+    assert kinds == sorted([(kind, app) for kind in ("Deployment", "Service", "NetworkPolicy")
+                            for app in (SERVING_APP, "cxr-dicom-node")]
+                           + [("PersistentVolumeClaim", c) for c in ("cxr-models", "cxr-request-logs",
+                                                                      "cxr-dicom-node-queue")])
 
 
 def test_the_config_files_parse_as_tf_serving_reads_them():
@@ -453,7 +463,7 @@ def test_kustomize_builds_a_deployment_that_mounts_the_generated_config_map(entr
     assert built.returncode == 0, built.stderr
     docs = [d for d in yaml.safe_load_all(built.stdout) if d]
     config_map = the_one(docs, "ConfigMap")
-    deploy = the_one(docs, "Deployment")
+    deploy = the_one(docs, "Deployment", SERVING_APP)
     assert config_map["metadata"]["name"].startswith(CONFIG_MAP + "-")  # the hash suffix
     assert set(config_map["data"]) == set(generated_config_files(entry))
     (volume,) = [v for v in pod_spec(deploy)["volumes"] if "configMap" in v]

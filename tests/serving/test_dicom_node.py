@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import JPEG2000Lossless, generate_uid
@@ -282,3 +283,83 @@ def _needles(files) -> set:
         ds = uids(data)
         needles |= {str(ds.SOPInstanceUID), str(ds.StudyInstanceUID), str(ds.PatientID)}
     return needles
+
+
+def test_the_node_asks_the_serving_front_over_mutual_tls_and_waits_while_it_is_refused(tmp_path, pacs, upstream):
+    from certificates import Authority, write_pair
+    from cxr.serving.log_proxy import LogProxy
+    from cxr.serving.server_settings import ProxySettings
+    folder = str(tmp_path / "pki")
+    ca = Authority("cxr test CA")
+    ca_file = ca.write(folder)
+    server_cert, server_key = write_pair(folder, "server", *ca.issue("cxr-serving", server=True))
+    node_cert, node_key = write_pair(folder, "node", *ca.issue("cxr-dicom-node"))
+    front = LogProxy(ProxySettings(upstream=upstream.url, port=0, host="127.0.0.1", tls_cert_file=server_cert,
+                                   tls_key_file=server_key, tls_client_ca_file=ca_file)).start()
+    try:
+        assert front.url.startswith("https://")
+        without = DicomNode(node_settings(tmp_path, pacs, front.url, model_server=ModelServer(url=front.url,
+                                                                                              ca_file=ca_file)))
+        without.start()
+        pacs.add_modality(NODE, without.settings.ae_title, without.port)
+        files = study(8)
+        assert send(pacs, files)[0].status_code == 200
+        time.sleep(0.5)
+        without.stop()
+        assert without.counts["answered"] == 0 and without.counts["retries"] >= 1  # no certificate: refused
+        with_cert = DicomNode(node_settings(tmp_path, pacs, front.url, model_server=ModelServer(
+            url=front.url, ca_file=ca_file, cert_file=node_cert, key_file=node_key))).start()
+        try:
+            assert with_cert.wait_until_idle(30)
+        finally:
+            with_cert.stop()
+    finally:
+        front.stop()
+    [sr] = pacs.reports(uids(files[0]).StudyInstanceUID)
+    assert read_report(sr).model_version == 1
+
+
+def test_with_grad_cam_the_overlay_goes_too_as_a_secondary_capture_in_the_study(tmp_path, pacs, upstream):
+    settings = node_settings(tmp_path, pacs, upstream.url, grad_cam=True)
+    running = DicomNode(settings).start()
+    pacs.add_modality(NODE, running.settings.ae_title, running.port)
+    files = [F.dicom_file(seed=9, size=96, bits_stored=12, photometric="MONOCHROME1", finding="pneumothorax")]
+    try:
+        assert send(pacs, files)[0].status_code == 200
+        assert running.wait_until_idle(60)
+    finally:
+        running.stop()
+    source = uids(files[0])
+    [sr] = pacs.reports(source.StudyInstanceUID)
+    [entry] = [e for e in pacs.instances(source.StudyInstanceUID)
+               if e["00080016"]["Value"][0] == "1.2.840.10008.5.1.4.1.1.7"]  # Secondary Capture Image Storage
+    capture = pacs.retrieve(source.StudyInstanceUID, entry["0020000E"]["Value"][0], entry["00080018"]["Value"][0])
+    assert (capture.Rows, capture.Columns, capture.PhotometricInterpretation) == (96, 96, "RGB")
+    assert capture.PatientID == source.PatientID and "not for diagnostic use" in capture.SeriesDescription
+    pixels = capture.pixel_array.astype(float)
+    colour = np.abs(pixels[..., 0] - pixels[..., 2]).mean()  # gray where cold; red or blue where the heat is
+    assert pixels.std() > 10 and colour > 1, (pixels.std(), colour)
+    assert read_report(sr).source_sop_instance_uid == source.SOPInstanceUID
+
+
+def test_a_pacs_that_is_down_is_retried_until_it_takes_the_report(tmp_path, pacs, upstream):
+    """The reports go to a second PACS, not yet started: the image waits, retried, and its report lands once
+    that PACS is up."""
+    destination_port = O.free_port()
+    settings = node_settings(tmp_path, pacs, upstream.url,
+                             destination=CStoreDestination(O.AE_TITLE, "127.0.0.1", destination_port))
+    running = DicomNode(settings).start()
+    pacs.add_modality(NODE, running.settings.ae_title, running.port)
+    later = O.Orthanc(str(tmp_path / "later"), dicom_port=destination_port)
+    try:
+        files = study(10)
+        assert send(pacs, files)[0].status_code == 200
+        time.sleep(0.6)
+        assert running.counts["retries"] >= 2 and running.counts["answered"] == 0
+        later.start()
+        assert running.wait_until_idle(30)
+        [sr] = later.reports(uids(files[0]).StudyInstanceUID)
+        assert read_report(sr).source_sop_instance_uid == uids(files[0]).SOPInstanceUID
+    finally:
+        running.stop()
+        later.stop()
