@@ -20,3 +20,11 @@ def test_the_overlay_has_the_xrays_size_and_colours_only_where_the_heatmap_is_ho
 def test_the_colour_scale_runs_from_blue_to_red():
     cold, hot = colour_scale(np.array([0.0, 1.0]))
     assert cold[2] > cold[0] and hot[0] > hot[2]
+
+
+def test_a_16_bit_xray_keeps_its_gray_levels_under_the_overlay():
+    """A DICOM's conversion is a 16-bit PNG: its levels are scaled to 8 bits, not clipped to white."""
+    levels = np.tile(np.linspace(0, 65535, 120).astype(np.uint16), (80, 1))
+    pixels = np.asarray(overlay(encode(Image.fromarray(levels), "PNG"), np.zeros((16, 16), np.float32)), dtype=int)
+    assert abs(pixels[:, 0, 0].mean() - 0) <= 1 and abs(pixels[:, 60, 0].mean() - 128) <= 2
+    assert abs(pixels[:, -1, 0].mean() - 255) <= 1
