@@ -4,7 +4,8 @@ server (`cxr serve`'s code, in this process) is restarted once in the middle.
 
 Reported: images per second from Orthanc's first C-STORE to the last report, the node's time per image
 (convert, ask the model, build the SR, C-STORE it: the audit's answer_s) against the bare REST call for the
-same image as a PNG (one per request), and what Orthanc holds afterwards (reports, none missing or twice).
+same image as a PNG (one per request), and what Orthanc holds afterwards (reports, none missing or twice);
+then the node's resident memory in its own process while it answers images of a CR plate's size.
 The model is the demo preset's, exported as the Trainer does (weights untrained: the cost is the same).
 
     .venv/bin/python bench/dicom_node.py --write bench/RESULTS.md
@@ -20,6 +21,7 @@ from measure import write_section
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
 
 IMAGES, SIZE = 200, 512  # a study's worth; 512 px 12-bit DX phantoms (the conversion's cost grows with it)
+MEMORY_IMAGES, MEMORY_SIZE = 20, 2560  # a CR plate's size (6.6 M pixels, 13 MB as 16-bit)
 
 
 def main():
@@ -34,7 +36,9 @@ def main():
         base_path = export_model("demo", work)
         files = node_load.one_study(args.images, args.size)
         result = node_load.run(work, base_path, files, restart_after=args.images // 3)
-    report = render(result, args)
+        large = node_load.one_study(MEMORY_IMAGES, MEMORY_SIZE)
+        memory = node_load.node_memory(work, base_path, large)
+    report = render(result, args) + "\n\n" + render_memory(memory)
     print(report)
     if args.write:
         write_section(args.write, report)
@@ -60,6 +64,15 @@ def render(result, args) -> str:
         f"| {result['reports']} | {len(result['missing'])} / {len(result['twice'])} |",
         "",
         "All answered once." if ok else "NOT all answered once: see the counts above.",
+    ])
+
+
+def render_memory(memory) -> str:
+    return "\n".join([
+        f"Memory: `cxr dicom-node` in its own process (its default 2 workers and 4 associations) answering "
+        f"{memory['images']} images of {MEMORY_SIZE} x {MEMORY_SIZE} px (12 bits in 16) sent in batches of 10: "
+        f"resident {memory['at_rest_bytes'] / 2**20:.0f} MiB at rest, {memory['peak_bytes'] / 2**20:.0f} MiB at "
+        f"peak (sampled every 20 ms); {memory['answered']} answered.",
     ])
 
 

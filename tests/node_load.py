@@ -110,3 +110,46 @@ def _bare_rest_seconds(url: str, files: List[bytes]) -> List[float]:
 def _quantile(values: List[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def node_memory(work: str, model_base_path: str, files: List[bytes], timeout_s: float = 600.0) -> dict:
+    """`cxr dicom-node` in its own process answering `files`: its resident memory at rest and at peak
+    (sampled every 20 ms), the model server in this process."""
+    import subprocess
+    import sys
+
+    import psutil
+    pacs = O.Orthanc(os.path.join(work, "orthanc-memory")).start()
+    upstream = start(ServerSettings(model_base_path=model_base_path, rest_api_port=0))
+    port = O.free_port()
+    audit = os.path.join(work, "queue-memory", "audit.jsonl")
+    process = psutil.Popen([sys.executable, "-m", "cxr", "dicom-node", "--queue-dir", os.path.dirname(audit),
+                            "--host", "127.0.0.1", "--port", str(port), "--url", upstream.url,
+                            "--store-to", f"{O.AE_TITLE}@127.0.0.1:{pacs.dicom_port}"],
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        lines = [process.stdout.readline().decode() for _ in range(2)]
+        assert any(f"on port {port}" in line for line in lines), lines
+        threading.Thread(target=process.stdout.read, daemon=True).start()  # its log, drained
+        pacs.add_modality(NODE, "CXRNODE", port)
+        ids = [pacs.upload(data) for data in files]
+        time.sleep(1.0)
+        at_rest = process.memory_info().rss
+        peak, failures = at_rest, []
+        sender = threading.Thread(target=_send_all, args=(pacs, ids, 10, failures))
+        sender.start()
+        started = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            peak = max(peak, process.memory_info().rss)
+            if os.path.exists(audit) and sum(line["outcome"] == "answered" for line in read_audit(audit)) >= len(files):
+                break
+            time.sleep(0.02)
+        sender.join()
+        answered = sum(line["outcome"] == "answered" for line in read_audit(audit))
+    finally:
+        process.kill()
+        process.wait()
+        upstream.stop()
+        pacs.stop()
+    return {"images": len(files), "answered": answered, "at_rest_bytes": at_rest, "peak_bytes": peak,
+            "store_failures": failures}

@@ -160,3 +160,24 @@ def test_kustomize_keeps_the_serving_and_the_dicom_node_pods_apart():
         selector = docs[("Service", name)]["spec"]["selector"]
         assert all(pod.get(k) == v for k, v in selector.items())
         assert not all(other.get(k) == v for k, v in selector.items()), name
+
+
+def test_the_dicom_node_s_memory_limit_covers_two_workers_converting_the_largest_image_the_rules_let_through():
+    """From the node's measured memory (bench/RESULTS.md, "DICOM node"): its cost per pixel per worker, scaled
+    to the largest image the conversion takes (contract's limits; 8 bits a pixel gives the most pixels)."""
+    import re
+    from cxr import contract
+    from cxr.serving.dicom_node.settings import NodeSettings
+    with open(os.path.join(ROOT, "bench", "RESULTS.md"), encoding="utf-8") as f:
+        line = next(l for l in f if l.startswith("Memory: `cxr dicom-node`"))
+    size, rest, peak = (int(v) for v in re.search(
+        r"images of (\d+) x \d+ px.*resident (\d+) MiB at rest, (\d+) MiB at peak", line).groups())
+    workers = NodeSettings.__dataclass_fields__["workers"].default
+    per_pixel = (peak - rest) * 2**20 / (workers * size * size)
+    largest = min(contract.MAX_IMAGE_PIXELS, contract.MAX_IMAGE_BYTES)  # Bits Allocated 8: a byte a pixel
+    needed = rest * 2**20 + workers * largest * per_pixel
+    [deployment] = [d for d in objects("serving/k8s/dicom-node/deployment.yaml") if d["kind"] == "Deployment"]
+    [container] = deployment["spec"]["template"]["spec"]["containers"]
+    limit = container["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    assert int(limit[:-2]) * 2**30 >= needed, (limit, needed / 2**30)
