@@ -1,5 +1,5 @@
-"""A real PACS for the tests: Orthanc from Debian's packages (`orthanc`, `orthanc-dicomweb`; .ci/run installs
-them), started on free ports with a configuration written per test, its storage in the test's folder.
+"""A real PACS for the tests: Orthanc from Debian's packages (`orthanc`, `orthanc-dicomweb`;
+scripts/test-packages.sh installs them, as .ci/run does), started on free ports with a configuration written per test, its storage in the test's folder.
 
 Orthanc's REST API uploads studies (POST /instances) and sends them to a DICOM modality (POST
 /modalities/<id>/store, Orthanc as C-STORE SCU); its DICOMweb plugin answers QIDO-RS and WADO-RS, through
@@ -27,9 +27,9 @@ AE_TITLE = "ORTHANC"
 def available() -> Optional[str]:
     """Why Orthanc cannot run here, or None."""
     if not os.path.exists(BINARY):
-        return f"{BINARY} missing: install Debian's orthanc and orthanc-dicomweb (.ci/run does)"
+        return f"{BINARY} missing: Debian's orthanc and orthanc-dicomweb (scripts/test-packages.sh installs them)"
     if not os.path.exists(DICOMWEB_PLUGIN):
-        return f"{DICOMWEB_PLUGIN} missing: install Debian's orthanc-dicomweb (.ci/run does)"
+        return f"{DICOMWEB_PLUGIN} missing: Debian's orthanc-dicomweb (scripts/test-packages.sh installs it)"
     return None
 
 

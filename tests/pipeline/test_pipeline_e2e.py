@@ -271,7 +271,7 @@ def test_the_report_agrees_with_tfma_and_with_a_count_of_its_predictions(first_r
     assert os.path.isfile(index)
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium is installed by .ci/run")
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="Debian's chromium: scripts/test-packages.sh installs it")
 def test_the_report_renders_in_headless_chromium_with_every_image_loaded(first_run, workspace, tmp_path):
     # `cxr report` from another folder, given only the metadata file and the run: the rest is read from the run.
     cxr = os.path.join(os.path.dirname(sys.executable), "cxr")
