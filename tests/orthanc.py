@@ -1,5 +1,6 @@
 """A real PACS for the tests: Orthanc from Debian's packages (`orthanc`, `orthanc-dicomweb`;
-scripts/test-packages.sh installs them, as .ci/run does), started on free ports with a configuration written per test, its storage in the test's folder.
+scripts/test-packages.sh installs them, as .ci/run does), started on free ports with a configuration
+written per test, its storage in the test's folder.
 
 Orthanc's REST API uploads studies (POST /instances) and sends them to a DICOM modality (POST
 /modalities/<id>/store, Orthanc as C-STORE SCU); its DICOMweb plugin answers QIDO-RS and WADO-RS, through
