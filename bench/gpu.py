@@ -7,7 +7,7 @@ One command of a few minutes, on a GPU node:
 
 It writes synthetic transformed examples (phantom X-rays stored as Transform stores them),
 builds the Trainer's model under the Trainer's strategy (MirroredStrategy over every
-visible GPU; mixed precision and XLA on unless told otherwise) and measures:
+visible GPU; mixed_float16 (`--precision`) and XLA on unless told otherwise) and measures:
 - training alone: training steps on one global batch already on the devices;
 - input alone: the Trainer's input pipeline on this node's CPU cores, from disk and from
   its in-memory cache;
@@ -60,7 +60,7 @@ def settings_for(args):
     from cxr.pipeline.config import PRESETS
     study = PRESETS["study"].trainer_settings()
     return replace_training(replace_model(study, image_size=args.image_size), batch_size=args.batch_size,
-                            mixed_precision=args.mixed_precision, jit_compile=args.jit_compile)
+                            precision=args.precision, jit_compile=args.jit_compile)
 
 
 def time_training_alone(model, strategy, batch, steps: int, jit_compile: bool) -> float:
@@ -92,12 +92,14 @@ def time_end_to_end(model, dataset, steps: int) -> float:
 
 
 def main():
+    from cxr.components.settings import PRECISIONS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--batch-size", type=int, default=128, help="per replica (GPU)")
     parser.add_argument("--examples", type=int, default=4096, help="synthetic transformed examples written")
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--no-mixed-precision", dest="mixed_precision", action="store_false")
+    parser.add_argument("--precision", default="mixed_float16", choices=PRECISIONS,
+                        help="training.precision (default %(default)s; auto: bfloat16 where the device has it)")
     parser.add_argument("--no-xla", dest="jit_compile", action="store_false")
     parser.add_argument("--peak-tflops", type=float, help="the card's dense fp16/bf16 peak, if not in the table")
     parser.add_argument("--smoke", action="store_true",
@@ -143,7 +145,7 @@ def report(m: dict) -> list:
     return [
         f"devices: {m['replicas']} replica(s) on {', '.join(m['devices'])}; {m['cores']} CPU cores",
         f"model: study CNN at {m['settings'].model.image_size} px, {m['flops'] / 1e9:.1f} GFLOP per training image; "
-        f"mixed precision {'on' if training.mixed_precision else 'off'}, XLA {'on' if training.jit_compile else 'off'}",
+        f"precision {training.precision}, XLA {'on' if training.jit_compile else 'off'}",
         f"global batch: {m['global_batch']} ({training.batch_size} per replica)",
         f"training alone: {m['training']:,.0f} images/s, step {m['step_s'] * 1000:.1f} ms, "
         f"{achieved:,.1f} TFLOP/s = {fraction} (target >= {TARGET_PEAK_FRACTION:.0%})",

@@ -8,9 +8,9 @@ Transform turns every X-ray into grayscale (the study fed gray X-rays as three
 identical channels, which only adds weights to the first convolution).
 
 Scaling and augmentation are layers, so they run on the accelerator with the rest: the CPU
-only reads bytes. Under `training.mixed_precision` every layer computes in float16 with
-float32 weights, except the softmax, which stays float32 (so do the loss and every exported
-output), and the optimizer scales the loss so that float16 gradients do not underflow.
+only reads bytes. Under `training.precision` mixed_float16 (mixed_bfloat16) every layer computes in
+float16 (bfloat16) with float32 weights, except the softmax, which stays float32 (so do the loss and
+every exported output); under float16 the optimizer scales the loss so that gradients do not underflow.
 """
 import dataclasses
 import math
@@ -40,9 +40,37 @@ def _leave_tf_keras_to_tracing() -> None:
 _leave_tf_keras_to_tracing()
 
 
+def resolved_precision(precision: str) -> str:
+    """`training.precision` on this machine: auto becomes mixed_bfloat16 where the device computes bfloat16
+    natively (every visible GPU of compute capability 8.0 or more; with no GPU, a CPU with AVX512_BF16 or
+    AMX), float32 elsewhere."""
+    if precision != "auto":
+        return precision
+    import tensorflow as tf
+    gpus = [tf.config.experimental.get_device_details(gpu).get("compute_capability")
+            for gpu in tf.config.list_physical_devices("GPU")]
+    return choose_precision(gpus, _cpu_flags())
+
+
+def choose_precision(gpu_capabilities, cpu_flags) -> str:
+    """auto's rule, on the device's facts: GPUs' (major, minor) compute capabilities, the CPU's flags."""
+    if gpu_capabilities:
+        native = all(capability is not None and tuple(capability) >= (8, 0) for capability in gpu_capabilities)
+        return "mixed_bfloat16" if native else "float32"
+    return "mixed_bfloat16" if {"avx512_bf16", "amx_bf16"} & set(cpu_flags) else "float32"
+
+
+def _cpu_flags() -> set:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
 def build_model(model: ModelSettings, training: TrainingSettings, replicas: int = 1) -> keras.Model:
     """The compiled model; `replicas` (the strategy's replica count) scales the learning rate."""
-    policy = keras.mixed_precision.Policy("mixed_float16" if training.mixed_precision else "float32")
+    policy = keras.mixed_precision.Policy(resolved_precision(training.precision))  # Keras's names
     size = model.image_size
     inputs = keras.Input(shape=(size, size, 1), dtype="uint8", name=IMAGE)
     x = keras.layers.Rescaling(1 / 255, name="scale", dtype=policy)(inputs)
@@ -80,4 +108,6 @@ def optimizer(training: TrainingSettings, replicas: int) -> keras.optimizers.Opt
     global batch grows with the replicas and the rate follows it (the linear scaling rule)."""
     adam = keras.optimizers.Adam(training.learning_rate * replicas)
     # Keras adds loss scaling by itself only under a global mixed policy; this model sets it per layer.
-    return keras.mixed_precision.LossScaleOptimizer(adam) if training.mixed_precision else adam
+    # bfloat16 has float32's range: its gradients need no scaling.
+    scaled = resolved_precision(training.precision) == "mixed_float16"
+    return keras.mixed_precision.LossScaleOptimizer(adam) if scaled else adam

@@ -15,6 +15,9 @@ from cxr import contract
 MIB = 1 << 20
 KERNEL_INITIALIZERS = ("glorot_uniform", "he_normal")
 LEARNING_RATE_SCHEDULES = ("constant", "cosine")
+# Keras's mixed precision policies (weights, softmax and loss stay float32), plain float32, or auto: bfloat16
+# where the device computes it natively, float32 elsewhere (components/model.py `resolved_precision`).
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "auto")
 
 
 # The keys of the Trainer's and the Tuner's custom_config that carry asdict(TrainerSettings) and asdict(TunerSettings).
@@ -58,8 +61,11 @@ class TrainingSettings:
     batch_size: int = 16
     epochs: int = 25
     early_stopping_patience: int = 10
-    # float16 compute (float32 weights, softmax and loss, scaled loss): for GPUs with tensor cores.
-    mixed_precision: bool = False
+    # float32; mixed_float16 (float16 compute, float32 weights, softmax and loss, a scaled loss: GPUs with
+    # tensor cores); mixed_bfloat16 (bfloat16 compute, float32's range: no loss scaling; Ampere GPUs on, CPUs
+    # with AVX512_BF16 or AMX); auto: mixed_bfloat16 where the device has it, float32 elsewhere, decided
+    # where the model is built (the Trainer's or a trial's machine), and recorded with the run.
+    precision: str = "float32"
     jit_compile: bool = False  # XLA compiles each training step, augmentation included
     # A split of Transform's examples stays in memory between epochs when it takes at most this
     # much (8-bit pixels: 6,000 images at 224 px are about 300 MiB); 0 reads it from disk each epoch.
@@ -69,6 +75,7 @@ class TrainingSettings:
 
     def __post_init__(self):
         _check_choice("training.learning_rate_schedule", self.learning_rate_schedule, LEARNING_RATE_SCHEDULES)
+        _check_choice("training.precision", self.precision, PRECISIONS)
 
 
 @dataclasses.dataclass(frozen=True)

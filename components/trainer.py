@@ -123,10 +123,13 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
 
 
 def _write_settings(settings: TrainerSettings, model_run_dir: str) -> None:
-    """The settings training used, beside its TensorBoard logs, for the run report."""
+    """The settings training used, beside its TensorBoard logs, for the run report; `training.precision` as
+    this machine resolved it (auto becomes what was used)."""
+    used = dataclasses.asdict(settings)
+    used["training"]["precision"] = model_lib.resolved_precision(settings.training.precision)
     tf.io.gfile.makedirs(model_run_dir)
     with tf.io.gfile.GFile(os.path.join(model_run_dir, contract.TRAINER_SETTINGS_FILE), "w") as f:
-        json.dump(dataclasses.asdict(settings), f, indent=1, sort_keys=True)
+        json.dump(used, f, indent=1, sort_keys=True)
 
 
 def input_pipeline(split: Split, feature_spec: Dict, settings: TrainerSettings, replicas: int = 1,

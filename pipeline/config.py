@@ -200,8 +200,15 @@ def _nested(keys: List[str], value) -> Dict[str, Any]:
     return value
 
 
+# Settings that were replaced: the old key refused with the new one named.
+REPLACED = {"training.mixed_precision": "training.precision (float32, mixed_float16, mixed_bfloat16 or auto; "
+                                        "mixed_precision: true was mixed_float16)"}
+
+
 def _merge(target: Dict[str, Any], update: Dict[str, Any], origin: str, prefix: str = "") -> None:
     for key, value in update.items():
+        if f"{prefix}{key}" in REPLACED:
+            raise ConfigError(f"{origin}: {prefix}{key} was replaced by {REPLACED[prefix + key]}")
         if key not in target:
             raise ConfigError(f"{origin}: unknown setting {prefix}{key}; known: {', '.join(sorted(target))}")
         if isinstance(target[key], dict):

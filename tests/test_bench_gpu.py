@@ -44,7 +44,7 @@ def test_the_benchmark_runs_end_to_end_on_this_machine():
     assert run.returncode == 0, run.stderr[-3000:]
     lines = run.stdout.strip().splitlines()[-6:]
     assert re.match(r"devices: 1 replica\(s\) on CPU", lines[0]), lines
-    assert "at 80 px" in lines[1] and "mixed precision on, XLA on" in lines[1]
+    assert "at 80 px" in lines[1] and "precision mixed_float16, XLA on" in lines[1]
     for prefix in ("training alone: ", "input alone: ", "end to end: "):
         line = next(line for line in lines if line.startswith(prefix))
         assert re.search(r"[\d,]+ images/s", line) and " 0 images/s" not in line, line

@@ -171,16 +171,18 @@ def test_the_xla_setting_reaches_the_compiler(transform_output, raw_images, monk
             model.fit(pixels, labels, batch_size=4, epochs=1, verbose=0)
 
 
-def test_mixed_precision_computes_in_float16_and_every_signature_answers_in_float32(
-        transform_output, raw_images, tmp_path):
+@pytest.mark.parametrize("precision, compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
+def test_mixed_precision_computes_in_its_type_and_every_signature_answers_in_float32(
+        precision, compute, transform_output, raw_images, tmp_path):
     pixels, labels = _pixels_and_labels(transform_output, raw_images)
-    model = model_lib.build_model(SETTINGS.model, _with_training(mixed_precision=True).training)
+    model = model_lib.build_model(SETTINGS.model, _with_training(precision=precision).training)
     convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
-    assert convolutions and all(layer.compute_dtype == "float16" and layer.kernel.dtype == tf.float32
+    assert convolutions and all(layer.compute_dtype == compute and layer.kernel.dtype == tf.float32
                                 for layer in convolutions)
-    assert model.get_layer("augmentation").compute_dtype == "float16"
+    assert model.get_layer("augmentation").compute_dtype == compute
     assert model.get_layer("probabilities").compute_dtype == "float32" and model.output.dtype == tf.float32
-    assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer)
+    # float16 needs its loss scaled against underflow; bfloat16 has float32's range and is not scaled.
+    assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer) == (compute == "float16")
     history = model.fit(pixels, labels, batch_size=4, epochs=1, verbose=0)
     assert all(math.isfinite(loss) for loss in history.history["loss"])
     export_serving_model(model, transform_output, str(tmp_path / "1"), LIMITS)
@@ -219,3 +221,21 @@ def test_two_replicas_train_and_export_what_one_device_with_their_weights_predic
         images=tf.constant(raw_images[0]))
     np.testing.assert_allclose(served["probabilities"].numpy(), one_device(pixels, training=False).numpy(),
                                atol=1e-5)
+
+
+@pytest.mark.parametrize("gpus, flags, expected", [
+    ([(9, 0), (8, 0)], set(), "mixed_bfloat16"),  # Hopper, Ampere
+    ([(8, 0), (7, 5)], {"avx512_bf16"}, "float32"),  # a T4 among them: not every GPU has it; the CPU does not count
+    ([], {"avx512f", "avx512_bf16"}, "mixed_bfloat16"),  # this machine's kind of EPYC
+    ([], {"amx_bf16", "amx_tile"}, "mixed_bfloat16"),  # Sapphire Rapids
+    ([], {"avx2", "avx512f"}, "float32"),
+    ([None], set(), "float32"),  # a GPU that does not say
+])
+def test_auto_precision_takes_bfloat16_only_where_every_device_computes_it_natively(gpus, flags, expected):
+    assert model_lib.choose_precision(gpus, flags) == expected
+
+
+def test_auto_on_this_machine_builds_the_model_it_resolves_to():
+    resolved = model_lib.resolved_precision("auto")
+    model = model_lib.build_model(SETTINGS.model, _with_training(precision="auto").training)
+    assert model.get_layer("block1_conv1").dtype_policy.name == resolved

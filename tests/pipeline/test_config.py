@@ -66,7 +66,18 @@ def test_local_folders_become_absolute_for_a_local_run_and_bucket_paths_stay(tmp
 @pytest.mark.parametrize("override, message", [
     ("model.kernel_initializer=zeros", "model.kernel_initializer must be one of glorot_uniform, he_normal, got 'zeros'"),
     ("training.learning_rate_schedule=step", "training.learning_rate_schedule must be one of constant, cosine"),
+    ("training.precision=float16", "training.precision must be one of float32, mixed_float16, mixed_bfloat16, auto"),
+    ("training.mixed_precision=true", r"training.mixed_precision was replaced by training.precision \(float32, "
+                                      r"mixed_float16, mixed_bfloat16 or auto; mixed_precision: true was mixed_float16\)"),
 ])
 def test_an_initializer_or_schedule_the_model_does_not_know_is_refused_by_name(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config("demo", overrides=[override])
+
+
+def test_the_replaced_mixed_precision_key_is_refused_in_a_file_too(tmp_path):
+    path = tmp_path / "old.yaml"
+    path.write_text("training:\n  mixed_precision: true\n")
+    with pytest.raises(ConfigError, match="old.yaml: training.mixed_precision was replaced by training.precision"):
+        load_config("demo", str(path))
+    assert load_config("demo", overrides=["training.precision=mixed_bfloat16"]).training.precision == "mixed_bfloat16"
