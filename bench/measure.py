@@ -1,20 +1,25 @@
 """Runs a command and samples the resident memory of its whole process tree."""
 import subprocess
+import threading
 import time
 
 import psutil
 
 
-def measure(command):
-    """(seconds, peak resident bytes of the process tree, output)."""
+def measure(command, env=None):
+    """(seconds, peak resident bytes of the process tree, output); `env`: the command's environment."""
     start = time.monotonic()
-    process = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    process = psutil.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    chunks = []  # read as it comes: a command that prints more than the pipe holds would otherwise stall
+    reader = threading.Thread(target=lambda: chunks.extend(iter(lambda: process.stdout.read(65536), b"")))
+    reader.start()
     peak = 0
     while process.poll() is None:
         peak = max(peak, _tree_rss(process))
         time.sleep(0.05)
     elapsed = time.monotonic() - start
-    output = process.stdout.read().decode(errors="replace")
+    reader.join()
+    output = b"".join(chunks).decode(errors="replace")
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed:\n{output[-4000:]}")
     return elapsed, peak, output

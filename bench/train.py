@@ -20,6 +20,7 @@ time between its epochs.
 
     .venv/bin/python bench/train.py --write bench/RESULTS.md
     .venv/bin/python bench/train.py --input-only    # the per-core figure at 224 px
+    .venv/bin/python bench/train.py --precisions --write bench/RESULTS.md   # the model rows per precision
 """
 import argparse
 import json
@@ -38,6 +39,9 @@ SIZES = {"demo": 1024, "study": 1024}
 MODEL_IMAGES = {"demo": 512, "study": 64}  # the study model is slow on a CPU
 FIT_EPOCHS = 4
 TARGET_PER_CORE = 600
+# float16 has no oneDNN kernel on this CPU (none reported; 0.92 images/s at the demo size, 72x slower than
+# float32): measured at the demo size only, where it takes a minute (at the study size it ran past 20).
+PRECISION_ROWS = {"demo": ("float32", "mixed_bfloat16", "mixed_float16"), "study": ("float32", "mixed_bfloat16")}
 TARGET_BUSY_CORES = 1.7
 TARGET_OUTSIDE_EPOCHS = 0.05
 
@@ -60,9 +64,11 @@ def write_transformed(path, size, count, distinct=None):
                 "class_id": tf.train.Feature(int64_list=tf.train.Int64List(value=[i % 4]))})).SerializeToString())
 
 
-def _settings(preset):
+def _settings(preset, precision=None):
+    from cxr.components.settings import replace_training
     from cxr.pipeline.config import PRESETS
-    return PRESETS[preset].trainer_settings()
+    settings = PRESETS[preset].trainer_settings()
+    return replace_training(settings, precision=precision) if precision else settings
 
 
 def input_dataset(path, settings, replicas=1):
@@ -96,17 +102,21 @@ def task_input(path, preset):
     return {"images_per_s": from_disk, "cached_images_per_s": from_cache, "setup_s": setup}
 
 
-def task_model(path, preset):
-    settings = _settings(preset)
+def task_model(path, preset, precision=None):
+    settings = _settings(preset, precision)
     features, labels = next(iter(input_dataset(path, settings)))
-    from cxr.components.model import build_model
+    from cxr.components.model import build_model, resolved_precision
+    from gpu import forward_flops
     model = build_model(settings.model, settings.training)
     model.train_on_batch(features, labels)
     steps = 3 if preset == "study" else 20
-    start = time.monotonic()
+    cpu, start = _cpu_seconds(), time.monotonic()
     for _ in range(steps):
         model.train_on_batch(features, labels)
-    return {"images_per_s": steps * int(labels.shape[0]) / (time.monotonic() - start)}
+    seconds = time.monotonic() - start
+    rate = steps * int(labels.shape[0]) / seconds
+    return {"images_per_s": rate, "precision": resolved_precision(settings.training.precision),
+            "gflops": rate * 3 * forward_flops(model) / 1e9, "busy_cores": (_cpu_seconds() - cpu) / seconds}
 
 
 def task_fit(path, preset):
@@ -159,9 +169,51 @@ def _cpu_seconds():
 TASKS = {"input": task_input, "model": task_model, "fit": task_fit}
 
 
-def run_task(task, path, preset):
-    seconds, peak, output = measure([sys.executable, __file__, "--task", task, "--data", path, "--preset", preset])
-    return json.loads(output.strip().splitlines()[-1]), peak
+def run_task(task, path, preset, precision=None, kernels=False):
+    """The task's result in its own process; with `kernels`, also the oneDNN convolution implementations
+    that ran (ONEDNN_VERBOSE=1: one line per primitive executed, its implementation in the sixth field)."""
+    command = [sys.executable, __file__, "--task", task, "--data", path, "--preset", preset]
+    environment = dict(os.environ, ONEDNN_VERBOSE="1") if kernels else None
+    seconds, peak, output = measure(command + (["--precision", precision] if precision else []), env=environment)
+    result = json.loads(output.strip().splitlines()[-1])
+    if kernels:
+        ran = {}
+        for line in output.splitlines():
+            fields = line.split(",")
+            if line.startswith("onednn_verbose,") and "exec" in fields and "convolution" in fields:
+                impl = fields[fields.index("convolution") + 1]
+                ran[impl] = ran.get(impl, 0) + 1
+        result["convolution_kernels"] = ran
+    return result, peak
+
+
+def precision_rows(work):
+    """Training steps per precision at the demo and the study sizes, and the kernels each ran."""
+    rows = []
+    for preset in SIZES:
+        path = os.path.join(work, f"{preset}-precision.tfrecord.gz")
+        write_transformed(path, _settings(preset).model.image_size, MODEL_IMAGES[preset])
+        for precision in PRECISION_ROWS[preset]:
+            result, peak = run_task("model", path, preset, precision, kernels=True)
+            rows.append((preset, precision, result))
+            print(rows[-1], flush=True)
+    return rows
+
+
+def render_precision(rows):
+    lines = ["# Training precision (`bench/train.py --precisions`)", "",
+             f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, no GPU. The model rows above per "
+             "`training.precision`: training steps on one batch held in memory, each in its own process with "
+             "ONEDNN_VERBOSE=1 (which costs a little: compare rows with each other, not with the table above).", "",
+             "| size | precision | images/s | x float32 | GFLOP/s | cores busy | convolution kernels (executions) |",
+             "|---|---|---:|---:|---:|---:|---|"]
+    base = {preset: result["images_per_s"] for preset, precision, result in rows if precision == "float32"}
+    for preset, precision, result in rows:
+        kernels = ", ".join(f"{name} ({count})" for name, count in sorted(result["convolution_kernels"].items()))
+        lines.append(f"| {preset} | {precision} | {result['images_per_s']:.1f} | "
+                     f"{result['images_per_s'] / base[preset]:.2f} | {result['gflops']:.0f} | "
+                     f"{result['busy_cores']:.2f} | {kernels or 'none reported'} |")
+    return "\n".join(lines) + "\n"
 
 
 def main():
@@ -170,10 +222,21 @@ def main():
     parser.add_argument("--data")
     parser.add_argument("--preset", choices=SIZES)
     parser.add_argument("--input-only", action="store_true", help="only the input pipeline at 224 px, per core")
+    parser.add_argument("--precision", help="(one task) training.precision for the model task")
+    parser.add_argument("--precisions", action="store_true",
+                        help="only the model rows, once per training.precision, with the oneDNN kernels that ran")
     parser.add_argument("--write", help="Markdown file whose section of these results to replace")
     args = parser.parse_args()
     if args.task:  # one measurement, in its own process
-        print(json.dumps(TASKS[args.task](args.data, args.preset)))
+        extra = {"precision": args.precision} if args.precision else {}
+        print(json.dumps(TASKS[args.task](args.data, args.preset, **extra)))
+        return
+    if args.precisions:
+        with tempfile.TemporaryDirectory() as work:
+            report = render_precision(precision_rows(work))
+        print(report)
+        if args.write:
+            write_section(args.write, report)
         return
     presets = ["study"] if args.input_only else list(SIZES)
     tasks = ["input"] if args.input_only else list(TASKS)
