@@ -3,6 +3,8 @@
 PY := .venv/bin/python
 # The demo preset's folders (pipeline/config.py): cxr run, report and serve find them with no flags.
 DEMO_DIR := demo
+# Extra flags for the demo's `cxr run`, e.g. make demo DEMO_RUN_FLAGS="--set training.precision=float32".
+DEMO_RUN_FLAGS ?=
 
 .PHONY: setup compile-all demo test test-fast test-slow bench lock clean image
 
@@ -19,7 +21,7 @@ demo: setup
 	  --curated $(DEMO_DIR)/raw/curated-cxr \
 	  --nih $(DEMO_DIR)/raw/nih-chest-xrays \
 	  --out $(DEMO_DIR)/tfrecords --span 1 --overwrite
-	.venv/bin/cxr run --preset demo
+	.venv/bin/cxr run --preset demo $(DEMO_RUN_FLAGS)
 	scripts/demo_predict.sh $(DEMO_DIR)
 	.venv/bin/cxr report
 

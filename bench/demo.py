@@ -6,9 +6,15 @@ times each stage from the moment its first line appears. Targets: every run with
 TARGET_SECONDS, and test accuracy >= TARGET_ACCURACY in at least TARGET_RUNS_ACCURATE runs.
 
     .venv/bin/python bench/demo.py --runs 5 --write bench/RESULTS.md
+    .venv/bin/python bench/demo.py --runs 5 --precision mixed_bfloat16 --write bench/RESULTS.md
+
+`--precision` runs the preset with `training.precision` set (make demo's DEMO_RUN_FLAGS); each precision's
+results have their own section.
 """
 import argparse
 import datetime
+import glob
+import json
 import os
 import platform
 import re
@@ -31,10 +37,11 @@ STAGES = (("setup", "scripts/bootstrap.sh"), ("demo data and span", ".venv/bin/c
           ("report", ".venv/bin/cxr report"))
 
 
-def run_demo(folder: str) -> dict:
+def run_demo(folder: str, precision=None) -> dict:
     subprocess.run(["git", "clone", "--quiet", REPO, folder], check=True)
     began, lines = time.monotonic(), []
-    process = subprocess.Popen(["make", "demo"], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    flags = [f"DEMO_RUN_FLAGS=--set training.precision={precision}"] if precision else []
+    process = subprocess.Popen(["make", "demo", *flags], cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     for line in process.stdout:
         lines.append((time.monotonic() - began, line.rstrip("\n")))
@@ -45,7 +52,16 @@ def run_demo(folder: str) -> dict:
     if process.returncode != 0:
         raise RuntimeError(f"make demo failed in {folder} (its log: {folder}/demo.log):\n"
                            + "\n".join(line for _, line in lines[-40:]))
-    return {"wall_s": wall, **parse(lines, wall)}
+    return {"wall_s": wall, "precision": trained_precision(folder), **parse(lines, wall)}
+
+
+def trained_precision(folder: str) -> str:
+    """The precision the Trainer resolved and trained in, from the settings it wrote beside its logs."""
+    found = glob.glob(os.path.join(folder, "demo", "pipeline", "**", "trainer_settings.json"), recursive=True)
+    if len(found) != 1:
+        raise RuntimeError(f"expected one trainer_settings.json under {folder}/demo/pipeline, found {len(found)}")
+    with open(found[0]) as f:
+        return json.load(f)["training"]["precision"]
 
 
 def parse(lines, wall: float) -> dict:
@@ -60,19 +76,20 @@ def parse(lines, wall: float) -> dict:
             "pushed": bool(re.search(r"^pushed to: ", text, re.M))}
 
 
-def report(results, commit: str) -> str:
-    lines = ["# make demo (`bench/demo.py`)", "",
+def report(results, commit: str, precision=None) -> str:
+    title = "# make demo (`bench/demo.py`)" + (f", training.precision {precision}" if precision else "")
+    lines = [title, "",
              f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, "
              f"{psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU. Commit {commit}, each run on a fresh clone "
              "(bootstrap from uv's local cache), one after another, nothing else running. Seconds from the "
              "first line of each stage to the next; the Trainer's figure is the pipeline's own.", "",
              "| run | started (UTC) | make demo s | " + " | ".join(f"{name} s" for name, _ in STAGES)
-             + " | Trainer s | test accuracy | blessed and pushed |",
-             "|---|---|---:|" + "---:|" * len(STAGES) + "---:|---:|---|"]
+             + " | Trainer s | trained in | test accuracy | blessed and pushed |",
+             "|---|---|---:|" + "---:|" * len(STAGES) + "---:|---|---:|---|"]
     for index, result in enumerate(results, start=1):
         stages = " | ".join(f"{result['stages'][name]:.0f}" for name, _ in STAGES)
         lines.append(f"| {index} | {result['started']} | {result['wall_s']:.0f} | {stages} | {result['trainer_s']} | "
-                     f"{result['accuracy']:.3f} | {'yes' if result['blessed'] and result['pushed'] else 'no'} |")
+                     f"{result['precision']} | {result['accuracy']:.3f} | {'yes' if result['blessed'] and result['pushed'] else 'no'} |")
     walls = [result["wall_s"] for result in results]
     accurate = sum(result["accuracy"] >= TARGET_ACCURACY for result in results)
     lines += ["", f"- make demo: **{min(walls):.0f}-{max(walls):.0f} s**, median {sorted(walls)[len(walls) // 2]:.0f} s "
@@ -86,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--write", help="Markdown file whose section of these results to replace")
+    parser.add_argument("--precision", help="training.precision for the demo's cxr run (default: the preset's)")
     parser.add_argument("--keep", help="a folder to keep the clones and their logs in")
     args = parser.parse_args()
     commit = subprocess.run(["git", "-C", REPO, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
@@ -94,10 +112,10 @@ def main() -> None:
     results = []
     for index in range(1, args.runs + 1):
         started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
-        result = {"started": started, **run_demo(os.path.join(base, f"run{index}"))}
+        result = {"started": started, **run_demo(os.path.join(base, f"run{index}"), args.precision)}
         results.append(result)
         print(f"run {index}: {result['wall_s']:.0f} s, accuracy {result['accuracy']:.3f}", file=sys.stderr, flush=True)
-    text = report(results, commit)
+    text = report(results, commit, args.precision)
     print(text)
     if args.write:
         write_section(args.write, text)
