@@ -166,7 +166,39 @@ def _cpu_seconds():
     return times.user + times.system + times.children_user + times.children_system
 
 
-TASKS = {"input": task_input, "model": task_model, "fit": task_fit}
+# The cores' peak per precision, found by measuring (a table of theoretical FLOP per cycle would need the
+# clock under load, which a VM does not show): the best of a large matrix product and a large convolution,
+# each the kind of work oneDNN does best, on every core, timed over at least PEAK_SECONDS after a warm-up.
+PEAK_MATMUL = 2048                                  # n x n times n x n: 2 n^3 FLOP
+PEAK_CONV = (16, 112, 112, 64, 128)                 # batch, height, width, channels in, filters out; 3 x 3, valid
+PEAK_SECONDS = 2.0
+PEAK_DTYPES = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}
+
+
+def task_peak(path, preset, precision="float32"):
+    """GFLOP/s of the best-suited kernels in `precision`'s compute type (`path` and `preset` unused)."""
+    import tensorflow as tf
+    dtype = tf.as_dtype(PEAK_DTYPES[precision])
+    rng = tf.random.Generator.from_seed(0)
+    a, b = (tf.cast(rng.normal([PEAK_MATMUL, PEAK_MATMUL]), dtype) for _ in range(2))
+    batch, height, width, channels, filters = PEAK_CONV
+    images = tf.cast(rng.normal([batch, height, width, channels]), dtype)
+    kernel = tf.cast(rng.normal([3, 3, channels, filters]), dtype)
+    work = {"matmul": (tf.function(lambda: tf.linalg.matmul(a, b)), 2 * PEAK_MATMUL ** 3),
+            "conv3x3": (tf.function(lambda: tf.nn.conv2d(images, kernel, 1, "VALID")),
+                        2 * batch * (height - 2) * (width - 2) * channels * filters * 9)}
+    result = {}
+    for name, (op, flop) in work.items():
+        op().numpy()  # traces, and lets oneDNN pick and compile its kernel
+        runs, start = 0, time.monotonic()
+        while runs < 2 or time.monotonic() - start < PEAK_SECONDS:
+            op().numpy()
+            runs += 1
+        result[name] = runs * flop / (time.monotonic() - start) / 1e9
+    return {"gflops": max(result.values()), **{f"{name}_gflops": value for name, value in result.items()}}
+
+
+TASKS = {"input": task_input, "model": task_model, "fit": task_fit, "peak": task_peak}
 
 
 def run_task(task, path, preset, precision=None, kernels=False):
@@ -188,8 +220,13 @@ def run_task(task, path, preset, precision=None, kernels=False):
 
 
 def precision_rows(work):
-    """Training steps per precision at the demo and the study sizes, and the kernels each ran."""
+    """Training steps per precision at the demo and the study sizes, the kernels each ran, and the peak
+    of the cores in each precision (preset "peak")."""
     rows = []
+    for precision in PEAK_DTYPES:
+        result, _ = run_task("peak", "-", "demo", precision)
+        rows.append(("peak", precision, result))
+        print(rows[-1], flush=True)
     for preset in SIZES:
         path = os.path.join(work, f"{preset}-precision.tfrecord.gz")
         write_transformed(path, _settings(preset).model.image_size, MODEL_IMAGES[preset])
@@ -205,14 +242,28 @@ def render_precision(rows):
              f"Machine: {platform.machine()}, {psutil.cpu_count()} cores, no GPU. The model rows above per "
              "`training.precision`: training steps on one batch held in memory, each in its own process with "
              "ONEDNN_VERBOSE=1 (which costs a little: compare rows with each other, not with the table above).", "",
-             "| size | precision | images/s | x float32 | GFLOP/s | cores busy | convolution kernels (executions) |",
-             "|---|---|---:|---:|---:|---:|---|"]
+             "| size | precision | images/s | x float32 | GFLOP/s | of the peak | cores busy | "
+             "convolution kernels (executions) |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    peaks = {precision: result for preset, precision, result in rows if preset == "peak"}
     base = {preset: result["images_per_s"] for preset, precision, result in rows if precision == "float32"}
     for preset, precision, result in rows:
+        if preset == "peak":
+            continue
         kernels = ", ".join(f"{name} ({count})" for name, count in sorted(result["convolution_kernels"].items()))
         lines.append(f"| {preset} | {precision} | {result['images_per_s']:.1f} | "
                      f"{result['images_per_s'] / base[preset]:.2f} | {result['gflops']:.0f} | "
+                     f"{result['gflops'] / peaks[precision]['gflops']:.0%} | "
                      f"{result['busy_cores']:.2f} | {kernels or 'none reported'} |")
+    n, (batch, height, width, channels, filters) = PEAK_MATMUL, PEAK_CONV
+    lines += ["", f"The peak, per compute type: the best GFLOP/s of a {n} x {n} matrix product and of a 3 x 3 "
+                  f"convolution ({batch} x {height} x {width} x {channels} to {filters} filters), on every core, "
+                  f"timed over at least {PEAK_SECONDS:.0f} s after a warm-up (`bench/train.py` `task_peak`; a "
+                  "VM does not show its clock under load, so the peak is measured, not worked out).", "",
+              "| compute type | matrix product GFLOP/s | convolution GFLOP/s | peak GFLOP/s |", "|---|---:|---:|---:|"]
+    for precision, result in peaks.items():
+        lines.append(f"| {PEAK_DTYPES[precision]} | {result['matmul_gflops']:.0f} | {result['conv3x3_gflops']:.0f} | "
+                     f"{result['gflops']:.0f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ Scaling and augmentation are layers, so they run on the accelerator with the res
 only reads bytes. Under `training.precision` mixed_float16 (mixed_bfloat16) every layer computes in
 float16 (bfloat16) with float32 weights, except the softmax, which stays float32 (so do the loss and
 every exported output); under float16 the optimizer scales the loss so that gradients do not underflow.
+The model exported for serving computes in float32 whatever the training precision (`for_serving`).
 """
 import dataclasses
 import math
@@ -93,6 +94,19 @@ def build_model(model: ModelSettings, training: TrainingSettings, replicas: int 
     network.compile(optimizer=optimizer(training, replicas), loss="sparse_categorical_crossentropy",
                     metrics=["accuracy"], jit_compile=training.jit_compile)
     return network
+
+
+def for_serving(network: keras.Model, model: ModelSettings, training: TrainingSettings) -> keras.Model:
+    """The trained network as it is exported: itself where it computes in float32, otherwise the same layers
+    in float32 holding its weights (mixed precision keeps them in float32 already, so nothing is rounded).
+    The machine that serves is not the one that trained: a CPU without AVX512_BF16 or AMX, where TF Serving
+    often runs, computes bfloat16 convolutions in TensorFlow's own kernels, and float16 on this project's
+    CPU is 72x slower than float32 (bench/RESULTS.md, "Training precision")."""
+    if resolved_precision(training.precision) == "float32":
+        return network
+    served = build_model(model, dataclasses.replace(training, precision="float32"))
+    served.set_weights(network.get_weights())
+    return served
 
 
 def learning_rate_callbacks(training: TrainingSettings, epochs: int, replicas: int = 1) -> List[keras.callbacks.Callback]:

@@ -117,7 +117,8 @@ def run_fn(fn_args: tfx.components.FnArgs) -> None:
         keras.callbacks.TensorBoard(log_dir=fn_args.model_run_dir),
         *model_lib.learning_rate_callbacks(training, training.epochs, strategy.num_replicas_in_sync),
     ])
-    export_serving_model(model, transform_output, fn_args.serving_model_dir, settings.input_limits)
+    export_serving_model(model_lib.for_serving(model, settings.model, training), transform_output,
+                         fn_args.serving_model_dir, settings.input_limits)
 
 
 

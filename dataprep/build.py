@@ -116,8 +116,7 @@ def _ingest(pipeline, config: IngestConfig, nih_csv, staging: str, header: dict)
     written = probed.candidates | "BuildExamples" >> beam.ParDo(
         BuildExample(config.dicom), removed=beam.pvalue.AsDict(removed | "KeyRemoved" >> beam.Map(lambda o: (o.file, o)))
     ).with_outputs(_OUTCOMES, main="examples")
-    _ = written.examples | "WriteShards" >> beam.io.WriteToTFRecord(
-        f"{staging}/{SHARD_PREFIX}", file_name_suffix=SHARD_SUFFIX, compression_type=CompressionTypes.GZIP)
+    _ = written.examples | "WriteShards" >> beam.io.Write(records.ShardSink(f"{staging}/{SHARD_PREFIX}"))
     outcomes = [probed[_OUTCOMES], removed, written[_OUTCOMES]] | "AllOutcomes" >> beam.Flatten()
     unaccounted = _files_without_exactly_one_outcome(seen, outcomes)
     ledger_entries = [outcomes] + [d.ignored for d in discovered]

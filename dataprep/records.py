@@ -1,11 +1,24 @@
-"""The tf.train.Example each written image becomes: the original bytes, untouched, plus facts.
+"""The tf.train.Example each written image becomes: the original bytes, untouched, plus facts; and the
+shards they are written to.
 
 The messages are declared here from tf.train.Example's public wire format
 (tensorflow/core/example/{example,feature}.proto) instead of imported from
 TensorFlow: importing TensorFlow costs about 10 s in the driver and again in
 every Beam worker, more than the work itself on a laptop-sized run. The bytes
 are the same; the tests parse them with TensorFlow's own tf.train.Example.
+
+The shards are gzip files (contract.SHARD_SUFFIX, which every reader opens as GZIP) whose deflate blocks
+are stored rather than compressed: the records are PNG and JPEG bytes, compressed already. At Beam's
+default level (6), deflate took half of a worker's time (a profile of `cxr build-tfrecords`) to save 0.03 %
+of the bytes; stored, the same 123 KiB images take 0.13 ms each instead of 2.6 (bench/RESULTS.md,
+"Ingestion: where a worker's time goes").
 """
+import gzip
+
+from apache_beam import coders
+from apache_beam.io.filebasedsink import FileBasedSink
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.tfrecordio import _TFRecordUtil
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from cxr import contract
@@ -81,3 +94,38 @@ def to_example(candidate: Candidate, image_bytes: bytes):
     for name in contract.RAW_INT_FEATURES:
         features[name].int64_list.value.append(values[name])
     return example
+
+
+SHARD_COMPRESSION_LEVEL = 0  # zlib's level: 0 stores the blocks (see the module's docstring)
+
+
+class ShardSink(FileBasedSink):
+    """Beam's TFRecord sink (apache_beam/io/tfrecordio.py `_TFRecordSink`: the same framing, written by its
+    `_TFRecordUtil`), with the gzip level chosen: Beam's CompressedFile always deflates at level 6."""
+
+    def __init__(self, file_path_prefix: str):
+        super().__init__(file_path_prefix, coder=coders.BytesCoder(), file_name_suffix=contract.SHARD_SUFFIX,
+                         num_shards=0, shard_name_template=None, mime_type="application/octet-stream",
+                         compression_type=CompressionTypes.UNCOMPRESSED)
+
+    def open(self, temp_path):
+        return _GzipWriter(super().open(temp_path))
+
+    def write_encoded_record(self, file_handle, encoded_value):
+        _TFRecordUtil.write_record(file_handle, encoded_value)
+
+
+class _GzipWriter:
+    """A gzip stream over one of Beam's file writers (local, gs://): no name or time in its header."""
+
+    def __init__(self, raw):
+        self._raw = raw
+        self._gzip = gzip.GzipFile(filename="", mode="wb", fileobj=raw, compresslevel=SHARD_COMPRESSION_LEVEL,
+                                   mtime=0)
+
+    def write(self, data: bytes) -> None:
+        self._gzip.write(data)
+
+    def close(self) -> None:
+        self._gzip.close()  # writes the trailer; leaves `raw` open
+        self._raw.close()

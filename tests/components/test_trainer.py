@@ -171,11 +171,23 @@ def test_the_xla_setting_reaches_the_compiler(transform_output, raw_images, monk
             model.fit(pixels, labels, batch_size=4, epochs=1, verbose=0)
 
 
+def _dtypes_in_graph(export_dir):
+    """Every dtype an op of the SavedModel's graph, its functions included, is typed with."""
+    from tensorflow.core.protobuf import saved_model_pb2
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(export_dir, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    graph = saved.meta_graphs[0].graph_def
+    nodes = list(graph.node) + [node for function in graph.library.function for node in function.node_def]
+    return {tf.as_dtype(value.type).name for node in nodes for value in node.attr.values() if value.type}
+
+
 @pytest.mark.parametrize("precision, compute", [("mixed_float16", "float16"), ("mixed_bfloat16", "bfloat16")])
-def test_mixed_precision_computes_in_its_type_and_every_signature_answers_in_float32(
+def test_mixed_precision_computes_in_its_type_and_the_served_model_in_float32(
         precision, compute, transform_output, raw_images, tmp_path):
     pixels, labels = _pixels_and_labels(transform_output, raw_images)
-    model = model_lib.build_model(SETTINGS.model, _with_training(precision=precision).training)
+    training = _with_training(precision=precision).training
+    model = model_lib.build_model(SETTINGS.model, training)
     convolutions = [layer for layer in model.layers if isinstance(layer, keras.layers.Conv2D)]
     assert convolutions and all(layer.compute_dtype == compute and layer.kernel.dtype == tf.float32
                                 for layer in convolutions)
@@ -185,13 +197,29 @@ def test_mixed_precision_computes_in_its_type_and_every_signature_answers_in_flo
     assert isinstance(model.optimizer, keras.mixed_precision.LossScaleOptimizer) == (compute == "float16")
     history = model.fit(pixels, labels, batch_size=4, epochs=1, verbose=0)
     assert all(math.isfinite(loss) for loss in history.history["loss"])
-    export_serving_model(model, transform_output, str(tmp_path / "1"), LIMITS)
+    # Exported as the Trainer does: the same weights in float32 layers, which a served graph then computes in.
+    served = model_lib.for_serving(model, SETTINGS.model, training)
+    assert all(layer.compute_dtype == "float32" for layer in served.layers if layer.weights)
+    for trained, copied in zip(model.weights, served.weights):
+        np.testing.assert_array_equal(trained.numpy(), copied.numpy(), err_msg=trained.name)
+    export_serving_model(served, transform_output, str(tmp_path / "1"), LIMITS)
+    assert compute not in _dtypes_in_graph(str(tmp_path / "1"))
     loaded = tf.saved_model.load(str(tmp_path / "1"))
     floats = {(name, key): spec.dtype for name, signature in loaded.signatures.items()
               for key, spec in signature.structured_outputs.items() if spec.dtype.is_floating}
     assert floats and set(floats.values()) == {tf.float32}, floats
     explained = loaded.signatures["explain"](images=tf.constant(raw_images[0][:2]))
     assert np.isfinite(explained["heatmap"].numpy()).all()
+    # The float32 answers are the mixed model's, within the trained type's rounding.
+    answered = loaded.signatures["serving_default"](images=tf.constant(raw_images[0][:4]))["probabilities"]
+    np.testing.assert_allclose(answered.numpy(), model.predict(pixels[:4], verbose=0), atol=0.05)
+
+
+def test_a_model_exported_as_trained_in_bfloat16_would_compute_in_bfloat16(transform_output, raw_images, tmp_path):
+    """What `for_serving` prevents, so that the check above can fail: the mixed model's own graph."""
+    model = model_lib.build_model(SETTINGS.model, _with_training(precision="mixed_bfloat16").training)
+    export_serving_model(model, transform_output, str(tmp_path / "1"), LIMITS)
+    assert "bfloat16" in _dtypes_in_graph(str(tmp_path / "1"))
 
 
 @pytest.mark.slow

@@ -1,12 +1,16 @@
 """The Beam ingestion run for real on small trees with every quirk of the downloads."""
 import glob
+import gzip
 import json
 import os
 import shutil
 
+import apache_beam as beam
 import pytest
 import tensorflow as tf
 import tensorflow_data_validation as tfdv
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.util import assert_that, equal_to
 
 from cxr.dataprep.build import IngestError, build_tfrecords
 from cxr.dataprep.config import IngestConfig
@@ -162,6 +166,18 @@ def test_span_is_written_as_gzip_shards_beside_its_manifest(span):
     assert not glob.glob(os.path.join(span["config"].out_dir, ".span-*"))
     with open(os.path.join(span_dir, "manifest.json")) as f:
         assert json.load(f)["span"] == 3
+
+
+def test_shards_are_gzip_any_reader_opens_with_the_image_bytes_stored_not_deflated_again(span):
+    shards = sorted(glob.glob(os.path.join(span["config"].span_dir, "data-*.tfrecord.gz")))
+    images = sum(len(feature["image"].bytes_list.value[0]) for feature in span["records"].values())
+    stored = sum(len(gzip.open(shard).read()) for shard in shards)  # Python's gzip, as TensorFlow's read above
+    on_disk = sum(os.path.getsize(shard) for shard in shards)
+    # PNG and JPEG bytes do not deflate further: the files hold them with the framing, a few bytes a block.
+    assert images < stored and on_disk >= stored
+    with beam.Pipeline(options=PipelineOptions(list(IN_PROCESS_BEAM))) as pipeline:  # and Beam's, as ExampleGen
+        read = pipeline | beam.io.ReadFromTFRecord(os.path.join(span["config"].span_dir, "data-*.tfrecord.gz"))
+        assert_that(read | beam.combiners.Count.Globally(), equal_to([len(span["records"])]))
 
 
 def test_existing_span_is_not_overwritten_without_asking(span):
