@@ -55,7 +55,8 @@ def export_model(preset: str, work: str) -> str:
     out = os.path.join(work, preset)
     transform_output = write_transform_graph(os.path.join(out, "transform"), os.path.join(out, "tmp"),
                                              config.model.image_size)
-    model = model_lib.build_model(config.model, config.training)
+    # As the Trainer exports it: in float32 whatever the preset's training precision.
+    model = model_lib.for_serving(model_lib.build_model(config.model, config.training), config.model, config.training)
     base_path = os.path.join(out, "cxr")
     export_serving_model(model, transform_output, os.path.join(base_path, "1"), config.serving)
     return base_path

@@ -98,7 +98,8 @@ def export_model(work: str) -> str:
     config = PRESETS["demo"]
     transform_output = write_transform_graph(os.path.join(work, "transform"), os.path.join(work, "tmp"),
                                              config.model.image_size)
-    model = model_lib.build_model(config.model, config.training)
+    # As the Trainer exports it: in float32 whatever the preset's training precision.
+    model = model_lib.for_serving(model_lib.build_model(config.model, config.training), config.model, config.training)
     model_dir = os.path.join(work, "cxr", "1")
     export_serving_model(model, transform_output, model_dir, config.serving)
     return model_dir

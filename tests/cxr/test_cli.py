@@ -81,7 +81,7 @@ def test_the_demo_preset_finds_the_folders_make_demo_writes():
     assert spans_out.replace("$(DEMO_DIR)", demo_dir) == demo.data.tfrecords_dir
     assert all(path.startswith(demo_dir + "/") for path in demo.storage_paths().values())
     # So the commands after it need no flags.
-    assert "cxr run --preset demo\n" in makefile and "cxr report\n" in makefile
+    assert "cxr run --preset demo $(DEMO_RUN_FLAGS)\n" in makefile and "cxr report\n" in makefile
 
 
 @pytest.mark.slow

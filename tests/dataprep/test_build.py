@@ -1,6 +1,7 @@
 """The Beam ingestion run for real on small trees with every quirk of the downloads."""
 import glob
 import gzip
+import io
 import json
 import os
 import shutil
@@ -178,6 +179,16 @@ def test_shards_are_gzip_any_reader_opens_with_the_image_bytes_stored_not_deflat
     with beam.Pipeline(options=PipelineOptions(list(IN_PROCESS_BEAM))) as pipeline:  # and Beam's, as ExampleGen
         read = pipeline | beam.io.ReadFromTFRecord(os.path.join(span["config"].span_dir, "data-*.tfrecord.gz"))
         assert_that(read | beam.combiners.Count.Globally(), equal_to([len(span["records"])]))
+
+
+def test_a_record_is_framed_byte_for_byte_as_beams_tfrecord_writer_frames_it():
+    from apache_beam.io.tfrecordio import _TFRecordUtil
+    from cxr.dataprep import records
+    for value in (b"", b"x", bytes(range(256)) * 500):
+        ours, beams = io.BytesIO(), io.BytesIO()
+        records.write_record(ours, value)
+        _TFRecordUtil.write_record(beams, value)
+        assert ours.getvalue() == beams.getvalue()
 
 
 def test_existing_span_is_not_overwritten_without_asking(span):
