@@ -109,6 +109,17 @@ def profile_parts(location):
                             total - sum(seconds for _, seconds in parts))]
 
 
+def fastest(run, repeats: int) -> dict:
+    """The fastest of `repeats` runs (this VM's wall times vary by 10 % from run to run), with the highest
+    peak memory of them all."""
+    results = [run() for _ in range(repeats)]
+    best = dict(min(results, key=lambda r: r["seconds"]))
+    if "peak" in best:
+        best["peak"] = max(r["peak"] for r in results)
+    best["all_seconds"] = [round(r["seconds"], 1) for r in results]
+    return best
+
+
 def run_study_loader(raw):
     seconds, peak, output = measure([sys.executable, "-c", STUDY_LOADER, raw])
     return {"seconds": seconds, "peak": peak, "files": int(output.split()[-2])}
@@ -118,6 +129,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=300, help="the 1x size (images per class folder)")
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each ingestion and of the floor; the fastest "
+                                                                   "counts")
     parser.add_argument("--write", help="Markdown file to write the results to")
     args = parser.parse_args()
     work = tempfile.mkdtemp(prefix="cxr-bench-")
@@ -127,13 +140,13 @@ def main():
             raw = os.path.join(work, f"raw-{scale}x")
             write_demo_data(DemoDataSpec(out_dir=raw, per_class=args.per_class * scale, size=args.size, seed=scale))
             for workers in (1, 2):
-                result = run_ingest(raw, os.path.join(work, "out"), workers)
+                result = fastest(lambda: run_ingest(raw, os.path.join(work, "out"), workers), args.repeats)
                 rows.append((f"{scale}x", f"build-tfrecords, {workers} worker{'s' * (workers > 1)}", result))
                 print(rows[-1], flush=True)
             rows.append((f"{scale}x", "study: all images in one float32 array", run_study_loader(raw)))
             print(rows[-1], flush=True)
             if scale == 4:
-                floor = run_floor(raw)
+                floor = fastest(lambda: run_floor(raw), args.repeats)
                 print("floor", floor, flush=True)
                 profiled = run_ingest(raw, os.path.join(work, "out"), 1, profile=os.path.join(work, "profile"))
                 parts = profile_parts(os.path.join(work, "profile"))
@@ -155,10 +168,13 @@ def render(rows, args, floor, profiled, parts):
         f"{psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU. Phantom datasets at {args.size} px "
         f"(`cxr demo-data`), 1x = {args.per_class} images per class folder. Peak memory is the resident "
         "memory of the whole process tree (driver and Beam workers), sampled every 50 ms. "
-        "Wall time includes starting Python and Beam's worker processes (about 13 s here).", "",
-        "| size | what | files | wall s | images/s | peak RSS MiB |", "|---|---|---:|---:|---:|---:|"]
+        "Wall time includes starting Python and Beam's worker processes (about 8 s here). Each ingestion and the "
+        f"floor ran {args.repeats} times: the fastest run counts, with the highest peak of them all.", "",
+        "| size | what | files | wall s | every run s | images/s | peak RSS MiB |",
+        "|---|---|---:|---:|---|---:|---:|"]
     for scale, name, r in rows:
-        lines.append(f"| {scale} | {name} | {r['files']:,} | {r['seconds']:.1f} | "
+        runs = ", ".join(f"{seconds:.1f}" for seconds in r.get("all_seconds", [r["seconds"]]))
+        lines.append(f"| {scale} | {name} | {r['files']:,} | {r['seconds']:.1f} | {runs} | "
                      f"{r['files'] / r['seconds']:.1f} | {r['peak'] / 2**20:,.0f} |")
     one_worker, two_workers = "build-tfrecords, 1 worker", "build-tfrecords, 2 workers"
     growth = by[("4x", two_workers)]["peak"] / by[("1x", two_workers)]["peak"]
@@ -178,7 +194,8 @@ def render(rows, args, floor, profiled, parts):
               f"- one worker against its floor (read, sha256 and decode of each image, one process, "
               f"{floor['files']:,} images at 4x: {floor_rate:.0f} images/s): the worker decodes "
               f"{decoded:.0f} images/s (start-up excluded, the files of unmapped classes left out: they are not "
-              f"read), **{decoded / floor_rate:.0%}** of the floor (target >= {TARGET_OF_FLOOR:.0%})", ""]
+              f"read), **{decoded / floor_rate:.0%}** of the floor (target >= {TARGET_OF_FLOOR:.0%}); per file seen, "
+              f"{marginal[one_worker]:.0f} files/s, {marginal[one_worker] / floor_rate:.0%}", ""]
     total, _ = parts
     lines += ["# Ingestion: where a worker's time goes (`bench/ingest.py`)", "",
               f"One worker (`--direct_num_workers=1`) at 4x under Beam's profiler (`--profile_cpu`: cProfile per "

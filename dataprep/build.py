@@ -39,6 +39,7 @@ from cxr.dataprep.span_output import (
 from cxr.output import reconciliation_table
 
 SHARD_PREFIX = "data"
+SPREAD_BATCH = 64  # files per element spread over the workers
 _METRICS = "cxr_ingest"
 _OUTCOMES = "outcomes"
 _IGNORED = "ignored"
@@ -109,7 +110,12 @@ def _ingest(pipeline, config: IngestConfig, nih_csv, staging: str, header: dict)
     probed = (
         seen
         # Spreads the files over the workers (discovery yields them from one element).
+        # In batches of plain tuples: the shuffle's cost is per element (bench/RESULTS.md, "Ingestion: what
+        # changed").
+        | "Batch" >> beam.BatchElements(min_batch_size=SPREAD_BATCH, max_batch_size=SPREAD_BATCH)
+        | "Plain" >> beam.Map(lambda batch: [seen.plain() for seen in batch])
         | "SpreadOverWorkers" >> beam.Reshuffle()
+        | "Unbatch" >> beam.FlatMap(lambda batch: map(layouts.SeenFile.from_plain, batch))
         | "ProbeImages" >> beam.ParDo(ProbeFile(config.mapping, config.max_pixels, config.dicom)).with_outputs(
             _OUTCOMES, main="candidates"))
     removed = probed.candidates | "FindDuplicates" >> FindDuplicates(config.near_duplicate_max_distance)
@@ -160,8 +166,8 @@ def _discover(pipeline, config: IngestConfig, source: str, nih_csv) -> _Discover
     rows = (pipeline
             | "NihLabelFile" >> beam.Create([nih_csv])
             | "ReadNihRows" >> beam.FlatMap(nih.read_rows)
-            | "KeyNihRows" >> beam.Map(lambda row: (row.image_index, row)))
-    files = listed.files | "KeyNihFiles" >> beam.Map(lambda f: (os.path.basename(f.path), f))
+            | "KeyNihRows" >> beam.Map(lambda row: (row.image_index, tuple(row))))  # plain tuples: see SeenFile.plain
+    files = listed.files | "KeyNihFiles" >> beam.Map(lambda f: (os.path.basename(f.path), f.plain()))
     joined = ({"file": files, "row": rows}
               | "JoinNihRowsAndFiles" >> beam.CoGroupByKey()
               | "LabelNihFiles" >> beam.FlatMap(_label_nih_files, csv_name=os.path.basename(nih_csv))
@@ -220,7 +226,8 @@ class ClassifyFile(beam.DoFn):
 
 def _label_nih_files(keyed, csv_name: str) -> Iterator:
     image_index, grouped = keyed
-    rows, files = list(grouped["row"]), list(grouped["file"])
+    rows = [nih.NihRow(*row) for row in grouped["row"]]
+    files = [layouts.SeenFile.from_plain(found) for found in grouped["file"]]
     if not files:
         yield beam.pvalue.TaggedOutput(_MISSING, MissingNihFile(image_index))
     for found in files:

@@ -66,19 +66,24 @@ class _Writer:
         anatomy = anatomy or phantoms.Anatomy.random(rng)
         return phantoms.render(rng, anatomy, finding, size or self.spec.size)
 
-    def radiography(self) -> Dict[str, List[np.ndarray]]:
+    def radiography(self) -> Dict[str, Dict[int, np.ndarray]]:
         n = self.spec.per_class
         base = os.path.join(self.root(RADIOGRAPHY_DIR), "COVID-19_Radiography_Dataset")
         folders = {"COVID": ("covid", n), "Normal": ("normal", n),
                    "Lung_Opacity": ("opacity", n // 4), "Viral Pneumonia": ("viral", n // 4)}
+        near_copies = self._near_copies()
+        # Only the pictures copied later are kept (an image at 512 px is 2 MiB in float64).
+        kept = {"COVID": set(range(near_copies)) | {folders["COVID"][1] - 1}, "Normal": set(range(1 + near_copies))}
         written = {}
         for folder, (finding, count) in folders.items():
-            images = [self.phantom(finding) for _ in range(count)]
-            for i, image in enumerate(images, start=1):
-                name = f"{folder}-{i}.png"
+            written[folder] = {}
+            for i in range(count):
+                image = self.phantom(finding)
+                name = f"{folder}-{i + 1}.png"
                 _save(os.path.join(base, folder, "images", name), phantoms.to_uint8(image), "PNG")
                 _save(os.path.join(base, folder, "masks", name), _lung_mask_picture(image), "PNG")
-            written[folder] = images
+                if i in kept.get(folder, ()):
+                    written[folder][i] = image
         # One exact copy under a new name, as the real releases contain.
         exact = os.path.join(base, "Normal", "images", f"Normal-{n + 1}.png")
         _save(exact, phantoms.to_uint8(written["Normal"][0]), "PNG")
@@ -86,14 +91,19 @@ class _Writer:
                     "Synthetic phantom X-rays written by `cxr demo-data`; not medical data.\n")
         return written
 
-    def curated(self, copies_of: Dict[str, List[np.ndarray]]) -> None:
+    def _near_copies(self) -> int:
+        return max(2, self.spec.per_class // 20)
+
+    def curated(self, copies_of: Dict[str, Dict[int, np.ndarray]]) -> None:
+        """`copies_of`: {radiography folder: {0-based index: picture}} of the pictures copied here."""
         n = self.spec.per_class
         base = os.path.join(self.root(CURATED_DIR), "Curated X-Ray Dataset")
         folders = {"Pneumonia-Bacterial": ("bacterial_pneumonia", n), "COVID-19": ("covid", n // 2),
                    "Normal": ("normal", n // 2), "Pneumonia-Viral": ("viral", n // 4)}
-        near_copies = max(2, n // 20)
-        copied = {"COVID-19": copies_of["COVID"][:near_copies],
-                  "Normal": copies_of["Normal"][1:1 + near_copies] + copies_of["COVID"][-1:]}
+        near_copies = self._near_copies()
+        covid = copies_of["COVID"]
+        copied = {"COVID-19": [covid[i] for i in range(near_copies)],
+                  "Normal": [copies_of["Normal"][i] for i in range(1, 1 + near_copies)] + [covid[max(covid)]]}
         for folder, (finding, count) in folders.items():
             images = copied.get(folder, [])
             images = images + [self.phantom(finding, size=self._curated_size()) for _ in range(count - len(images))]

@@ -155,7 +155,7 @@ def _judge(confirmed: Sequence[Confirmed], existing: List[Candidate], max_distan
             outcomes.append({"sha256": item.sha256, "outcome": QUARANTINED, "reason": facts})
             continue
         candidate = Candidate(_seen(item), item.label, facts)
-        copy = next((other for other in compared if is_duplicate(candidate, other, max_distance)), None)
+        copy = next((other for other in compared if is_duplicate(candidate.facts, other.facts, max_distance)), None)
         if copy is not None:
             outcomes.append({"sha256": item.sha256, "outcome": DUPLICATE if copy.label == item.label else CONFLICT,
                              "of": f"{copy.seen.source}:{copy.seen.relpath}", "its_label": copy.label})

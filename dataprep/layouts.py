@@ -36,6 +36,18 @@ class SeenFile(NamedTuple):
     problem: Optional[str] = None  # known at discovery to be unusable
     acquisition: Optional[Acquisition] = None  # what the file or the dataset's label file states; None: nothing
 
+    def plain(self) -> tuple:
+        """The file as a tuple of str, int and None (`from_plain` reverses it), for Beam's shuffles: the
+        DirectRunner's driver decodes and encodes again every element it groups, and Beam's default coder
+        encodes such tuples in C where it pickles a NamedTuple."""
+        acquisition = self.acquisition
+        return (*self[:-1], None if acquisition is None else tuple(acquisition))
+
+    @classmethod
+    def from_plain(cls, values: tuple) -> "SeenFile":
+        acquisition = values[-1]
+        return cls(*values[:-1], None if acquisition is None else Acquisition(*acquisition))
+
 
 def relative_path(root: str, path: str) -> str:
     root = root.rstrip("/\\") + "/"

@@ -98,7 +98,7 @@ def perceptual_hashes(gray: Image.Image, white: float = 1.0) -> Tuple[int, int]:
 
 
 def hamming(a: int, b: int) -> int:
-    return bin(a ^ b).count("1")
+    return (a ^ b).bit_count()
 
 
 def hash_bands(value: int, count: int) -> Tuple[int, ...]:

@@ -30,11 +30,19 @@ def test_the_study_model_costs_about_16_gflop_forward_at_224_px():
     assert gpu.forward_flops(build_model(study.model, study.training)) / 1e9 == pytest.approx(16.1, abs=0.02)
 
 
-@pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA H100 PCIe", 756.0),
-                                        ("NVIDIA H200", 989.0), ("Tesla T4", 65.0), ("NVIDIA A10G", 70.0),
-                                        ("NVIDIA A100-SXM4-80GB", 312.0), ("Some Future Card", None)])
-def test_the_peak_is_the_cards_by_its_longest_matching_name(name, peak):
-    assert gpu.peak_tflops(name) == peak
+@pytest.mark.parametrize("name, precision, peak", [
+    ("NVIDIA H100 80GB HBM3", "mixed_float16", 989.0), ("NVIDIA H100 PCIe", "mixed_bfloat16", 756.0),
+    ("NVIDIA H100 PCIe", "float32", 378.0), ("NVIDIA H200", "mixed_bfloat16", 989.0), ("NVIDIA H200", "float32", 495.0),
+    ("Tesla T4", "mixed_float16", 65.0), ("Tesla T4", "float32", 8.1), ("NVIDIA A10G", "mixed_float16", 70.0),
+    ("NVIDIA A100-SXM4-80GB", "float32", 156.0), ("Some Future Card", "mixed_float16", None)])
+def test_the_peak_is_the_cards_by_its_longest_matching_name_and_the_precision(name, precision, peak):
+    assert gpu.peak_tflops(name, precision) == peak
+
+
+@pytest.mark.parametrize("name", ["Tesla T4", "Tesla V100-SXM2-16GB"])
+def test_a_card_without_bfloat16_has_no_bfloat16_peak(name):
+    assert gpu.peak_tflops(name, "mixed_float16") is not None
+    assert gpu.peak_tflops(name, "mixed_bfloat16") is None
 
 
 @pytest.mark.slow
@@ -42,9 +50,11 @@ def test_the_benchmark_runs_end_to_end_on_this_machine():
     run = subprocess.run([sys.executable, os.path.join(BENCH, "gpu.py"), "--smoke"], capture_output=True, text=True,
                          timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
-    lines = run.stdout.strip().splitlines()[-6:]
+    lines = run.stdout.strip().splitlines()[-7:]
     assert re.match(r"devices: 1 replica\(s\) on CPU", lines[0]), lines
-    assert "at 80 px" in lines[1] and "precision mixed_float16, XLA on" in lines[1]
-    for prefix in ("training alone: ", "input alone: ", "end to end: "):
-        line = next(line for line in lines if line.startswith(prefix))
-        assert re.search(r"[\d,]+ images/s", line) and " 0 images/s" not in line, line
+    assert "at 80 px" in lines[1] and "XLA on" in lines[1]
+    assert re.match(r"input alone: [1-9][\d,]* images/s from disk, [1-9][\d,]* from the cache", lines[3]), lines
+    # One row per precision, each with both of its rates measured.
+    for line, precision in zip(lines[4:], ("float32", "mixed_float16", "mixed_bfloat16")):
+        assert re.match(rf"{precision}: training alone [1-9][\d,]* images/s, step [\d.]+ ms, .* end to end "
+                        r"[1-9][\d,]* images/s", line), line
