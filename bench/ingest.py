@@ -194,8 +194,8 @@ def render(rows, args, floor, profiled, parts):
               f"- one worker against its floor (read, sha256 and decode of each image, one process, "
               f"{floor['files']:,} images at 4x: {floor_rate:.0f} images/s): the worker decodes "
               f"{decoded:.0f} images/s (start-up excluded, the files of unmapped classes left out: they are not "
-              f"read), **{decoded / floor_rate:.0%}** of the floor (target >= {TARGET_OF_FLOOR:.0%}); per file seen, "
-              f"{marginal[one_worker]:.0f} files/s, {marginal[one_worker] / floor_rate:.0%}", ""]
+              f"read), **{decoded / floor_rate:.1%}** of the floor (target >= {TARGET_OF_FLOOR:.0%}); per file seen, "
+              f"{marginal[one_worker]:.0f} files/s, {marginal[one_worker] / floor_rate:.1%}", ""]
     total, _ = parts
     lines += ["# Ingestion: where a worker's time goes (`bench/ingest.py`)", "",
               f"One worker (`--direct_num_workers=1`) at 4x under Beam's profiler (`--profile_cpu`: cProfile per "
